@@ -1,0 +1,69 @@
+# Declarations of the C API (csrc/bge.h) for the Cython boundary. Every function and every
+# function pointer is nogil: the wrappers in _kernels.pyx release the GIL around each call.
+
+from libc.stdint cimport int32_t
+
+
+cdef extern from "bge.h" nogil:
+    enum:
+        BGE_OK
+        BGE_ERR_ARG
+        BGE_ERR_SCRATCH
+        BGE_ERR_PACKING
+
+    enum:
+        BGE_EPI_BIAS
+        BGE_EPI_BIAS_GELU
+        BGE_EPI_BIAS_RESIDUAL
+
+    enum:
+        BGE_POOL_CLS
+        BGE_POOL_MEAN
+
+    enum:
+        BGE_ISA_REF
+        BGE_ISA_COUNT
+
+    ctypedef struct bge_kernels:
+        int isa
+        const char *isa_name
+        size_t (*f32_packed_size)(int K, int N) noexcept nogil
+        int (*f32_pack)(const float *w, int K, int N, float *packed) noexcept nogil
+        int (*f32_gemm)(const float *x, int M, int K, int N, const float *packed,
+                        const float *bias, const float *res, float *out, int epilogue,
+                        int nthreads) noexcept nogil
+        const char *f32_gemm_name
+        int (*f32_layernorm)(const float *x, const float *gamma, const float *beta, float eps,
+                             float *out, int T, int C, int nthreads) noexcept nogil
+        const char *f32_layernorm_name
+        int (*f32_softmax)(float *x, int R, int C) noexcept nogil
+        const char *f32_softmax_name
+        int (*f32_gelu)(float *x, size_t n) noexcept nogil
+        const char *f32_gelu_name
+        size_t (*f32_attention_scratch)(int max_len, int head_dim, int nthreads) noexcept nogil
+        int (*f32_attention)(const float *qkv, const int32_t *offsets, int n, int H, int heads,
+                             float scale, float *out, float *scratch, size_t scratch_floats,
+                             int nthreads) noexcept nogil
+        const char *f32_attention_name
+        int (*f32_embed)(const int32_t *ids, const int32_t *offsets, int n, const float *word,
+                         int vocab, const float *pos, int max_pos, const float *type,
+                         float *out, int C) noexcept nogil
+        const char *f32_embed_name
+        int (*f32_pool)(const float *h, const int32_t *offsets, int n, int C, int mode,
+                        float *out) noexcept nogil
+        const char *f32_pool_name
+        int (*f32_l2norm)(float *x, int n, int C) noexcept nogil
+        const char *f32_l2norm_name
+
+    ctypedef struct bge_cpu_features:
+        int avx2, fma, avx512f, avx512bw, avx512dq, avx512vl, avx512_vnni, avx_vnni
+        int avx512_bf16, avx512_fp16, amx_tile, amx_int8, amx_bf16
+        int os_avx, os_avx512, os_amx
+
+    int bge_init()
+    const bge_cpu_features *bge_cpu()
+    const bge_kernels *bge_kernels_for(int isa)
+    const bge_kernels *bge_kernels_active()
+    int bge_isa_built(int isa)
+    const char *bge_isa_name(int isa)
+    int bge_isa_cap()

@@ -1,0 +1,369 @@
+# cython: language_level=3
+"""The boundary to the C kernels (csrc/).
+
+Every wrapper checks dtype, C-contiguity and shape of each array against the shapes the C
+function documents, raising ValueError that names the argument, the expected and the given
+shape; then it calls C with the GIL released. Outputs are written into arrays the caller
+owns (the engine's workspace), so the hot path allocates nothing.
+
+`Kernels(isa)` wraps one kernel table: `Kernels()` is the one the dispatch chose, and
+`Kernels("avx512")` a given level, which tests use to compare every level with "ref".
+"""
+
+import numpy as np
+
+from libc.stdint cimport int32_t
+
+_EPILOGUES = {"bias": BGE_EPI_BIAS, "gelu": BGE_EPI_BIAS_GELU, "residual": BGE_EPI_BIAS_RESIDUAL}
+_POOLS = {"cls": BGE_POOL_CLS, "mean": BGE_POOL_MEAN}
+_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni",
+             "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",
+             "os_avx", "os_avx512", "os_amx")
+
+_init_status = bge_init()
+
+
+def init_warning():
+    """A message when BGE_ISA held an unknown name at start-up, else None."""
+    if _init_status == BGE_OK:
+        return None
+    return ("BGE_ISA names no known level; expected one of "
+            + ", ".join(isa_names()) + "; using the best level this machine has")
+
+
+def isa_names():
+    """Every level's name, lowest first."""
+    return [bge_isa_name(i).decode() for i in range(BGE_ISA_COUNT)]
+
+
+def usable_isas():
+    """The levels this build and this machine can run, lowest first (BGE_ISA ignored)."""
+    return [bge_isa_name(i).decode() for i in range(BGE_ISA_COUNT) if bge_kernels_for(i) != NULL]
+
+
+def built_isas():
+    """The levels whose folder this build compiled, whatever the CPU."""
+    return [bge_isa_name(i).decode() for i in range(BGE_ISA_COUNT) if bge_isa_built(i)]
+
+
+def isa_cap():
+    """The level BGE_ISA caps the dispatch at."""
+    return bge_isa_name(bge_isa_cap()).decode()
+
+
+def cpu_features():
+    """What CPUID and XCR0 report, as {feature: bool}."""
+    cdef const bge_cpu_features *f = bge_cpu()
+    values = (f.avx2, f.fma, f.avx512f, f.avx512bw, f.avx512dq, f.avx512vl, f.avx512_vnni,
+              f.avx_vnni, f.avx512_bf16, f.avx512_fp16, f.amx_tile, f.amx_int8, f.amx_bf16,
+              f.os_avx, f.os_avx512, f.os_amx)
+    return {name: bool(v) for name, v in zip(_FEATURES, values)}
+
+
+cdef object _check(object a, str name, tuple shape, object dtype=np.float32):
+    """Returns `a` when it is a C-contiguous ndarray of `dtype` and `shape`, else raises."""
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name}: expected a numpy array of shape {shape}, got {type(a).__name__}")
+    if a.dtype != dtype or not a.flags.c_contiguous or tuple(a.shape) != shape:
+        raise ValueError(
+            f"{name}: expected a C-contiguous {np.dtype(dtype).name} array of shape {shape}, "
+            f"got {a.dtype.name} {tuple(a.shape)}"
+            + ("" if a.flags.c_contiguous else " (not C-contiguous)"))
+    return a
+
+
+cdef object _writable(object a, str name):
+    if not a.flags.writeable:
+        raise ValueError(f"{name}: the output array is read-only")
+    return a
+
+
+cdef int _threads(object threads) except -1:
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads: expected an int >= 1, got {threads!r}")
+    return threads
+
+
+cdef int _check_status(int status, str what) except -1:
+    if status == BGE_OK:
+        return 0
+    if status == BGE_ERR_SCRATCH:
+        raise ValueError(f"{what}: the scratch buffer is too small")
+    if status == BGE_ERR_PACKING:
+        raise ValueError(f"{what}: the weights were packed by another kernel table")
+    raise ValueError(f"{what}: the C kernel rejected its arguments (status {status})")
+
+
+def _offsets(object offsets, int T):
+    """Checks ragged offsets: int32 (n+1,), 0 first, non-decreasing, T last."""
+    if not isinstance(offsets, np.ndarray) or offsets.ndim != 1 or offsets.shape[0] < 2:
+        raise ValueError("offsets: expected an int32 array of shape (n + 1,) with n >= 1")
+    _check(offsets, "offsets", (offsets.shape[0],), np.int32)
+    last = int(offsets[offsets.shape[0] - 1])
+    if offsets[0] != 0 or last != T or np.any(np.diff(offsets) < 0):
+        raise ValueError(f"offsets: expected 0 first, {T} last and non-decreasing, got "
+                         f"{offsets[0]} .. {last}")
+    return offsets.shape[0] - 1
+
+
+class PackedF32:
+    """A weight (N, K) packed for one kernel table's GEMM; see that table's pack."""
+
+    __slots__ = ("data", "K", "N", "isa")
+
+    def __init__(self, data, K, N, isa):
+        self.data, self.K, self.N, self.isa = data, K, N, isa
+
+    @property
+    def nbytes(self):
+        return self.data.nbytes
+
+
+cdef class Kernels:
+    """One kernel table: the dispatched one, or the level named by `isa`."""
+
+    cdef const bge_kernels *t
+    cdef readonly str isa
+
+    def __init__(self, isa=None):
+        if isa is None:
+            self.t = bge_kernels_active()
+        else:
+            names = isa_names()
+            if isa not in names:
+                raise ValueError(f"isa: expected one of {names}, got {isa!r}")
+            self.t = bge_kernels_for(names.index(isa))
+            if self.t == NULL:
+                raise ValueError(f"isa {isa!r} is not usable on this machine or build "
+                                 f"(usable: {usable_isas()})")
+        self.isa = self.t.isa_name.decode()
+
+    @property
+    def names(self):
+        """{slot: the C function behind it}."""
+        t = self.t
+        return {
+            "f32_gemm": t.f32_gemm_name.decode(),
+            "f32_layernorm": t.f32_layernorm_name.decode(),
+            "f32_softmax": t.f32_softmax_name.decode(),
+            "f32_gelu": t.f32_gelu_name.decode(),
+            "f32_attention": t.f32_attention_name.decode(),
+            "f32_embed": t.f32_embed_name.decode(),
+            "f32_pool": t.f32_pool_name.decode(),
+            "f32_l2norm": t.f32_l2norm_name.decode(),
+        }
+
+    def pack(self, w):
+        """Packs a torch Linear weight w (N, K) float32 for this table's gemm."""
+        if not isinstance(w, np.ndarray) or w.ndim != 2:
+            raise ValueError("w: expected a float32 array of shape (N, K)")
+        cdef int N = w.shape[0], K = w.shape[1]
+        _check(w, "w", (N, K))
+        cdef size_t size = self.t.f32_packed_size(K, N)
+        if size == 0:
+            raise ValueError(f"w: cannot pack shape {(N, K)}")
+        data = np.empty(size, dtype=np.float32)
+        cdef const float[:, ::1] wv = w
+        cdef float[::1] dv = data
+        cdef int st
+        with nogil:
+            st = self.t.f32_pack(&wv[0, 0], K, N, &dv[0])
+        _check_status(st, "pack")
+        return PackedF32(data, K, N, self.isa)
+
+    def gemm(self, x, packed, bias, out, epilogue="bias", res=None, threads=1):
+        """out (M, N) = epilogue(x (M, K) @ W^T + bias (N)) [+ res (M, N)]."""
+        if not isinstance(packed, PackedF32):
+            raise ValueError("packed: expected the PackedF32 that Kernels.pack returned")
+        if packed.isa != self.isa:
+            raise ValueError(f"packed: made for the {packed.isa!r} table, used with {self.isa!r}")
+        if epilogue not in _EPILOGUES:
+            raise ValueError(f"epilogue: expected one of {list(_EPILOGUES)}, got {epilogue!r}")
+        if not isinstance(x, np.ndarray) or x.ndim != 2:
+            raise ValueError(f"x: expected a float32 array of shape (M, {packed.K})")
+        cdef int M = x.shape[0], K = packed.K, N = packed.N
+        _check(x, "x", (M, K))
+        _check(bias, "bias", (N,))
+        _writable(_check(out, "out", (M, N)), "out")
+        cdef int epi = _EPILOGUES[epilogue]
+        cdef int nt = _threads(threads)
+        if epi == BGE_EPI_BIAS_RESIDUAL:
+            _check(res, "res", (M, N))
+        elif res is not None:
+            raise ValueError("res: only the 'residual' epilogue takes it")
+        if M == 0:
+            return out
+        if np.shares_memory(x, out):
+            raise ValueError("out: must not overlap x")
+        cdef const float[:, ::1] xv = x
+        cdef const float[::1] pv = packed.data
+        cdef const float[::1] bv = bias
+        cdef float[:, ::1] ov = out
+        cdef const float[:, ::1] rv
+        cdef const float *rp = NULL
+        if epi == BGE_EPI_BIAS_RESIDUAL:
+            rv = res
+            rp = &rv[0, 0]
+        cdef int st
+        with nogil:
+            st = self.t.f32_gemm(&xv[0, 0], M, K, N, &pv[0], &bv[0], rp, &ov[0, 0], epi, nt)
+        _check_status(st, "gemm")
+        return out
+
+    def layernorm(self, x, gamma, beta, float eps, out, threads=1):
+        """out (T, C) = LayerNorm(x (T, C)) * gamma (C) + beta (C); out may be x."""
+        if not isinstance(x, np.ndarray) or x.ndim != 2:
+            raise ValueError("x: expected a float32 array of shape (T, C)")
+        cdef int T = x.shape[0], C = x.shape[1]
+        _check(x, "x", (T, C))
+        _check(gamma, "gamma", (C,))
+        _check(beta, "beta", (C,))
+        _writable(_check(out, "out", (T, C)), "out")
+        cdef int nt = _threads(threads)
+        if T == 0:
+            return out
+        cdef const float[:, ::1] xv = x
+        cdef const float[::1] gv = gamma
+        cdef const float[::1] bv = beta
+        cdef float[:, ::1] ov = out
+        cdef int st
+        with nogil:
+            st = self.t.f32_layernorm(&xv[0, 0], &gv[0], &bv[0], eps, &ov[0, 0], T, C, nt)
+        _check_status(st, "layernorm")
+        return out
+
+    def softmax(self, x):
+        """Row-wise softmax of x (R, C) in place."""
+        if not isinstance(x, np.ndarray) or x.ndim != 2:
+            raise ValueError("x: expected a float32 array of shape (R, C)")
+        _writable(_check(x, "x", (x.shape[0], x.shape[1])), "x")
+        if x.size == 0:
+            return x
+        cdef float[:, ::1] xv = x
+        cdef int st
+        with nogil:
+            st = self.t.f32_softmax(&xv[0, 0], xv.shape[0], xv.shape[1])
+        _check_status(st, "softmax")
+        return x
+
+    def gelu(self, x):
+        """GELU (erf) of every element of x, in place; x any C-contiguous float32 array."""
+        if not isinstance(x, np.ndarray):
+            raise ValueError("x: expected a float32 numpy array")
+        _writable(_check(x, "x", tuple(x.shape)), "x")
+        if x.size == 0:
+            return x
+        cdef float[::1] xv = x.reshape(-1)
+        cdef int st
+        with nogil:
+            st = self.t.f32_gelu(&xv[0], xv.shape[0])
+        _check_status(st, "gelu")
+        return x
+
+    def attention_scratch_size(self, int max_len, int head_dim, threads=1):
+        """Floats of scratch attention() needs for texts of at most max_len tokens."""
+        return self.t.f32_attention_scratch(max_len, head_dim, _threads(threads))
+
+    def attention(self, qkv, offsets, int heads, float scale, out, scratch=None, threads=1):
+        """out (T, H) = per-text, per-head softmax(scale Q K^T) V from qkv (T, 3H)."""
+        if not isinstance(qkv, np.ndarray) or qkv.ndim != 2 or qkv.shape[1] % 3:
+            raise ValueError("qkv: expected a float32 array of shape (T, 3*H)")
+        cdef int T = qkv.shape[0], H = qkv.shape[1] // 3
+        if heads < 1 or H % heads:
+            raise ValueError(f"heads: {heads} does not divide the hidden size {H}")
+        _check(qkv, "qkv", (T, 3 * H))
+        _writable(_check(out, "out", (T, H)), "out")
+        cdef int n = _offsets(offsets, T)
+        cdef int nt = _threads(threads)
+        if T == 0:
+            return out
+        max_len = int(np.max(np.diff(offsets)))
+        need = self.t.f32_attention_scratch(max_len, H // heads, nt)
+        if scratch is None:
+            scratch = np.empty(need, dtype=np.float32)
+        elif not isinstance(scratch, np.ndarray) or scratch.ndim != 1 or scratch.shape[0] < need:
+            raise ValueError(f"scratch: expected a float32 array of at least {need} floats")
+        _writable(_check(scratch, "scratch", (scratch.shape[0],)), "scratch")
+        cdef const float[:, ::1] qv = qkv
+        cdef const int32_t[::1] offv = offsets
+        cdef float[:, ::1] ov = out
+        cdef float[::1] sv = scratch
+        cdef size_t ns = sv.shape[0]
+        cdef int st
+        with nogil:
+            st = self.t.f32_attention(&qv[0, 0], &offv[0], n, H, heads, scale, &ov[0, 0],
+                                      &sv[0], ns, nt)
+        _check_status(st, "attention")
+        return out
+
+    def embed(self, ids, offsets, word, pos, type_, out):
+        """out (T, C) = word[ids] + type_[0] + pos[position in its text]."""
+        if not isinstance(ids, np.ndarray) or ids.ndim != 1:
+            raise ValueError("ids: expected an int32 array of shape (T,)")
+        if not isinstance(word, np.ndarray) or word.ndim != 2:
+            raise ValueError("word: expected a float32 array of shape (vocab, C)")
+        if not isinstance(pos, np.ndarray) or pos.ndim != 2:
+            raise ValueError("pos: expected a float32 array of shape (max_pos, C)")
+        if not isinstance(type_, np.ndarray) or type_.ndim != 2 or type_.shape[0] < 1:
+            raise ValueError("type_: expected a float32 array of shape (types, C)")
+        cdef int T = ids.shape[0], V = word.shape[0], C = word.shape[1], P = pos.shape[0]
+        _check(ids, "ids", (T,), np.int32)
+        _check(word, "word", (V, C))
+        _check(pos, "pos", (P, C))
+        _check(type_, "type_", (type_.shape[0], C))
+        _writable(_check(out, "out", (T, C)), "out")
+        cdef int n = _offsets(offsets, T)
+        if T == 0:
+            return out
+        if ids.min() < 0 or ids.max() >= V:
+            raise ValueError(f"ids: every id must be in [0, {V})")
+        if int(np.max(np.diff(offsets))) > P:
+            raise ValueError(f"offsets: a text is longer than the {P} positions")
+        cdef const int32_t[::1] iv = ids
+        cdef const int32_t[::1] offv = offsets
+        cdef const float[:, ::1] wv = word
+        cdef const float[:, ::1] pv = pos
+        cdef const float[:, ::1] tv = type_
+        cdef float[:, ::1] ov = out
+        cdef int st
+        with nogil:
+            st = self.t.f32_embed(&iv[0], &offv[0], n, &wv[0, 0], V, &pv[0, 0], P, &tv[0, 0],
+                                  &ov[0, 0], C)
+        _check_status(st, "embed")
+        return out
+
+    def pool(self, h, offsets, mode, out):
+        """out (n, C) = the CLS row or the mean row of each text of h (T, C)."""
+        if mode not in _POOLS:
+            raise ValueError(f"mode: expected one of {list(_POOLS)}, got {mode!r}")
+        if not isinstance(h, np.ndarray) or h.ndim != 2:
+            raise ValueError("h: expected a float32 array of shape (T, C)")
+        cdef int T = h.shape[0], C = h.shape[1]
+        _check(h, "h", (T, C))
+        cdef int n = _offsets(offsets, T)
+        _writable(_check(out, "out", (n, C)), "out")
+        if np.any(np.diff(offsets) == 0):
+            raise ValueError("offsets: every text needs at least one token to pool")
+        cdef const float[:, ::1] hv = h
+        cdef const int32_t[::1] offv = offsets
+        cdef float[:, ::1] ov = out
+        cdef int m = _POOLS[mode]
+        cdef int st
+        with nogil:
+            st = self.t.f32_pool(&hv[0, 0], &offv[0], n, C, m, &ov[0, 0])
+        _check_status(st, "pool")
+        return out
+
+    def l2norm(self, x):
+        """Divides each row of x (n, C) by its L2 norm, in place."""
+        if not isinstance(x, np.ndarray) or x.ndim != 2:
+            raise ValueError("x: expected a float32 array of shape (n, C)")
+        _writable(_check(x, "x", (x.shape[0], x.shape[1])), "x")
+        if x.size == 0:
+            return x
+        cdef float[:, ::1] xv = x
+        cdef int st
+        with nogil:
+            st = self.t.f32_l2norm(&xv[0, 0], xv.shape[0], xv.shape[1])
+        _check_status(st, "l2norm")
+        return x

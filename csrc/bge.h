@@ -1,0 +1,197 @@
+/*
+ * bge.h: the C API of bge-engine.
+ *
+ * Every kernel lives in a table of function pointers (bge_kernels). The table for a
+ * level starts with every slot on its plain-C reference (csrc/ref/) and is upgraded
+ * slot by slot with the SIMD kernels the CPU and the OS can run (dispatch.c).
+ *
+ * Conventions, for every function below:
+ *   - matrices are row-major and contiguous; "(R, C)" means R rows of C floats.
+ *   - sizes are int and must be >= 1 unless stated; pointers must not be NULL unless
+ *     stated; violations return BGE_ERR_ARG and touch nothing.
+ *   - nthreads >= 1 is the number of OpenMP threads the call may use. Threads split
+ *     rows, columns, texts or heads, never a reduction: results are bit-identical
+ *     for every nthreads.
+ *   - functions return a bge_status; they never print, exit or abort.
+ */
+#ifndef BGE_H
+#define BGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    BGE_OK = 0,
+    BGE_ERR_ARG = 1,      /* NULL pointer, size < 1, or shapes that do not fit together */
+    BGE_ERR_SCRATCH = 2,  /* the scratch buffer given is smaller than the call needs */
+    BGE_ERR_PACKING = 3,  /* packed weights made by another kernel table */
+} bge_status;
+
+/* GEMM epilogues, applied to acc = x @ W^T for each output element (m, n). */
+typedef enum {
+    BGE_EPI_BIAS = 0,          /* out[m,n] = acc + bias[n]                 */
+    BGE_EPI_BIAS_GELU = 1,     /* out[m,n] = gelu_erf(acc + bias[n])       */
+    BGE_EPI_BIAS_RESIDUAL = 2, /* out[m,n] = (acc + bias[n]) + res[m,n]    */
+} bge_epilogue;
+
+/* Pooling modes of bge_f32_pool. */
+typedef enum {
+    BGE_POOL_CLS = 0,   /* the first row of each text ([CLS])              */
+    BGE_POOL_MEAN = 1,  /* the mean of all rows of each text (no padding)  */
+} bge_pool_mode;
+
+/* ISA levels, lowest first. A level is usable when the CPU has its instructions, the OS
+ * saves its registers (XCR0) and the compiler built its folder. The BGE_ISA environment
+ * variable (ref|avx2|avxvnni|avx512|vnni|amx) caps the level chosen by bge_init(). */
+typedef enum {
+    BGE_ISA_REF = 0,
+    BGE_ISA_AVX2 = 1,     /* AVX2 + FMA                                  */
+    BGE_ISA_AVXVNNI = 2,  /* AVX2 + FMA + AVX-VNNI (ymm vpdpbusd)        */
+    BGE_ISA_AVX512 = 3,   /* AVX-512 F, BW, DQ, VL                       */
+    BGE_ISA_VNNI = 4,     /* AVX-512 VNNI (zmm vpdpbusd)                 */
+    BGE_ISA_AMX = 5,      /* AMX tiles, int8                              */
+    BGE_ISA_COUNT = 6
+} bge_isa;
+
+/* ---------------------------------------------------------------------------------------
+ * Kernel signatures. Each slot of bge_kernels has one of these types and a name, e.g.
+ * "bge_f32_gemm__ref" or "bge_f32_gemm_8x32__avx512".
+ * ------------------------------------------------------------------------------------- */
+
+/* Floats needed to hold W (N, K) packed for this table's GEMM. Returns 0 on bad sizes. */
+typedef size_t (*bge_f32_packed_size_fn)(int K, int N);
+
+/* Packs W for this table's GEMM.
+ *   w      (N, K): a torch Linear weight (out_features, in_features), row-major
+ *   packed (packed_size(K, N)) floats, written whole (layout owned by the kernel and
+ *          documented beside it)                                                      */
+typedef int (*bge_f32_pack_fn)(const float *w, int K, int N, float *packed);
+
+/* out = epilogue(x @ W^T + bias).
+ *   x      (M, K)
+ *   packed W (N, K) as packed by this table's pack
+ *   bias   (N)
+ *   res    (M, N) with BGE_EPI_BIAS_RESIDUAL, else ignored (may be NULL); may equal out
+ *   out    (M, N); must not overlap x
+ * For each output element the sum over k runs in one fixed order that does not depend on
+ * M, N, the position of the element or nthreads.                                        */
+typedef int (*bge_f32_gemm_fn)(const float *x, int M, int K, int N, const float *packed,
+                               const float *bias, const float *res, float *out,
+                               int epilogue, int nthreads);
+
+/* Row-wise LayerNorm: out[t] = (x[t] - mean) / sqrt(var + eps) * gamma + beta, with the
+ * biased variance.  x (T, C); gamma, beta (C); out (T, C), may equal x.                  */
+typedef int (*bge_f32_layernorm_fn)(const float *x, const float *gamma, const float *beta,
+                                    float eps, float *out, int T, int C, int nthreads);
+
+/* Row-wise softmax in place: x (R, C).                                                   */
+typedef int (*bge_f32_softmax_fn)(float *x, int R, int C);
+
+/* In-place GELU with the exact erf: x (n): x = 0.5 * x * (1 + erf(x / sqrt(2))).        */
+typedef int (*bge_f32_gelu_fn)(float *x, size_t n);
+
+/* Floats of scratch that bge_f32_attention needs for texts of at most max_len tokens.   */
+typedef size_t (*bge_f32_attention_scratch_fn)(int max_len, int head_dim, int nthreads);
+
+/* Self-attention over a ragged batch: no padding, no mask.
+ *   qkv     (T, 3*H): for token t, Q = qkv[t, 0:H], K = qkv[t, H:2H], V = qkv[t, 2H:3H];
+ *           head h owns columns h*D .. h*D+D-1 of each of the three blocks, D = H / heads
+ *   offsets (n + 1) int32: text i owns tokens offsets[i] .. offsets[i+1]-1;
+ *           offsets[0] = 0, offsets[n] = T, non-decreasing
+ *   out     (T, H): out[t, h*D:(h+1)*D] = softmax(scale * Q_t K^T) V over the tokens of t's text
+ *   scratch (scratch_floats) floats, at least attention_scratch(max text length, D, nthreads)
+ * Each (text, head) is computed alone: a text's output does not depend on the others.    */
+typedef int (*bge_f32_attention_fn)(const float *qkv, const int32_t *offsets, int n, int H,
+                                    int heads, float scale, float *out, float *scratch,
+                                    size_t scratch_floats, int nthreads);
+
+/* BERT embeddings before their LayerNorm:
+ *   out[t] = (word[ids[t]] + type[0]) + pos[t - offsets[text of t]]
+ *   ids (T) int32 in [0, vocab); offsets (n + 1) as for attention, every text at most
+ *   max_pos tokens; word (vocab, C); pos (max_pos, C); type (>= 1, C); out (T, C).       */
+typedef int (*bge_f32_embed_fn)(const int32_t *ids, const int32_t *offsets, int n,
+                                const float *word, int vocab, const float *pos, int max_pos,
+                                const float *type, float *out, int C);
+
+/* Pooling over a ragged batch: h (T, C); offsets (n + 1), every text >= 1 token;
+ * out (n, C): the CLS row or the mean of each text's rows (summed in token order).      */
+typedef int (*bge_f32_pool_fn)(const float *h, const int32_t *offsets, int n, int C,
+                               int mode, float *out);
+
+/* Row-wise L2 normalisation in place: x (n, C); a zero row stays zero.                  */
+typedef int (*bge_f32_l2norm_fn)(float *x, int n, int C);
+
+/* One kernel table. Every slot is always filled (at worst with the reference).          */
+typedef struct bge_kernels {
+    int isa;                               /* the bge_isa level this table was built for */
+    const char *isa_name;                  /* "ref", "avx2", ...                         */
+
+    bge_f32_packed_size_fn f32_packed_size;
+    bge_f32_pack_fn f32_pack;
+    bge_f32_gemm_fn f32_gemm;
+    const char *f32_gemm_name;             /* names the packing and the GEMM together    */
+
+    bge_f32_layernorm_fn f32_layernorm;
+    const char *f32_layernorm_name;
+    bge_f32_softmax_fn f32_softmax;
+    const char *f32_softmax_name;
+    bge_f32_gelu_fn f32_gelu;
+    const char *f32_gelu_name;
+    bge_f32_attention_scratch_fn f32_attention_scratch;
+    bge_f32_attention_fn f32_attention;
+    const char *f32_attention_name;
+    bge_f32_embed_fn f32_embed;
+    const char *f32_embed_name;
+    bge_f32_pool_fn f32_pool;
+    const char *f32_pool_name;
+    bge_f32_l2norm_fn f32_l2norm;
+    const char *f32_l2norm_name;
+} bge_kernels;
+
+/* ---------------------------------------------------------------------------------------
+ * Dispatch (dispatch.c)
+ * ------------------------------------------------------------------------------------- */
+
+/* What the CPU and OS offer, read once with CPUID and XGETBV. */
+typedef struct bge_cpu_features {
+    int avx2, fma, avx512f, avx512bw, avx512dq, avx512vl, avx512_vnni, avx_vnni,
+        avx512_bf16, avx512_fp16, amx_tile, amx_int8, amx_bf16;
+    int os_avx;      /* XCR0 has SSE and AVX state (bits 1, 2)                 */
+    int os_avx512;   /* XCR0 has opmask, ZMM_Hi256, Hi16_ZMM state (bits 5-7)  */
+    int os_amx;      /* XCR0 has XTILECFG and XTILEDATA state (bits 17, 18)    */
+} bge_cpu_features;
+
+/* Reads the CPU, the BGE_ISA cap, and builds every usable table. Idempotent and
+ * thread-safe after the first call returns; call once before anything else. Returns
+ * BGE_ERR_ARG when BGE_ISA holds an unknown name (the cap then stays at the best level). */
+int bge_init(void);
+
+/* The features bge_init() read. */
+const bge_cpu_features *bge_cpu(void);
+
+/* The table for one level, or NULL when that level is not usable on this machine/build
+ * (CPU, OS or compiler lacks it). Ignores the BGE_ISA cap: tests use it to run every
+ * path the host has. */
+const bge_kernels *bge_kernels_for(int isa);
+
+/* The table bge_init() chose: the best usable level not above the BGE_ISA cap. */
+const bge_kernels *bge_kernels_active(void);
+
+/* 1 when the folder of that level was compiled into this build. */
+int bge_isa_built(int isa);
+
+/* "ref", "avx2", "avxvnni", "avx512", "vnni", "amx"; NULL for an unknown level. */
+const char *bge_isa_name(int isa);
+
+/* The level that BGE_ISA asked for (BGE_ISA_COUNT - 1 when unset). */
+int bge_isa_cap(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BGE_H */

@@ -1,0 +1,130 @@
+/*
+ * ref/attention.c: reference self-attention over a ragged batch, embeddings and pooling.
+ *
+ * Attention works one query row at a time: scores (L) = scale * q K^T, softmax, then
+ * out = p V. The only scratch is one score row of the longest text per thread.
+ */
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "../bge_internal.h"
+
+int bge_check_offsets(const int32_t *offsets, int n, int T_expected) {
+    if (!offsets || n < 0 || offsets[0] != 0) return BGE_ERR_ARG;
+    for (int i = 0; i < n; i++)
+        if (offsets[i + 1] < offsets[i]) return BGE_ERR_ARG;
+    if (T_expected >= 0 && offsets[n] != T_expected) return BGE_ERR_ARG;
+    return BGE_OK;
+}
+
+static int max_text_len(const int32_t *offsets, int n) {
+    int mx = 0;
+    for (int i = 0; i < n; i++)
+        if (offsets[i + 1] - offsets[i] > mx) mx = offsets[i + 1] - offsets[i];
+    return mx;
+}
+
+size_t bge_f32_attention_scratch__ref(int max_len, int head_dim, int nthreads) {
+    (void)head_dim;
+    if (max_len < 1 || nthreads < 1) return 0;
+    return (size_t)max_len * (size_t)nthreads;
+}
+
+/* One (text, head): q, k, v point at the text's first token inside qkv, column of the head;
+ * rows are `ld` floats apart. scores (L). out likewise (rows H floats apart). */
+static void attend_one(const float *q, const float *k, const float *v, int ld, int L, int D,
+                       float scale, float *scores, float *out, int ld_out) {
+    for (int r = 0; r < L; r++) {
+        const float *qr = q + (size_t)r * ld;
+        for (int j = 0; j < L; j++) {
+            const float *kj = k + (size_t)j * ld;
+            float dot = 0.0f;
+            for (int d = 0; d < D; d++) dot += qr[d] * kj[d];
+            scores[j] = dot * scale;
+        }
+        bge_f32_softmax__ref(scores, 1, L);
+        float *orow = out + (size_t)r * ld_out;
+        for (int d = 0; d < D; d++) orow[d] = 0.0f;
+        for (int j = 0; j < L; j++) {
+            const float p = scores[j];
+            const float *vj = v + (size_t)j * ld;
+            for (int d = 0; d < D; d++) orow[d] += p * vj[d];
+        }
+    }
+}
+
+int bge_f32_attention__ref(const float *qkv, const int32_t *offsets, int n, int H, int heads,
+                           float scale, float *out, float *scratch, size_t scratch_floats,
+                           int nthreads) {
+    if (!qkv || !out || n < 1 || H < 1 || heads < 1 || H % heads != 0 || nthreads < 1)
+        return BGE_ERR_ARG;
+    if (bge_check_offsets(offsets, n, -1) != BGE_OK) return BGE_ERR_ARG;
+    const int L_max = max_text_len(offsets, n);
+    if (L_max == 0) return BGE_OK;
+    if (!scratch || scratch_floats < bge_f32_attention_scratch__ref(L_max, H / heads, nthreads))
+        return BGE_ERR_SCRATCH;
+    const int D = H / heads, ld = 3 * H;
+    const int jobs = n * heads;
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
+    for (int job = 0; job < jobs; job++) {
+        const int i = job / heads, h = job % heads;
+        const int t0 = offsets[i], L = offsets[i + 1] - offsets[i];
+        if (L == 0) continue;
+#ifdef _OPENMP
+        float *scores = scratch + (size_t)omp_get_thread_num() * L_max;
+#else
+        float *scores = scratch;
+#endif
+        const float *base = qkv + (size_t)t0 * ld + (size_t)h * D;
+        attend_one(base, base + H, base + 2 * H, ld, L, D, scale, scores,
+                   out + (size_t)t0 * H + (size_t)h * D, H);
+    }
+    return BGE_OK;
+}
+
+int bge_f32_embed__ref(const int32_t *ids, const int32_t *offsets, int n, const float *word,
+                       int vocab, const float *pos, int max_pos, const float *type, float *out,
+                       int C) {
+    if (!ids || !word || !pos || !type || !out || n < 1 || vocab < 1 || max_pos < 1 || C < 1)
+        return BGE_ERR_ARG;
+    if (bge_check_offsets(offsets, n, -1) != BGE_OK) return BGE_ERR_ARG;
+    for (int i = 0; i < n; i++) {
+        if (offsets[i + 1] - offsets[i] > max_pos) return BGE_ERR_ARG;
+        for (int t = offsets[i]; t < offsets[i + 1]; t++)
+            if (ids[t] < 0 || ids[t] >= vocab) return BGE_ERR_ARG;
+    }
+    for (int i = 0; i < n; i++) {
+        for (int t = offsets[i]; t < offsets[i + 1]; t++) {
+            const float *w = word + (size_t)ids[t] * C;
+            const float *p = pos + (size_t)(t - offsets[i]) * C;
+            float *o = out + (size_t)t * C;
+            for (int c = 0; c < C; c++) o[c] = (w[c] + type[c]) + p[c];
+        }
+    }
+    return BGE_OK;
+}
+
+int bge_f32_pool__ref(const float *h, const int32_t *offsets, int n, int C, int mode,
+                      float *out) {
+    if (!h || !out || n < 1 || C < 1) return BGE_ERR_ARG;
+    if (mode != BGE_POOL_CLS && mode != BGE_POOL_MEAN) return BGE_ERR_ARG;
+    if (bge_check_offsets(offsets, n, -1) != BGE_OK) return BGE_ERR_ARG;
+    for (int i = 0; i < n; i++)
+        if (offsets[i + 1] == offsets[i]) return BGE_ERR_ARG;
+    for (int i = 0; i < n; i++) {
+        const int t0 = offsets[i], L = offsets[i + 1] - offsets[i];
+        float *o = out + (size_t)i * C;
+        if (mode == BGE_POOL_CLS) {
+            memcpy(o, h + (size_t)t0 * C, (size_t)C * sizeof(float));
+            continue;
+        }
+        for (int c = 0; c < C; c++) {
+            double s = 0.0;
+            for (int t = 0; t < L; t++) s += h[(size_t)(t0 + t) * C + c];
+            o[c] = (float)(s / L);
+        }
+    }
+    return BGE_OK;
+}

@@ -1,0 +1,125 @@
+"""Build of bge-engine's one extension, `bge_engine._kernels`.
+
+The C sources are compiled in groups: `csrc/` and `csrc/ref/` with the baseline flags of
+the platform, and each ISA folder `csrc/<arch>/<isa>/` with the flags of its instruction
+set. Before a folder is compiled, the compiler is probed with its flags; a folder whose
+flags are refused is left out (and dispatch.c never offers its level), so the build never
+fails because of an old compiler. `-march=native` is never used: the wheel runs on any CPU
+of its architecture and picks kernels at run time.
+
+Environment:
+    BGE_SKIP_ISA   comma-separated folder names to leave out, e.g. "avx512,avx2".
+    BGE_SANITIZE   "1" builds with AddressSanitizer + UndefinedBehaviorSanitizer.
+"""
+
+import os
+import platform
+import sys
+import tempfile
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+MSVC = sys.platform == "win32"
+
+# name, folder, dispatch macro, gcc/clang flags
+ISA_FOLDERS = [
+    ("avx2", "csrc/x86/avx2", "BGE_BUILT_AVX2", ["-mavx2", "-mfma", "-mf16c"]),
+    ("avxvnni", "csrc/x86/avxvnni", "BGE_BUILT_AVXVNNI", ["-mavx2", "-mfma", "-mavxvnni"]),
+    (
+        "avx512",
+        "csrc/x86/avx512",
+        "BGE_BUILT_AVX512",
+        ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-mavx2"],
+    ),
+    (
+        "vnni",
+        "csrc/x86/avx512vnni",
+        "BGE_BUILT_VNNI",
+        ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma"],
+    ),
+    (
+        "amx",
+        "csrc/x86/amx",
+        "BGE_BUILT_AMX",
+        ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mamx-tile",
+         "-mamx-int8"],
+    ),
+]
+
+SANITIZE = os.environ.get("BGE_SANITIZE") == "1"
+BASE_CFLAGS = [] if MSVC else ["-O3", "-std=gnu11", "-fopenmp", "-fno-math-errno", "-Wall"]
+BASE_LDFLAGS = [] if MSVC else ["-fopenmp"]
+if SANITIZE:
+    BASE_CFLAGS = ["-O1", "-g", "-std=gnu11", "-fopenmp", "-fno-math-errno", "-Wall",
+                   "-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+                   "-fno-sanitize-recover=undefined"]
+    BASE_LDFLAGS = ["-fopenmp", "-fsanitize=address,undefined"]
+
+
+def c_files(folder):
+    path = os.path.join(HERE, folder)
+    if not os.path.isdir(path):
+        return []
+    return sorted(
+        os.path.join(folder, f) for f in os.listdir(path) if f.endswith(".c")
+    )
+
+
+class BuildExt(build_ext):
+    """build_ext that compiles each ISA folder with its own probed flags."""
+
+    def _flags_work(self, flags):
+        """Whether the compiler accepts `flags` on a file that uses nothing from them."""
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "probe.c")
+            with open(src, "w") as f:
+                f.write("int bge_probe(void) { return 0; }\n")
+            try:
+                self.compiler.compile([src], output_dir=tmp, extra_postargs=flags)
+            except Exception:  # the compiler refused: any CompileError or spawn failure
+                return False
+        return True
+
+    def build_extension(self, ext):
+        skip = {s.strip() for s in os.environ.get("BGE_SKIP_ISA", "").split(",") if s.strip()}
+        objects, macros = [], []
+        for name, folder, macro, flags in ISA_FOLDERS if IS_X86 and not MSVC else []:
+            sources = c_files(folder)
+            if not sources or name in skip:
+                continue
+            if not self._flags_work(flags):
+                print(f"bge-engine: compiler refuses {' '.join(flags)}; leaving out {folder}")
+                continue
+            objects += self.compiler.compile(
+                sources,
+                output_dir=self.build_temp,
+                include_dirs=["csrc"],
+                extra_postargs=BASE_CFLAGS + flags,
+                depends=["csrc/bge.h", "csrc/bge_internal.h"],
+            )
+            macros.append((macro, "1"))
+        ext.extra_objects = list(ext.extra_objects or []) + objects
+        ext.define_macros = list(ext.define_macros or []) + macros
+        super().build_extension(ext)
+
+
+extension = Extension(
+    "bge_engine._kernels",
+    sources=["bge_engine/_kernels.pyx", "csrc/dispatch.c"] + c_files("csrc/ref"),
+    include_dirs=["csrc"],
+    extra_compile_args=BASE_CFLAGS,
+    extra_link_args=BASE_LDFLAGS,
+    depends=["csrc/bge.h", "csrc/bge_internal.h", "bge_engine/_kernels.pxd"],
+)
+
+setup(
+    ext_modules=cythonize(
+        [extension],
+        compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
+    ),
+    cmdclass={"build_ext": BuildExt},
+)

@@ -54,6 +54,7 @@ cdef extern from "bge.h" nogil:
         const char *f32_pool_name
         int (*f32_l2norm)(float *x, int n, int C) noexcept nogil
         const char *f32_l2norm_name
+        double (*f32_fma_loop)(long iters) noexcept nogil
 
     ctypedef struct bge_cpu_features:
         int avx2, fma, avx512f, avx512bw, avx512dq, avx512vl, avx512_vnni, avx_vnni

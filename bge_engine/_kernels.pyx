@@ -367,3 +367,12 @@ cdef class Kernels:
             st = self.t.f32_l2norm(&xv[0, 0], xv.shape[0], xv.shape[1])
         _check_status(st, "l2norm")
         return x
+
+    def fma_loop(self, long iters):
+        """Runs the table's FMA peak loop; returns the floating-point operations done."""
+        if iters < 1:
+            raise ValueError(f"iters: expected >= 1, got {iters}")
+        cdef double flops
+        with nogil:
+            flops = self.t.f32_fma_loop(iters)
+        return flops

@@ -125,6 +125,11 @@ typedef int (*bge_f32_pool_fn)(const float *h, const int32_t *offsets, int n, in
 /* Row-wise L2 normalisation in place: x (n, C); a zero row stays zero.                  */
 typedef int (*bge_f32_l2norm_fn)(float *x, int n, int C);
 
+/* The machine's fp32 FMA peak, for benchmarks: runs `iters` rounds of independent FMA
+ * chains in the widest registers of the level and returns the floating-point operations done
+ * (2 per lane per FMA). The caller times it.                                             */
+typedef double (*bge_f32_fma_loop_fn)(long iters);
+
 /* One kernel table. Every slot is always filled (at worst with the reference).          */
 typedef struct bge_kernels {
     int isa;                               /* the bge_isa level this table was built for */
@@ -150,6 +155,7 @@ typedef struct bge_kernels {
     const char *f32_pool_name;
     bge_f32_l2norm_fn f32_l2norm;
     const char *f32_l2norm_name;
+    bge_f32_fma_loop_fn f32_fma_loop;
 } bge_kernels;
 
 /* ---------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ int bge_f32_embed__ref(const int32_t *ids, const int32_t *offsets, int n, const 
 int bge_f32_pool__ref(const float *h, const int32_t *offsets, int n, int C, int mode,
                       float *out);
 int bge_f32_l2norm__ref(float *x, int n, int C);
+double bge_f32_fma_loop__ref(long iters);
 
 /* Checks shared by every implementation of a slot, so that the SIMD kernels reject exactly
  * what the reference rejects. Return BGE_OK or BGE_ERR_ARG. */

@@ -136,6 +136,7 @@ static void fill_ref(bge_kernels *t) {
     t->f32_pool_name = "bge_f32_pool__ref";
     t->f32_l2norm = bge_f32_l2norm__ref;
     t->f32_l2norm_name = "bge_f32_l2norm__ref";
+    t->f32_fma_loop = bge_f32_fma_loop__ref;
 }
 
 static void overlay(int isa, bge_kernels *t) {

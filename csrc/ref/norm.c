@@ -71,3 +71,17 @@ int bge_f32_l2norm__ref(float *x, int n, int C) {
     }
     return BGE_OK;
 }
+
+/* 8 independent scalar FMA chains (a * b + c, 2 flops each) per round. */
+double bge_f32_fma_loop__ref(long iters) {
+    volatile float seed = 1.0f;
+    float acc[8];
+    for (int i = 0; i < 8; i++) acc[i] = seed * (float)i;
+    const float a = 0.999999f * seed, b = 1e-7f * seed;
+    for (long it = 0; it < iters; it++)
+        for (int i = 0; i < 8; i++) acc[i] = acc[i] * a + b;
+    float sink = 0.0f;
+    for (int i = 0; i < 8; i++) sink += acc[i];
+    seed = sink;
+    return 16.0 * (double)iters;
+}

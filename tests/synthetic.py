@@ -77,8 +77,12 @@ _MIX2 = 0x94D049BB133111EB
 
 # Half-widths of the uniform distributions. std 0.02 (BERT's initializer_range) for a
 # uniform(-a, a) needs a = 0.02 * sqrt(3).
+# Query and key matrices get std 0.08, so that attention scores spread over several units and
+# the softmax is far from uniform: with 0.02 every text's attention is nearly flat and the
+# goldens would hardly notice an attention bug.
 _HALF_WIDTH = {
     "weight": 0.02 * 3**0.5,  # Linear and embedding matrices
+    "qk_weight": 0.08 * 3**0.5,  # query and key matrices
     "bias": 0.02,
     "ln_weight": 0.1,  # around 1
     "ln_bias": 0.05,
@@ -105,15 +109,18 @@ def minilm_dir() -> Path:
 def bge_tensor_specs(config: dict = BGE_SMALL_CONFIG) -> list:
     """List (name, shape, kind) for every tensor of a BertModel checkpoint, in a fixed order.
 
-    `kind` picks the distribution: "weight", "bias", "ln_weight" or "ln_bias". A tensor's
+    `kind` picks the distribution: "weight", "qk_weight", "bias", "ln_weight" or "ln_bias". A tensor's
     position in this list is its stream index in the generator, so names and the optional
     prefix never change its values.
     """
     hidden = config["hidden_size"]
     inter = config["intermediate_size"]
 
-    def linear(name, out_features, in_features):
-        return [(f"{name}.weight", (out_features, in_features), "weight"), (f"{name}.bias", (out_features,), "bias")]
+    def linear(name, out_features, in_features, kind="weight"):
+        return [
+            (f"{name}.weight", (out_features, in_features), kind),
+            (f"{name}.bias", (out_features,), "bias"),
+        ]
 
     def layer_norm(name):
         return [(f"{name}.weight", (hidden,), "ln_weight"), (f"{name}.bias", (hidden,), "ln_bias")]
@@ -126,8 +133,9 @@ def bge_tensor_specs(config: dict = BGE_SMALL_CONFIG) -> list:
     ]
     for i in range(config["num_hidden_layers"]):
         layer = f"encoder.layer.{i}"
-        for proj in ("query", "key", "value"):
-            specs += linear(f"{layer}.attention.self.{proj}", hidden, hidden)
+        specs += linear(f"{layer}.attention.self.query", hidden, hidden, "qk_weight")
+        specs += linear(f"{layer}.attention.self.key", hidden, hidden, "qk_weight")
+        specs += linear(f"{layer}.attention.self.value", hidden, hidden)
         specs += linear(f"{layer}.attention.output.dense", hidden, hidden)
         specs += layer_norm(f"{layer}.attention.output.LayerNorm")
         specs += linear(f"{layer}.intermediate.dense", inter, hidden)
@@ -154,7 +162,9 @@ def _mix64_array(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def uniform_tensor(seed: int, stream: int, shape: tuple, half_width: float, center: float = 0.0) -> np.ndarray:
+def uniform_tensor(
+    seed: int, stream: int, shape: tuple, half_width: float, center: float = 0.0
+) -> np.ndarray:
     """Counter-based uniform float32 values in [center - half_width, center + half_width).
 
     Element j of stream `stream` is mix64(key + (j + 1) * GOLDEN) with key = mix64(mix64(seed) +
@@ -216,7 +226,8 @@ def write_synthetic_bge(folder, *, seed: int = 0, tokenizer_dir=None, prefix: st
     _write_json(folder / "modules.json", BGE_MODULES)
     _write_json(folder / "config_sentence_transformers.json", BGE_SENTENCE_TRANSFORMERS_CONFIG)
     _write_json(folder / "sentence_bert_config.json", BGE_SENTENCE_BERT_CONFIG)
-    save_file(synthetic_bge_tensors(seed, prefix), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    tensors = synthetic_bge_tensors(seed, prefix)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     return folder
 
 

@@ -95,6 +95,12 @@ def run_text(model, ids: list) -> list:
     return [h[0].numpy().astype(np.float64) for h in out.hidden_states]
 
 
+def layer_states(states_per_text: list) -> np.ndarray:
+    """Stack per-text hidden states into (L + 1, total tokens, H), texts concatenated in order."""
+    n_states = len(states_per_text[0])
+    return np.stack([np.concatenate([s[i] for s in states_per_text]) for i in range(n_states)])
+
+
 def l2_normalise(v: np.ndarray) -> np.ndarray:
     """v / ||v|| in float64."""
     return v / np.linalg.norm(v)
@@ -125,9 +131,7 @@ def make_golden(folder: Path, name: str, out_path: Path) -> dict:
         "ids": np.concatenate(ids_per_text).astype(np.int32),
         "offsets": offsets,
         "n_layer_texts": np.array(N_LAYER_TEXTS, dtype=np.int64),
-        "hidden_states": np.stack(
-            [np.concatenate([s[layer] for s in states_per_text[:N_LAYER_TEXTS]]) for layer in range(len(states_per_text[0]))]
-        ).astype(np.float32),
+        "hidden_states": layer_states(states_per_text[:N_LAYER_TEXTS]).astype(np.float32),
         "cls": np.stack([l2_normalise(h[0]) for h in last]).astype(np.float32),
         "mean": np.stack([l2_normalise(h.mean(axis=0)) for h in last]).astype(np.float32),
         "weights_digest": np.array(synthetic_digest(folder), dtype=np.str_),

@@ -1,0 +1,262 @@
+"""Engine: owns a model's weights, tokenizer and workspaces; serves embed() and encode().
+
+A call tokenises its texts, orders them by length, cuts them into ragged batches (at most
+`batch_size` texts and `TOKEN_BUDGET` tokens each), runs the forward pass on each, pools,
+and returns the rows in the caller's order. Every row depends only on its own text, so the
+batching never changes a bit of the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+
+from . import _kernels, hub, schema
+from .errors import InputTooLong, InvalidInput
+from .model import BertModel
+from .tokenizer import Tokenizer
+from .weights import load_checkpoint
+
+log = logging.getLogger("bge_engine")
+
+# The most tokens one forward pass holds: bounds the workspace (about 28 MB for bge-small)
+# while keeping batches large enough for the GEMMs.
+TOKEN_BUDGET = 2048
+DTYPES = ("fp32",)
+
+
+def available_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """OMP_NUM_THREADS where it is a positive integer, else the cores this process may use."""
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    return available_cores()
+
+
+class Engine:
+    """A loaded embedding model.
+
+    Args:
+        model: a local folder in the Hugging Face layout, or a hub id resolved through the
+            Hugging Face cache or a download (see `bge_engine.hub`).
+        dtype: "fp32" (matches PyTorch to float rounding).
+        threads: threads one call may use; default: OMP_NUM_THREADS, else the cores this
+            process may run on.
+        truncate: cut texts past the model's limit to it (with a logged warning), or raise
+            InputTooLong when False.
+
+    Raises:
+        ModelNotFound: no folder, cached copy or download.
+        ModelFormatError: the checkpoint is not a BERT encoder in the expected layout.
+        ValueError: a bad dtype or threads.
+    """
+
+    def __init__(self, model: Union[str, os.PathLike] = hub.DEFAULT_MODEL, *,
+                 dtype: str = "fp32", threads: Optional[int] = None, truncate: bool = True):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
+        if threads is None:
+            threads = default_threads()
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValueError(f"threads: expected a positive int or None, got {threads!r}")
+        self.folder = hub.resolve(model)
+        ckpt = load_checkpoint(self.folder)
+        self.config = ckpt.config
+        self.tokenizer = Tokenizer(self.folder / "tokenizer.json", ckpt.config.vocab)
+        self.dtype, self.threads, self.truncate = dtype, threads, truncate
+        self._pooling = ckpt.pooling
+        self._model = BertModel(ckpt, _kernels.Kernels())
+        # Concurrent calls: each takes a workspace from the pool, and at most
+        # cores // threads of them compute at once, so threads never oversubscribe the cores.
+        self._workspaces: List = []
+        self._ws_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max(1, available_cores() // threads))
+
+    @property
+    def dim(self) -> int:
+        """The embedding width (384 for bge-small)."""
+        return self.config.hidden
+
+    @property
+    def max_tokens(self) -> int:
+        """The most tokens a text may have, [CLS] and [SEP] included (512 for bge-small)."""
+        return self.config.max_positions
+
+    @property
+    def pooling(self) -> str:
+        """The checkpoint's own pooling ("cls" for bge, from 1_Pooling/config.json)."""
+        return self._pooling
+
+    def __repr__(self) -> str:
+        return (f"Engine(model={str(self.folder)!r}, dtype={self.dtype!r}, "
+                f"threads={self.threads}, dim={self.dim}, pooling={self.pooling!r})")
+
+    def count_tokens(self, texts: Union[str, Sequence[str]]) -> List[int]:
+        """Tokens each text has before truncation, [CLS] and [SEP] included."""
+        texts = schema.check_texts(_as_list(texts), "texts", max_texts=None)
+        return [int(ids.shape[0]) for ids in self.tokenizer.encode(texts)]
+
+    def embed(self, payload: dict) -> dict:
+        """The Workers AI contract: {"text": ..., "pooling"?: ...} or {"requests": [...]}.
+
+        Returns:
+            {"shape": [n, dim], "data": [[...], ...], "pooling": ...}, or for the requests
+            form {"responses": [{"id": i, "result": {...}, "success": True}, ...]}.
+
+        Raises:
+            InvalidInput: the payload breaks the contract (names the key or index).
+            InputTooLong: a text over max_tokens on an engine made with truncate=False.
+        """
+        requests, batched = schema.parse(payload)
+        replies = []
+        for i, req in enumerate(requests):
+            try:
+                vectors = self._embed(req.texts, req.pooling, normalize=True, batch_size=None)
+            except InputTooLong as exc:
+                if not batched:
+                    raise
+                raise InputTooLong(f"requests[{i}].{exc}", index=exc.index,
+                                   n_tokens=exc.n_tokens, limit=exc.limit) from None
+            replies.append(schema.reply(vectors, req.pooling))
+        return schema.batch_reply(replies) if batched else replies[0]
+
+    def encode(self, texts: Union[str, Sequence[str]], *, batch_size: int = 32,
+               pooling: Optional[str] = None, normalize: bool = True,
+               show_progress_bar: bool = False) -> np.ndarray:
+        """Embeds texts, sentence-transformers style.
+
+        Args:
+            texts: a string or a list of strings (no limit on their number).
+            batch_size: the most texts per forward pass.
+            pooling: "cls" or "mean"; None for the checkpoint's own.
+            normalize: L2-normalise each row.
+            show_progress_bar: a tqdm bar over the texts on stderr.
+
+        Returns:
+            float32 array (n, dim); a bare string gives (1, dim), [] gives (0, dim).
+        """
+        texts = schema.check_texts(_as_list(texts), "texts", max_texts=None)
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InvalidInput(f"batch_size: expected a positive int, got {batch_size!r}")
+        if pooling is None:
+            pooling = self._pooling
+        if pooling not in schema.POOLINGS:
+            raise InvalidInput(f"pooling: expected 'mean', 'cls' or None, got {pooling!r}")
+        return self._embed(texts, pooling, normalize=bool(normalize), batch_size=batch_size,
+                           progress=show_progress_bar)
+
+    def hidden_states(self, text: str) -> List[np.ndarray]:
+        """Every layer's output (embeddings first) for one text, (tokens, dim) each."""
+        ids = self._tokenize([schema.check_text(text, "text")])[0]
+        offsets = np.array([0, ids.shape[0]], dtype=np.int32)
+        states: List[np.ndarray] = []
+        with self._compute() as ws:
+            self._model.forward(ids, offsets, ws, self.threads, hidden_states=states)
+        return states
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _tokenize(self, texts: List[str]) -> List[np.ndarray]:
+        """Token ids per text, truncated to max_tokens or refused (InputTooLong)."""
+        all_ids = self.tokenizer.encode(texts)
+        limit = self.max_tokens
+        cut = 0
+        for i, ids in enumerate(all_ids):
+            if ids.shape[0] <= limit:
+                continue
+            if not self.truncate:
+                raise InputTooLong(
+                    f"text[{i}]: {ids.shape[0]} tokens, over the model's limit of {limit}; "
+                    "shorten it, or use an Engine made with truncate=True",
+                    index=i, n_tokens=int(ids.shape[0]), limit=limit)
+            all_ids[i] = self.tokenizer.truncate(ids, limit)
+            cut += 1
+        if cut:
+            log.warning("truncated %d of %d texts to the model's %d tokens", cut, len(texts),
+                        limit)
+        return all_ids
+
+    def _embed(self, texts: List[str], pooling: str, *, normalize: bool,
+               batch_size: Optional[int], progress: bool = False) -> np.ndarray:
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        all_ids = self._tokenize(texts)
+        order = sorted(range(len(texts)), key=lambda i: all_ids[i].shape[0])
+        bar = _progress(len(texts)) if progress else None
+        try:
+            for batch in _batches(order, all_ids, batch_size or len(texts), TOKEN_BUDGET):
+                ids = np.concatenate([all_ids[i] for i in batch])
+                lengths = [all_ids[i].shape[0] for i in batch]
+                offsets = np.zeros(len(batch) + 1, dtype=np.int32)
+                np.cumsum(lengths, out=offsets[1:])
+                with self._compute() as ws:
+                    h = self._model.forward(ids, offsets, ws, self.threads)
+                    out[batch] = self._model.pool(h, offsets, pooling, normalize)
+                if bar is not None:
+                    bar.update(len(batch))
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
+
+    def _compute(self):
+        return _ComputeSlot(self)
+
+
+class _ComputeSlot:
+    """Context manager: a compute slot and a workspace for one forward pass."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def __enter__(self):
+        e = self.engine
+        e._slots.acquire()
+        with e._ws_lock:
+            self.ws = e._workspaces.pop() if e._workspaces else e._model.new_workspace()
+        return self.ws
+
+    def __exit__(self, *exc):
+        e = self.engine
+        with e._ws_lock:
+            e._workspaces.append(self.ws)
+        e._slots.release()
+        return False
+
+
+def _as_list(texts):
+    return [texts] if isinstance(texts, str) else texts
+
+
+def _batches(order: List[int], all_ids: List[np.ndarray], max_texts: int, max_tokens: int):
+    """Cuts `order` into runs of at most max_texts texts and max_tokens tokens (at least one
+    text per run)."""
+    batch, tokens = [], 0
+    for i in order:
+        n = all_ids[i].shape[0]
+        if batch and (len(batch) == max_texts or tokens + n > max_tokens):
+            yield batch
+            batch, tokens = [], 0
+        batch.append(i)
+        tokens += n
+    if batch:
+        yield batch
+
+
+def _progress(total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="bge-engine", unit="text")

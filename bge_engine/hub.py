@@ -1,0 +1,88 @@
+"""Where a model comes from: a local folder, the Hugging Face cache, or a download.
+
+`resolve(model)` tries, in order: a folder at that path; the snapshot of that hub id in the
+Hugging Face cache (read directly, so no `huggingface_hub` is needed for it); a download with
+`huggingface_hub` (an optional dependency: `pip install "bge-engine[hub]"`), which shows a
+progress bar. When none works it raises `ModelNotFound` saying how to use a local folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Optional, Union
+
+from .errors import ModelNotFound
+
+DEFAULT_MODEL = "BAAI/bge-small-en-v1.5"
+# The files the engine reads; a download fetches these and nothing else.
+MODEL_FILES = ["config.json", "model.safetensors", "tokenizer.json", "1_Pooling/config.json",
+               "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "modules.json"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def cached_snapshot(repo_id: str) -> Optional[Path]:
+    """The cached snapshot folder of `repo_id` that refs/main points at, if it holds a model."""
+    repo = hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+    try:
+        revision = (repo / "refs" / "main").read_text().strip()
+    except OSError:
+        return None
+    snapshot = repo / "snapshots" / revision
+    if (snapshot / "config.json").is_file() and (snapshot / "model.safetensors").is_file():
+        return snapshot
+    return None
+
+
+def _download(repo_id: str) -> Path:
+    """Downloads `repo_id`'s model files; raises ModelNotFound with the reason on failure."""
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise ModelNotFound(_not_found(repo_id, "huggingface_hub is not installed "
+                                                "(pip install 'bge-engine[hub]')")) from None
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise ModelNotFound(_not_found(repo_id, "HF_HUB_OFFLINE is set"))
+    try:
+        path = huggingface_hub.snapshot_download(repo_id, allow_patterns=MODEL_FILES)
+    except Exception as exc:  # network, auth and missing-repo errors all end here
+        reason = f"the download failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        raise ModelNotFound(_not_found(repo_id, reason)) from None
+    return Path(path)
+
+
+def _not_found(model: str, reason: str) -> str:
+    return (f"model {model!r} not found: no folder at that path, no copy in the Hugging Face "
+            f"cache ({hub_cache_dir()}), and {reason}. Point at a local folder in the Hugging "
+            "Face layout (config.json, model.safetensors, tokenizer.json): "
+            "Engine(model='/path/to/bge-small-en-v1.5'), BGE_ENGINE_MODEL=/path/to/folder, "
+            "or `bge-engine embed --model /path/to/folder ...`")
+
+
+def resolve(model: Union[str, os.PathLike]) -> Path:
+    """Returns a local folder holding `model` (a folder path or a hub id such as
+    "BAAI/bge-small-en-v1.5"), downloading it when it must and can.
+
+    Raises:
+        ModelNotFound: nothing found and nothing could be downloaded.
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    name = os.fspath(model)
+    if not _HUB_ID.match(name) or path.exists():
+        raise ModelNotFound(
+            f"model {name!r} not found: no folder at that path (and it is no hub id like "
+            "'BAAI/bge-small-en-v1.5'). Point at a folder holding config.json, "
+            "model.safetensors and tokenizer.json")
+    return cached_snapshot(name) or _download(name)

@@ -1,0 +1,58 @@
+"""WordPiece tokenisation through `tokenizers`, from the checkpoint's tokenizer.json.
+
+The file's own truncation and padding settings are switched off (all-MiniLM-L6-v2's pads
+and cuts at 128): the engine never pads, and it truncates itself so that it can count the
+tokens a text had and keep [SEP] last.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import tokenizers
+
+from .errors import ModelFormatError
+
+
+class Tokenizer:
+    """Turns texts into token ids, [CLS] ... [SEP] included, never truncated.
+
+    Args:
+        path: the checkpoint's tokenizer.json.
+        vocab_size: the model's vocabulary size; every id must fall below it.
+    """
+
+    def __init__(self, path: Path, vocab_size: int):
+        try:
+            self._tok = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises its own exception type
+            raise ModelFormatError(f"{path}: not a readable tokenizer.json ({exc})") from None
+        self._tok.no_truncation()
+        self._tok.no_padding()
+        probe = self._tok.encode("a")
+        if not probe.special_tokens_mask or probe.special_tokens_mask[-1] != 1:
+            raise ModelFormatError(
+                f"{path}: the tokenizer adds no closing special token ([SEP]); "
+                "a BERT tokenizer.json with its TemplateProcessing post-processor is needed")
+        self.sep_id = probe.ids[-1]
+        self._vocab_size = vocab_size
+        self._path = path
+
+    def encode(self, texts: List[str]) -> List[np.ndarray]:
+        """Returns each text's ids as int32, specials included, untruncated."""
+        encodings = self._tok.encode_batch(texts, add_special_tokens=True)
+        out = [np.asarray(e.ids, dtype=np.int32) for e in encodings]
+        for ids in out:
+            if ids.size and int(ids.max()) >= self._vocab_size:
+                raise ModelFormatError(
+                    f"{self._path}: the tokenizer gave id {int(ids.max())}, beyond the "
+                    f"model's vocab_size {self._vocab_size}")
+        return out
+
+    def truncate(self, ids: np.ndarray, limit: int) -> np.ndarray:
+        """ids cut to `limit` tokens: the first limit - 1, then [SEP]."""
+        if ids.shape[0] <= limit:
+            return ids
+        return np.concatenate([ids[: limit - 1], np.asarray([self.sep_id], dtype=np.int32)])

@@ -1,0 +1,221 @@
+"""Checkpoint loading: config.json, 1_Pooling/config.json and model.safetensors.
+
+`load_checkpoint` validates a Hugging Face BERT folder and returns its config, its pooling
+and its tensors as float32 numpy arrays, with Q, K and V fused into one (3H, H) weight.
+Every failure is a `ModelFormatError` naming the file and, where one is at fault, the tensor.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+from .errors import ModelFormatError
+
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """The sizes of a BERT encoder, as its config.json gives them."""
+
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    vocab: int
+    max_positions: int
+    type_vocab: int
+    eps: float
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+@dataclass
+class LayerWeights:
+    """One encoder layer, in torch Linear layout (out_features, in_features)."""
+
+    qkv_w: np.ndarray  # (3H, H): query, key, value stacked
+    qkv_b: np.ndarray  # (3H,)
+    out_w: np.ndarray  # (H, H)
+    out_b: np.ndarray
+    ln1_g: np.ndarray  # attention.output.LayerNorm
+    ln1_b: np.ndarray
+    up_w: np.ndarray  # (F, H) intermediate.dense
+    up_b: np.ndarray
+    down_w: np.ndarray  # (H, F) output.dense
+    down_b: np.ndarray
+    ln2_g: np.ndarray  # output.LayerNorm
+    ln2_b: np.ndarray
+
+
+@dataclass
+class Checkpoint:
+    """A loaded BERT checkpoint."""
+
+    folder: Path
+    config: BertConfig
+    pooling: str  # the checkpoint's own: "cls" or "mean"
+    word: np.ndarray  # (vocab, H)
+    pos: np.ndarray  # (max_positions, H)
+    type: np.ndarray  # (type_vocab, H)
+    emb_ln_g: np.ndarray
+    emb_ln_b: np.ndarray
+    layers: List[LayerWeights]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ModelFormatError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ModelFormatError(f"{path}: expected a JSON object")
+    return data
+
+
+def check_folder(folder: Path) -> None:
+    """Raises ModelFormatError naming the first required file the folder lacks."""
+    for name in REQUIRED_FILES:
+        if not (folder / name).is_file():
+            raise ModelFormatError(
+                f"{folder}: missing {name}; a model folder in the Hugging Face layout holds "
+                f"{', '.join(REQUIRED_FILES)} (and optionally 1_Pooling/config.json)")
+
+
+def load_config(folder: Path) -> BertConfig:
+    """Reads and validates config.json: a BERT encoder with absolute positions and erf GELU."""
+    path = folder / "config.json"
+    c = _read_json(path)
+
+    def refuse(key, why):
+        raise ModelFormatError(f"{path}: {key} = {c.get(key)!r}: {why}")
+
+    if c.get("model_type") != "bert":
+        refuse("model_type", "only BERT encoders ('bert') run here")
+    if c.get("position_embedding_type", "absolute") != "absolute":
+        refuse("position_embedding_type", "only 'absolute' positions are supported")
+    if c.get("hidden_act", "gelu") != "gelu":
+        refuse("hidden_act", "only 'gelu' (the exact erf GELU) is supported")
+    if c.get("is_decoder") or c.get("add_cross_attention"):
+        refuse("is_decoder", "decoders and cross-attention are not supported")
+
+    def size(key, default=None):
+        v = c.get(key, default)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            refuse(key, "expected a positive integer")
+        return v
+
+    hidden, heads = size("hidden_size"), size("num_attention_heads")
+    if hidden % heads:
+        refuse("num_attention_heads", f"does not divide hidden_size {hidden}")
+    eps = c.get("layer_norm_eps", 1e-12)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
+        refuse("layer_norm_eps", "expected a number in (0, 1)")
+    return BertConfig(
+        hidden=hidden,
+        layers=size("num_hidden_layers"),
+        heads=heads,
+        intermediate=size("intermediate_size"),
+        vocab=size("vocab_size"),
+        max_positions=size("max_position_embeddings"),
+        type_vocab=size("type_vocab_size", 2),
+        eps=float(eps),
+    )
+
+
+def load_pooling(folder: Path) -> str:
+    """The checkpoint's pooling from 1_Pooling/config.json ("cls" or "mean"); "mean" without it."""
+    path = folder / "1_Pooling" / "config.json"
+    if not path.is_file():
+        return "mean"
+    c = _read_json(path)
+    modes = [k for k, v in c.items() if k.startswith("pooling_mode_") and v is True]
+    if modes == ["pooling_mode_cls_token"]:
+        return "cls"
+    if modes == ["pooling_mode_mean_tokens"]:
+        return "mean"
+    raise ModelFormatError(
+        f"{path}: pooling {modes or 'none'} is not supported; expected exactly one of "
+        "pooling_mode_cls_token or pooling_mode_mean_tokens")
+
+
+class _TensorReader:
+    """Reads named tensors from model.safetensors, with or without the 'bert.' prefix."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+
+        self.path = path
+        try:
+            self._f = safe_open(str(path), framework="numpy")
+            self._names = set(self._f.keys())
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelFormatError(f"{path}: not a readable safetensors file ({exc})") from None
+        prefixed = any(n.startswith("bert.") for n in self._names)
+        self._prefix = "bert." if prefixed and "embeddings.word_embeddings.weight" not in self._names else ""
+
+    def get(self, name: str, shape: tuple) -> np.ndarray:
+        full = self._prefix + name
+        if full not in self._names:
+            raise ModelFormatError(f"{self.path}: tensor {full!r} is missing")
+        try:
+            a = self._f.get_tensor(full)
+        except Exception as exc:
+            raise ModelFormatError(f"{self.path}: tensor {full!r} is unreadable ({exc})") from None
+        if a.dtype not in (np.float32, np.float16):
+            raise ModelFormatError(
+                f"{self.path}: tensor {full!r} has dtype {a.dtype}; expected float32 or float16")
+        if tuple(a.shape) != shape:
+            raise ModelFormatError(
+                f"{self.path}: tensor {full!r} has shape {tuple(a.shape)}; expected {shape}")
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        if not np.all(np.isfinite(a)):
+            raise ModelFormatError(f"{self.path}: tensor {full!r} holds NaN or infinity")
+        return a
+
+
+def load_checkpoint(folder: Path) -> Checkpoint:
+    """Loads and validates a BERT checkpoint folder in the Hugging Face layout."""
+    check_folder(folder)
+    cfg = load_config(folder)
+    pooling = load_pooling(folder)
+    r = _TensorReader(folder / "model.safetensors")
+    H, F = cfg.hidden, cfg.intermediate
+    layers = []
+    for i in range(cfg.layers):
+        p = f"encoder.layer.{i}."
+        q, k, v = (r.get(f"{p}attention.self.{n}.weight", (H, H)) for n in ("query", "key", "value"))
+        qb, kb, vb = (r.get(f"{p}attention.self.{n}.bias", (H,)) for n in ("query", "key", "value"))
+        layers.append(LayerWeights(
+            qkv_w=np.concatenate([q, k, v], axis=0),
+            qkv_b=np.concatenate([qb, kb, vb]),
+            out_w=r.get(f"{p}attention.output.dense.weight", (H, H)),
+            out_b=r.get(f"{p}attention.output.dense.bias", (H,)),
+            ln1_g=r.get(f"{p}attention.output.LayerNorm.weight", (H,)),
+            ln1_b=r.get(f"{p}attention.output.LayerNorm.bias", (H,)),
+            up_w=r.get(f"{p}intermediate.dense.weight", (F, H)),
+            up_b=r.get(f"{p}intermediate.dense.bias", (F,)),
+            down_w=r.get(f"{p}output.dense.weight", (H, F)),
+            down_b=r.get(f"{p}output.dense.bias", (H,)),
+            ln2_g=r.get(f"{p}output.LayerNorm.weight", (H,)),
+            ln2_b=r.get(f"{p}output.LayerNorm.bias", (H,)),
+        ))
+    return Checkpoint(
+        folder=folder,
+        config=cfg,
+        pooling=pooling,
+        word=r.get("embeddings.word_embeddings.weight", (cfg.vocab, H)),
+        pos=r.get("embeddings.position_embeddings.weight", (cfg.max_positions, H)),
+        type=r.get("embeddings.token_type_embeddings.weight", (cfg.type_vocab, H)),
+        emb_ln_g=r.get("embeddings.LayerNorm.weight", (H,)),
+        emb_ln_b=r.get("embeddings.LayerNorm.bias", (H,)),
+        layers=layers,
+    )

@@ -1,0 +1,83 @@
+"""Dispatch: CPUID + XCR0 features as the kernel reports them, the BGE_ISA cap, and
+cpu_info() naming each slot's kernel."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import bge_engine
+from bge_engine import _kernels
+
+# /proc/cpuinfo flag for each feature the C side reads from CPUID
+PROC_FLAGS = {"avx2": "avx2", "fma": "fma", "avx512f": "avx512f", "avx512bw": "avx512bw",
+              "avx512dq": "avx512dq", "avx512vl": "avx512vl", "avx512_vnni": "avx512_vnni",
+              "avx_vnni": "avx_vnni", "avx512_bf16": "avx512_bf16",
+              "avx512_fp16": "avx512_fp16", "amx_tile": "amx_tile", "amx_int8": "amx_int8",
+              "amx_bf16": "amx_bf16"}
+
+
+def proc_flags():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="no /proc/cpuinfo on this OS")
+def test_features_agree_with_the_kernel():
+    flags = proc_flags()
+    if "avx2" not in flags and "fma" not in flags and "sse2" not in flags:
+        pytest.skip("not an x86 host: /proc/cpuinfo has no x86 flags")
+    features = _kernels.cpu_features()
+    for name, flag in PROC_FLAGS.items():
+        assert features[name] == (flag in flags), name
+
+
+def test_cpu_info_names_every_slot():
+    info = bge_engine.cpu_info()
+    assert info["isa"] in info["usable"]
+    assert set(info["usable"]) <= set(info["built"]) | {"ref"}
+    assert "ref" in info["usable"]
+    for slot, name in info["kernels"].items():
+        assert name.startswith(f"bge_{slot}") and name.endswith(f"__{name.split('__')[-1]}")
+    assert info["isa"] == max(info["usable"], key=_kernels.isa_names().index) or info["cap"]
+
+
+def run_with_isa(value):
+    env = dict(os.environ, BGE_ISA=value)
+    code = "import json, bge_engine; print(json.dumps(bge_engine.cpu_info()))"
+    proc = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env,
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout), proc.stderr
+
+
+@pytest.mark.parametrize("level", ["ref", "avx2", "avxvnni", "avx512", "vnni", "amx"])
+def test_bge_isa_caps_the_level(level):
+    info, _ = run_with_isa(level)
+    names = _kernels.isa_names()
+    allowed = [i for i in info["usable"] if names.index(i) <= names.index(level)]
+    assert info["isa"] == allowed[-1]
+    if level == "ref":
+        assert all(name.endswith("__ref") for name in info["kernels"].values())
+
+
+def test_unknown_bge_isa_warns_and_runs():
+    info, err = run_with_isa("avx9000")
+    assert "BGE_ISA" in err and "RuntimeWarning" in err
+    assert info["isa"] == info["usable"][-1]
+
+
+def test_kernels_for_a_level_the_host_lacks_is_refused():
+    missing = [i for i in _kernels.isa_names() if i not in _kernels.usable_isas()]
+    if not missing:
+        pytest.skip("this host runs every level")
+    with pytest.raises(ValueError, match="not usable"):
+        _kernels.Kernels(missing[0])
+    with pytest.raises(ValueError, match="expected one of"):
+        _kernels.Kernels("sse9")

@@ -2,6 +2,7 @@
 
     bge-engine embed [--model M] [--pooling mean|cls] [--dtype fp32] TEXT...
     bge-engine embed [--model M] --input FILE.jsonl|-     # a payload per line in, a reply per line out
+    bge-engine bench [--model M] [--dtype fp32] [--threads N] [--json]
     bge-engine info [--json]
 
 Errors go to stderr as one line naming the error's code; the exit status is 2 for bad
@@ -13,11 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import List, Optional
 
 from . import __version__, cpu_info
-from .engine import DTYPES, Engine
+from .engine import DTYPES, Engine, default_threads
 from .errors import BgeError, InvalidInput
 from .hub import DEFAULT_MODEL
 
@@ -38,16 +40,45 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--input", default=None, metavar="FILE",
                    help="read one JSON payload per line from FILE ('-' for stdin)")
 
+    b = sub.add_parser("bench", help="latency, throughput, peak RSS and cold start")
+    b.add_argument("--model", default=None,
+                   help=f"a model folder or hub id (default: $BGE_ENGINE_MODEL, else {DEFAULT_MODEL})")
+    b.add_argument("--dtype", choices=DTYPES, default="fp32")
+    b.add_argument("--threads", type=int, default=None, help="threads per call")
+    b.add_argument("--json", action="store_true", help="print JSON")
+
     i = sub.add_parser("info", help="version, CPU features and the kernel of each slot")
     i.add_argument("--json", action="store_true", help="print JSON")
     return p
 
 
-def _engine(args) -> Engine:
-    import os
+def _model(args) -> str:
+    return args.model or os.environ.get("BGE_ENGINE_MODEL") or DEFAULT_MODEL
 
-    model = args.model or os.environ.get("BGE_ENGINE_MODEL") or DEFAULT_MODEL
-    return Engine(model, dtype=args.dtype, threads=args.threads)
+
+def _engine(args) -> Engine:
+    return Engine(_model(args), dtype=args.dtype, threads=args.threads)
+
+
+def _bench(args) -> int:
+    from . import bench
+
+    threads = args.threads or default_threads()
+    print(f"bge-engine bench: {_model(args)}, {args.dtype}, {threads} threads "
+          f"({cpu_info()['isa']} kernels) ...", file=sys.stderr)
+    r = bench.run(_model(args), args.dtype, threads)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"model        {r['model']}")
+    print(f"dtype        {r['dtype']}, {r['threads']} threads")
+    for n, sec in r["latency_s"].items():
+        print(f"latency {n:>3}  {sec * 1e3:8.2f} ms   (batch 1, {n} tokens, median)")
+    print(f"throughput   {r['throughput_caller']:8.1f} sentences/s   "
+          f"({len(bench.sentences())} sentences, batches of {bench.BATCH})")
+    print(f"peak RSS     {r['peak_rss_mb']:8.1f} MB")
+    print(f"cold start   {r['cold_start_s'] * 1e3:8.1f} ms   (process start to first vector)")
+    return 0
 
 
 def _embed(args) -> int:
@@ -98,9 +129,11 @@ def _info(args) -> int:
         print(json.dumps(info, indent=2))
         return 0
     have = [name for name, on in info["features"].items() if on]
+    lack = [name for name, on in info["features"].items() if not on]
     print(f"bge-engine {info['version']}")
     print(f"cpu:      {info['cpu']} ({info['machine']})")
     print(f"features: {' '.join(have) or 'none'}")
+    print(f"lacks:    {' '.join(lack) or 'none'}")
     print(f"built:    {' '.join(info['built'])}")
     print(f"usable:   {' '.join(info['usable'])}")
     print(f"chosen:   {info['isa']}" + (f" (BGE_ISA={info['cap']})" if info["cap"] else ""))
@@ -115,7 +148,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="bge-engine: %(levelname)s: %(message)s")
     try:
-        return _embed(args) if args.command == "embed" else _info(args)
+        return {"embed": _embed, "bench": _bench, "info": _info}[args.command](args)
     except BgeError as exc:
         print(f"bge-engine: error [{exc.code}]: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, InvalidInput) else 1

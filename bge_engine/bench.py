@@ -1,0 +1,101 @@
+"""Benchmark workloads and timers, shared by `bge-engine bench` and bench/compare.py.
+
+Latency: one text of exactly L tokens ([CLS] and [SEP] included), batch 1. Throughput: the 256
+English sentences of `data/sentences.txt` (10 to 40 tokens each) in batches of 32. Every figure
+is the median over repeats, after a warm-up call; these machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence
+
+LENGTHS = (8, 16, 32, 128, 512)
+BATCH = 32
+
+
+def sentences() -> List[str]:
+    """The 256 benchmark sentences, in file order (the caller's order)."""
+    path = Path(__file__).with_name("data") / "sentences.txt"
+    return [s for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
+
+
+def text_of_tokens(n_tokens: int) -> str:
+    """A text that bert-base-uncased WordPiece turns into exactly n_tokens tokens, specials
+    included ("cloud" is one piece)."""
+    if n_tokens < 3:
+        raise ValueError("n_tokens: expected >= 3")
+    return " ".join(["cloud"] * (n_tokens - 2))
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, min_seconds: float = 0.0) -> float:
+    """The median wall time of fn() over `repeats` runs (more while under min_seconds)."""
+    fn()  # warm-up: first-touch of buffers, thread pools
+    times: List[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def repeats_for(n_tokens: int) -> int:
+    return 30 if n_tokens <= 32 else 15 if n_tokens <= 128 else 7
+
+
+def batches(items: Sequence, size: int) -> List[Sequence]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set so far, in MB (Linux reports KiB, macOS bytes)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
+
+
+def cold_start_seconds(code: str, repeats: int = 3, env: Dict[str, str] = None) -> float:
+    """Median wall time of `python -c code` in a fresh process: process start to exit after
+    its first vector (the code must embed one text and exit)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, env=env or dict(os.environ),
+                       stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure_engine(engine, sentences_: List[str]) -> dict:
+    """Latency per length and throughput for a bge_engine.Engine."""
+    latency = {}
+    for n in LENGTHS:
+        text = text_of_tokens(n)
+        latency[n] = median_seconds(lambda: engine.encode(text), repeats_for(n))
+    per_call = median_seconds(
+        lambda: [engine.encode(list(b), batch_size=BATCH) for b in batches(sentences_, BATCH)],
+        repeats=5)
+    return {"latency_s": latency, "throughput_caller": len(sentences_) / per_call}
+
+
+def run(model: str, dtype: str, threads: int) -> dict:
+    """`bge-engine bench`: latency, throughput, peak RSS and cold start of one engine."""
+    from .engine import Engine
+
+    t0 = time.perf_counter()
+    engine = Engine(model, dtype=dtype, threads=threads)
+    load = time.perf_counter() - t0
+    result = measure_engine(engine, sentences())
+    result.update(
+        model=str(engine.folder), dtype=dtype, threads=threads, load_s=load,
+        peak_rss_mb=peak_rss_mb(),
+        cold_start_s=cold_start_seconds(
+            "import bge_engine; bge_engine.Engine(%r, dtype=%r, threads=%d).encode('hello')"
+            % (str(engine.folder), dtype, threads)))
+    return result

@@ -1,0 +1,258 @@
+"""End-to-end comparison of bge-engine with the engines users pick instead, in one run, on
+the same bge-small-shaped checkpoint:
+
+  - ONNX Runtime fp32: the model exported with torch.onnx (opset 17), default session
+    optimisations (ORT_ENABLE_ALL), fed with `tokenizers` and padding to the longest text;
+  - PyTorch fp32: transformers BertModel, eager, inference mode.
+
+Each engine runs in its own process (thread pools of different libraries never share one),
+with the same thread count. Measured: batch-1 latency at 8, 16, 32, 128 and 512 tokens;
+throughput on the 256 sentences of bench/sentences.txt in batches of 32, fed in the caller's
+order (as fastembed feeds them) and, for the peers, length-sorted; peak RSS; cold start
+(process start to first vector). Medians over repeats. Results go to bench/results/ as JSON
+and a markdown table, with the ratios against each peer.
+
+    pip install -e ".[bench]"
+    python bench/compare.py                     # the synthetic bge-small checkpoint, 1 and 2 threads
+    python bench/compare.py --model DIR --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from bge_engine import bench  # noqa: E402
+
+ENGINES = ("bge-engine", "onnxruntime", "pytorch")
+
+
+# -- workers: each runs in a fresh process and prints one JSON line --------------------------
+
+def _pool(hidden, mask, pooling):
+    """CLS or masked mean of a padded (B, L, H) batch, then L2 normalised (numpy)."""
+    import numpy as np
+
+    if pooling == "cls":
+        v = hidden[:, 0]
+    else:
+        m = mask[..., None].astype(hidden.dtype)
+        v = (hidden * m).sum(1) / m.sum(1)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _padded(tokenizer, texts):
+    import numpy as np
+
+    enc = tokenizer.encode_batch(texts)
+    L = max(len(e.ids) for e in enc)
+    ids = np.zeros((len(enc), L), np.int64)
+    mask = np.zeros((len(enc), L), np.int64)
+    for i, e in enumerate(enc):
+        ids[i, :len(e.ids)] = e.ids
+        mask[i, :len(e.ids)] = 1
+    return ids, mask
+
+
+def _peer_embedder(engine, folder, onnx_path, threads, pooling):
+    """A function texts -> normalised (n, H) vectors for a peer engine."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(512)
+    if engine == "onnxruntime":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+
+        def embed(texts):
+            ids, mask = _padded(tok, texts)
+            (h,) = sess.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask,
+                                                    "token_type_ids": np.zeros_like(ids)})
+            return _pool(h, mask, pooling)
+        return embed
+    import torch
+    from transformers import BertModel
+
+    torch.set_num_threads(threads)
+    model = BertModel.from_pretrained(folder, attn_implementation="eager").eval()
+
+    def embed(texts):
+        ids, mask = _padded(tok, texts)
+        with torch.inference_mode():
+            h = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                      token_type_ids=torch.zeros_like(torch.from_numpy(ids))).last_hidden_state
+        return _pool(h.numpy(), mask, pooling)
+    return embed
+
+
+def worker(engine, folder, onnx_path, threads, pooling):
+    """Measures one engine; returns the result dict."""
+    sentences = bench.sentences()
+    if engine == "bge-engine":
+        import bge_engine
+
+        e = bge_engine.Engine(folder, threads=threads)
+        result = bench.measure_engine(e, sentences)
+        embed = lambda texts: e.encode(texts, pooling=pooling)  # noqa: E731
+    else:
+        embed = _peer_embedder(engine, folder, onnx_path, threads, pooling)
+        result = {"latency_s": {}}
+        for n in bench.LENGTHS:
+            text = bench.text_of_tokens(n)
+            result["latency_s"][n] = bench.median_seconds(lambda: embed([text]),
+                                                          bench.repeats_for(n))
+        caller = bench.batches(sentences, bench.BATCH)
+        per_call = bench.median_seconds(lambda: [embed(list(b)) for b in caller], repeats=5)
+        result["throughput_caller"] = len(sentences) / per_call
+    by_length = sorted(sentences, key=len)
+    sorted_batches = bench.batches(by_length, bench.BATCH)
+    per_call = bench.median_seconds(lambda: [embed(list(b)) for b in sorted_batches], repeats=5)
+    result["throughput_sorted"] = len(sentences) / per_call
+    result["peak_rss_mb"] = bench.peak_rss_mb()
+    return result
+
+
+def cold_start(engine, folder, onnx_path, threads, pooling):
+    code = ("import sys; sys.path.insert(0, %r); import compare; "
+            "compare._first_vector(%r, %r, %r, %d, %r)"
+            % (str(HERE), engine, folder, str(onnx_path), threads, pooling))
+    return bench.cold_start_seconds(code)
+
+
+def _first_vector(engine, folder, onnx_path, threads, pooling):
+    """Loads an engine and embeds one text: what a cold start measures."""
+    if engine == "bge-engine":
+        import bge_engine
+
+        bge_engine.Engine(folder, threads=threads).encode("hello", pooling=pooling)
+    else:
+        _peer_embedder(engine, folder, onnx_path, threads, pooling)(["hello"])
+
+
+# -- the driver ------------------------------------------------------------------------------
+
+def export_onnx(folder, path):
+    """Exports the checkpoint's BertModel to ONNX, opset 17, dynamic batch and length."""
+    import torch
+    from transformers import BertModel
+
+    class Encoder(torch.nn.Module):
+        """BertModel with keyword inputs and the last hidden state as its one output."""
+
+        def __init__(self):
+            super().__init__()
+            self.bert = BertModel.from_pretrained(folder, attn_implementation="eager").eval()
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=token_type_ids).last_hidden_state
+
+    ids = torch.ones((2, 16), dtype=torch.long)
+    dyn = {0: "batch", 1: "length"}
+    with torch.no_grad():
+        torch.onnx.export(
+            Encoder(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(path),
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["last_hidden_state"], opset_version=17,
+            dynamic_axes={"input_ids": dyn, "attention_mask": dyn, "token_type_ids": dyn,
+                          "last_hidden_state": dyn}, dynamo=False)
+
+
+def run_worker(engine, folder, onnx_path, threads, pooling):
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--model",
+           str(folder), "--onnx", str(onnx_path), "--threads", str(threads), "--pooling",
+           pooling]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def table(results, threads_list):
+    """The markdown table, with ratios (peer time / ours: > 1 means bge-engine is faster)."""
+    lines = []
+    for t in threads_list:
+        r = {e: results[f"{e}/{t}"] for e in ENGINES}
+        lines += [f"### {t} thread{'s' if t > 1 else ''}", "",
+                  "| measure | bge-engine | ONNX Runtime | PyTorch | ORT / ours | PyTorch / ours |",
+                  "|---|---|---|---|---|---|"]
+        for n in bench.LENGTHS:
+            v = [r[e]["latency_s"][str(n)] * 1e3 for e in ENGINES]
+            lines.append(f"| latency {n} tokens (ms) | {v[0]:.2f} | {v[1]:.2f} | {v[2]:.2f} | "
+                         f"{v[1] / v[0]:.2f}x | {v[2] / v[0]:.2f}x |")
+        for key, label in (("throughput_caller", "caller's order"),
+                           ("throughput_sorted", "length-sorted")):
+            v = [r[e][key] for e in ENGINES]
+            lines.append(f"| throughput, {label} (sent/s) | {v[0]:.1f} | {v[1]:.1f} | {v[2]:.1f} | "
+                         f"{v[0] / v[1]:.2f}x | {v[0] / v[2]:.2f}x |")
+        v = [r[e]["peak_rss_mb"] for e in ENGINES]
+        lines.append(f"| peak RSS (MB) | {v[0]:.0f} | {v[1]:.0f} | {v[2]:.0f} | "
+                     f"{v[1] / v[0]:.2f}x | {v[2] / v[0]:.2f}x |")
+        v = [r[e]["cold_start_s"] * 1e3 for e in ENGINES]
+        lines.append(f"| cold start (ms) | {v[0]:.0f} | {v[1]:.0f} | {v[2]:.0f} | "
+                     f"{v[1] / v[0]:.2f}x | {v[2] / v[0]:.2f}x |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None,
+                   help="a checkpoint folder (default: the synthetic bge-small one, made here)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--pooling", choices=("cls", "mean"), default="cls")
+    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
+    p.add_argument("--onnx", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        r = worker(args.worker, args.model, args.onnx, args.threads[0], args.pooling)
+        print(json.dumps(r))
+        return 0
+
+    tmp = Path(tempfile.mkdtemp(prefix="bge-bench-"))
+    folder = args.model
+    if folder is None:
+        from synthetic import write_synthetic_bge
+
+        folder = str(write_synthetic_bge(tmp / "bge-small-synthetic", seed=0))
+    onnx_path = tmp / "model.onnx"
+    print(f"exporting {folder} to ONNX (opset 17) ...", file=sys.stderr)
+    export_onnx(folder, onnx_path)
+    results = {"model": folder, "date": time.strftime("%Y-%m-%d %H:%M"),
+               "cpu": __import__("bge_engine").cpu_info()["cpu"],
+               "isa": __import__("bge_engine").cpu_info()["isa"]}
+    for t in args.threads:
+        for e in ENGINES:
+            print(f"measuring {e}, {t} threads ...", file=sys.stderr)
+            r = run_worker(e, folder, onnx_path, t, args.pooling)
+            r["cold_start_s"] = cold_start(e, folder, onnx_path, t, args.pooling)
+            results[f"{e}/{t}"] = r
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(results, indent=2))
+    md = (f"# bge-engine vs peers\n\n{results['date']}, {results['cpu']}, bge-engine kernels: "
+          f"{results['isa']}, model: {folder}\n\n" + table(results, args.threads))
+    (out / "compare.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -57,7 +57,7 @@ class BertModel:
     """A BERT encoder ready to run: weights packed once for `kernels`.
 
     Args:
-        ckpt: the loaded checkpoint; its matrices are packed and then dropped.
+        ckpt: the opened checkpoint; each layer is read, packed and dropped in turn.
         kernels: a `_kernels.Kernels` table.
     """
 
@@ -66,9 +66,7 @@ class BertModel:
         self.kernels = kernels
         self.word, self.pos, self.type = ckpt.word, ckpt.pos, ckpt.type
         self.emb_ln_g, self.emb_ln_b = ckpt.emb_ln_g, ckpt.emb_ln_b
-        self.layers = []
-        while ckpt.layers:  # pack layer by layer, freeing each unpacked layer as we go
-            self.layers.append(PackedLayer(kernels, ckpt.layers.pop(0)))
+        self.layers = [PackedLayer(kernels, ckpt.layer(i)) for i in range(self.config.layers)]
         self.scale = 1.0 / math.sqrt(self.config.head_dim)
 
     def new_workspace(self) -> Workspace:

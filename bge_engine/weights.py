@@ -8,9 +8,9 @@ Every failure is a `ModelFormatError` naming the file and, where one is at fault
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
 
 import numpy as np
 
@@ -57,7 +57,9 @@ class LayerWeights:
 
 @dataclass
 class Checkpoint:
-    """A loaded BERT checkpoint."""
+    """A BERT checkpoint: embeddings in memory, layers read on demand by `layer(i)` so that
+    a caller can pack one layer and drop it before reading the next (peak memory stays near
+    one copy of the weights)."""
 
     folder: Path
     config: BertConfig
@@ -67,7 +69,32 @@ class Checkpoint:
     type: np.ndarray  # (type_vocab, H)
     emb_ln_g: np.ndarray
     emb_ln_b: np.ndarray
-    layers: List[LayerWeights]
+    reader: "_TensorReader"
+
+    def layer(self, i: int) -> LayerWeights:
+        """Reads encoder layer i from model.safetensors."""
+        H, F = self.config.hidden, self.config.intermediate
+        p = f"encoder.layer.{i}."
+        with self.reader.session() as f:
+            def get(name, shape):
+                return self.reader.get(f, p + name, shape)
+
+            qkv = [get(f"attention.self.{n}.weight", (H, H)) for n in ("query", "key", "value")]
+            qkv_b = [get(f"attention.self.{n}.bias", (H,)) for n in ("query", "key", "value")]
+            return LayerWeights(
+                qkv_w=np.concatenate(qkv, axis=0),
+                qkv_b=np.concatenate(qkv_b),
+                out_w=get("attention.output.dense.weight", (H, H)),
+                out_b=get("attention.output.dense.bias", (H,)),
+                ln1_g=get("attention.output.LayerNorm.weight", (H,)),
+                ln1_b=get("attention.output.LayerNorm.bias", (H,)),
+                up_w=get("intermediate.dense.weight", (F, H)),
+                up_b=get("intermediate.dense.bias", (F,)),
+                down_w=get("output.dense.weight", (H, F)),
+                down_b=get("output.dense.bias", (H,)),
+                ln2_g=get("output.LayerNorm.weight", (H,)),
+                ln2_b=get("output.LayerNorm.bias", (H,)),
+            )
 
 
 def _read_json(path: Path) -> dict:
@@ -148,26 +175,40 @@ def load_pooling(folder: Path) -> str:
 
 
 class _TensorReader:
-    """Reads named tensors from model.safetensors, with or without the 'bert.' prefix."""
+    """Reads named tensors from model.safetensors, with or without the 'bert.' prefix.
+
+    The file is opened for each group of reads and closed after: safetensors maps the file,
+    and every mapped page read counts toward the process's resident memory while the
+    mapping lives. Closing after each layer keeps the peak near one copy of the weights.
+    """
 
     def __init__(self, path: Path):
+        self.path = path
+        with self.session() as f:
+            self._names = set(f.keys())
+        prefixed = any(n.startswith("bert.") for n in self._names)
+        self._prefix = ("bert." if prefixed and "embeddings.word_embeddings.weight"
+                        not in self._names else "")
+
+    @contextmanager
+    def session(self):
+        """The open safetensors file, closed on exit."""
         from safetensors import safe_open
 
-        self.path = path
         try:
-            self._f = safe_open(str(path), framework="numpy")
-            self._names = set(self._f.keys())
+            handle = safe_open(str(self.path), framework="numpy")
         except Exception as exc:  # safetensors raises its own error types
-            raise ModelFormatError(f"{path}: not a readable safetensors file ({exc})") from None
-        prefixed = any(n.startswith("bert.") for n in self._names)
-        self._prefix = "bert." if prefixed and "embeddings.word_embeddings.weight" not in self._names else ""
+            raise ModelFormatError(f"{self.path}: not a readable safetensors file ({exc})") from None
+        with handle as f:
+            yield f
 
-    def get(self, name: str, shape: tuple) -> np.ndarray:
+    def get(self, f, name: str, shape: tuple) -> np.ndarray:
+        """Tensor `name` of the open file f, checked for presence, dtype, shape, finiteness."""
         full = self._prefix + name
         if full not in self._names:
             raise ModelFormatError(f"{self.path}: tensor {full!r} is missing")
         try:
-            a = self._f.get_tensor(full)
+            a = f.get_tensor(full)
         except Exception as exc:
             raise ModelFormatError(f"{self.path}: tensor {full!r} is unreadable ({exc})") from None
         if a.dtype not in (np.float32, np.float16):
@@ -183,39 +224,22 @@ class _TensorReader:
 
 
 def load_checkpoint(folder: Path) -> Checkpoint:
-    """Loads and validates a BERT checkpoint folder in the Hugging Face layout."""
+    """Opens and validates a BERT checkpoint folder in the Hugging Face layout: config,
+    pooling and embeddings now; every layer's tensors when `layer(i)` reads them."""
     check_folder(folder)
     cfg = load_config(folder)
     pooling = load_pooling(folder)
     r = _TensorReader(folder / "model.safetensors")
-    H, F = cfg.hidden, cfg.intermediate
-    layers = []
-    for i in range(cfg.layers):
-        p = f"encoder.layer.{i}."
-        q, k, v = (r.get(f"{p}attention.self.{n}.weight", (H, H)) for n in ("query", "key", "value"))
-        qb, kb, vb = (r.get(f"{p}attention.self.{n}.bias", (H,)) for n in ("query", "key", "value"))
-        layers.append(LayerWeights(
-            qkv_w=np.concatenate([q, k, v], axis=0),
-            qkv_b=np.concatenate([qb, kb, vb]),
-            out_w=r.get(f"{p}attention.output.dense.weight", (H, H)),
-            out_b=r.get(f"{p}attention.output.dense.bias", (H,)),
-            ln1_g=r.get(f"{p}attention.output.LayerNorm.weight", (H,)),
-            ln1_b=r.get(f"{p}attention.output.LayerNorm.bias", (H,)),
-            up_w=r.get(f"{p}intermediate.dense.weight", (F, H)),
-            up_b=r.get(f"{p}intermediate.dense.bias", (F,)),
-            down_w=r.get(f"{p}output.dense.weight", (H, F)),
-            down_b=r.get(f"{p}output.dense.bias", (H,)),
-            ln2_g=r.get(f"{p}output.LayerNorm.weight", (H,)),
-            ln2_b=r.get(f"{p}output.LayerNorm.bias", (H,)),
-        ))
-    return Checkpoint(
-        folder=folder,
-        config=cfg,
-        pooling=pooling,
-        word=r.get("embeddings.word_embeddings.weight", (cfg.vocab, H)),
-        pos=r.get("embeddings.position_embeddings.weight", (cfg.max_positions, H)),
-        type=r.get("embeddings.token_type_embeddings.weight", (cfg.type_vocab, H)),
-        emb_ln_g=r.get("embeddings.LayerNorm.weight", (H,)),
-        emb_ln_b=r.get("embeddings.LayerNorm.bias", (H,)),
-        layers=layers,
-    )
+    H = cfg.hidden
+    with r.session() as f:
+        return Checkpoint(
+            folder=folder,
+            config=cfg,
+            pooling=pooling,
+            word=r.get(f, "embeddings.word_embeddings.weight", (cfg.vocab, H)),
+            pos=r.get(f, "embeddings.position_embeddings.weight", (cfg.max_positions, H)),
+            type=r.get(f, "embeddings.token_type_embeddings.weight", (cfg.type_vocab, H)),
+            emb_ln_g=r.get(f, "embeddings.LayerNorm.weight", (H,)),
+            emb_ln_b=r.get(f, "embeddings.LayerNorm.bias", (H,)),
+            reader=r,
+        )

@@ -94,7 +94,10 @@ def _embed(args) -> int:
         json.dump(engine.embed(payload), sys.stdout)
         sys.stdout.write("\n")
         return 0
-    stream = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
+    # Bytes that are not UTF-8 become lone surrogates, which the schema refuses as invalid
+    # Unicode naming the line, as it does for standard input.
+    stream = (sys.stdin if args.input == "-"
+              else open(args.input, encoding="utf-8", errors="surrogateescape"))
     try:
         engine = _engine(args)
         for number, line in enumerate(stream, 1):

@@ -66,11 +66,11 @@ class Engine:
     def __init__(self, model: Union[str, os.PathLike] = hub.DEFAULT_MODEL, *,
                  dtype: str = "fp32", threads: Optional[int] = None, truncate: bool = True):
         if dtype not in DTYPES:
-            raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
+            raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {schema.show(dtype)}")
         if threads is None:
             threads = default_threads()
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-            raise ValueError(f"threads: expected a positive int or None, got {threads!r}")
+            raise ValueError(f"threads: expected a positive int or None, got {schema.show(threads)}")
         self.folder = hub.resolve(model)
         ckpt = load_checkpoint(self.folder)
         self.config = ckpt.config
@@ -149,11 +149,11 @@ class Engine:
         """
         texts = schema.check_texts(_as_list(texts), "texts", max_texts=None)
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise InvalidInput(f"batch_size: expected a positive int, got {batch_size!r}")
+            raise InvalidInput(f"batch_size: expected a positive int, got {schema.show(batch_size)}")
         if pooling is None:
             pooling = self._pooling
         if pooling not in schema.POOLINGS:
-            raise InvalidInput(f"pooling: expected 'mean', 'cls' or None, got {pooling!r}")
+            raise InvalidInput(f"pooling: expected 'mean', 'cls' or None, got {schema.show(pooling)}")
         return self._embed(texts, pooling, normalize=bool(normalize), batch_size=batch_size,
                            progress=show_progress_bar)
 
@@ -238,7 +238,11 @@ class _ComputeSlot:
 
 
 def _as_list(texts):
-    return [texts] if isinstance(texts, str) else texts
+    """A str becomes a list of one; a tuple a list (encode accepts any sequence type a
+    sentence-transformers user passes: list or tuple)."""
+    if isinstance(texts, str):
+        return [texts]
+    return list(texts) if isinstance(texts, tuple) else texts
 
 
 def _batches(order: List[int], all_ids: List[np.ndarray], max_texts: int, max_tokens: int):

@@ -39,7 +39,8 @@ def cached_snapshot(repo_id: str) -> Optional[Path]:
     except OSError:
         return None
     snapshot = repo / "snapshots" / revision
-    if (snapshot / "config.json").is_file() and (snapshot / "model.safetensors").is_file():
+    if all((snapshot / name).is_file() for name in ("config.json", "model.safetensors",
+                                                      "tokenizer.json")):
         return snapshot
     return None
 
@@ -56,7 +57,8 @@ def _download(repo_id: str) -> Path:
     try:
         path = huggingface_hub.snapshot_download(repo_id, allow_patterns=MODEL_FILES)
     except Exception as exc:  # network, auth and missing-repo errors all end here
-        reason = f"the download failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        first_line = (str(exc).splitlines() or [""])[0][:200]
+        reason = f"the download failed: {type(exc).__name__}" + (f": {first_line}" if first_line else "")
         raise ModelNotFound(_not_found(repo_id, reason)) from None
     return Path(path)
 

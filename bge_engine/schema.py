@@ -26,6 +26,21 @@ class Request:
     pooling: str
 
 
+def show(value: Any, limit: int = 60) -> str:
+    """A short repr of a caller's value for an error message; never raises (the repr of an
+    int of over 4300 digits does)."""
+    try:
+        text = repr(value)
+    except Exception:  # any failing __repr__ must not turn into a crash
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _unknown(keys, allowed) -> Optional[str]:
+    """The first key not in `allowed`, shown for a message, or None."""
+    return next((show(k) for k in keys if k not in allowed), None)
+
+
 def check_text(text: Any, where: str) -> str:
     """Returns `text` if it is a non-empty string of valid Unicode, else raises InvalidInput.
 
@@ -68,16 +83,17 @@ def check_texts(texts: Any, where: str, max_texts: Optional[int] = MAX_TEXTS) ->
 def _parse_one(item: Any, where: str) -> Request:
     if not isinstance(item, dict):
         raise InvalidInput(f"{where}: expected an object with 'text', got {type(item).__name__}")
-    unknown = sorted(str(k) for k in item if k not in ("text", "pooling"))
+    unknown = _unknown(item, ("text", "pooling"))
     if unknown:
-        raise InvalidInput(f"{where}: unknown key {unknown[0]!r}; allowed: 'text', 'pooling'")
+        raise InvalidInput(f"{where or 'payload'}: unknown key {unknown}; "
+                           "allowed: 'text', 'pooling'")
     if "text" not in item:
         raise InvalidInput(f"{where}: missing key 'text'")
     prefix = f"{where}." if where else ""
     texts = check_texts(item["text"], f"{prefix}text")
     pooling = item.get("pooling", DEFAULT_POOLING)
     if not isinstance(pooling, str) or pooling not in POOLINGS:
-        raise InvalidInput(f"{prefix}pooling: expected 'mean' or 'cls', got {pooling!r}")
+        raise InvalidInput(f"{prefix}pooling: expected 'mean' or 'cls', got {show(pooling)}")
     return Request(texts, pooling)
 
 
@@ -96,18 +112,18 @@ def parse(payload: Any) -> tuple:
             f"payload: expected an object (dict) with 'text' or 'requests', "
             f"got {type(payload).__name__}")
     if "requests" in payload:
-        extra = sorted(str(k) for k in payload if k != "requests")
+        extra = _unknown(payload, ("requests",))
         if extra:
             raise InvalidInput(
-                f"payload: unknown key {extra[0]!r} beside 'requests'; "
+                f"payload: unknown key {extra} beside 'requests'; "
                 "send either {'text': ...} or {'requests': [...]}")
         items = payload["requests"]
         if not isinstance(items, list) or not items:
             raise InvalidInput("requests: expected a non-empty list of {'text': ...} objects")
         return [_parse_one(item, f"requests[{i}]") for i, item in enumerate(items)], True
     if "text" not in payload:
-        unknown = sorted(str(k) for k in payload)
-        hint = f" (unknown key {unknown[0]!r})" if unknown else ""
+        unknown = _unknown(payload, ())
+        hint = f" (unknown key {unknown})" if unknown else ""
         raise InvalidInput(f"payload: expected the key 'text' or 'requests'{hint}")
     return [_parse_one(payload, "")], False
 

@@ -12,6 +12,7 @@ Environment:
     BGE_SANITIZE   "1" builds with AddressSanitizer + UndefinedBehaviorSanitizer.
 """
 
+import glob
 import os
 import platform
 import sys
@@ -102,7 +103,7 @@ class BuildExt(build_ext):
                 output_dir=self.build_temp,
                 include_dirs=["csrc"],
                 extra_postargs=BASE_CFLAGS + flags,
-                depends=["csrc/bge.h", "csrc/bge_internal.h"],
+                depends=sorted(glob.glob("csrc/*.h")) + sorted(glob.glob(f"{folder}/*.h")),
             )
             macros.append((macro, "1"))
         ext.extra_objects = list(ext.extra_objects or []) + objects
@@ -116,7 +117,9 @@ extension = Extension(
     include_dirs=["csrc"],
     extra_compile_args=BASE_CFLAGS,
     extra_link_args=BASE_LDFLAGS,
-    depends=["csrc/bge.h", "csrc/bge_internal.h", "bge_engine/_kernels.pxd"],
+    # every C file and header, ISA folders included: a change to any of them relinks the
+    # extension (the ISA objects reach the link as extra_objects, which setuptools ignores)
+    depends=sorted(glob.glob("csrc/**/*.[ch]", recursive=True)) + ["bge_engine/_kernels.pxd"],
 )
 
 setup(

@@ -1,7 +1,7 @@
 # Declarations of the C API (csrc/bge.h) for the Cython boundary. Every function and every
 # function pointer is nogil: the wrappers in _kernels.pyx release the GIL around each call.
 
-from libc.stdint cimport int32_t
+from libc.stdint cimport int8_t, int32_t, uint8_t
 
 
 cdef extern from "bge.h" nogil:
@@ -23,6 +23,9 @@ cdef extern from "bge.h" nogil:
     enum:
         BGE_ISA_REF
         BGE_ISA_COUNT
+
+    enum:
+        BGE_Q8_MAX_K
 
     ctypedef struct bge_kernels:
         int isa
@@ -55,6 +58,22 @@ cdef extern from "bge.h" nogil:
         int (*f32_l2norm)(float *x, int n, int C) noexcept nogil
         const char *f32_l2norm_name
         double (*f32_fma_loop)(long iters) noexcept nogil
+        int (*qu8_quantize)(const float *x, int M, int K, uint8_t *q, float *scale,
+                            int32_t *zp, int nthreads) noexcept nogil
+        const char *qu8_quantize_name
+        size_t (*qs8_packed_size)(int K, int N) noexcept nogil
+        int (*qs8_pack)(const int8_t *w, const float *w_scale, int K, int N,
+                        void *packed) noexcept nogil
+        const char *qs8_pack_name
+        int (*qu8s8_gemm)(const uint8_t *q, const float *scale, const int32_t *zp, int M,
+                          int K, int N, const void *packed, const float *bias,
+                          const float *res, float *out, int epilogue,
+                          int nthreads) noexcept nogil
+        const char *qu8s8_gemm_name
+        int (*qu8s8_gemm_i32)(const uint8_t *q, int M, int K, int N, const void *packed,
+                              int32_t *acc, int nthreads) noexcept nogil
+        const char *qu8s8_gemm_i32_name
+        double (*qu8s8_dot_loop)(long iters) noexcept nogil
 
     ctypedef struct bge_cpu_features:
         int avx2, fma, avx512f, avx512bw, avx512dq, avx512vl, avx512_vnni, avx_vnni

@@ -12,7 +12,7 @@ owns (the engine's workspace), so the hot path allocates nothing.
 
 import numpy as np
 
-from libc.stdint cimport int32_t
+from libc.stdint cimport int8_t, int32_t, uint8_t
 
 _EPILOGUES = {"bias": BGE_EPI_BIAS, "gelu": BGE_EPI_BIAS_GELU, "residual": BGE_EPI_BIAS_RESIDUAL}
 _POOLS = {"cls": BGE_POOL_CLS, "mean": BGE_POOL_MEAN}
@@ -94,20 +94,62 @@ cdef int _check_status(int status, str what) except -1:
     raise ValueError(f"{what}: the C kernel rejected its arguments (status {status})")
 
 
-def _offsets(object offsets, int T):
-    """Checks ragged offsets: int32 (n+1,), 0 first, non-decreasing, T last."""
+cdef int _ragged(object offsets, int T, int *max_len, int *min_len) except -1:
+    """Checks ragged offsets: int32 (n+1,), 0 first, non-decreasing, T last; returns n and
+    the longest and shortest text's length (a loop in C: this runs on every kernel call)."""
     if not isinstance(offsets, np.ndarray) or offsets.ndim != 1 or offsets.shape[0] < 2:
         raise ValueError("offsets: expected an int32 array of shape (n + 1,) with n >= 1")
     _check(offsets, "offsets", (offsets.shape[0],), np.int32)
-    last = int(offsets[offsets.shape[0] - 1])
-    if offsets[0] != 0 or last != T or np.any(np.diff(offsets) < 0):
-        raise ValueError(f"offsets: expected 0 first, {T} last and non-decreasing, got "
-                         f"{offsets[0]} .. {last}")
-    return offsets.shape[0] - 1
+    cdef const int32_t[::1] o = offsets
+    cdef Py_ssize_t i, n = o.shape[0] - 1
+    cdef int d, mx = 0, mn = 2147483647
+    if o[0] != 0 or o[n] != T:
+        raise ValueError(f"offsets: expected 0 first and {T} last, got {o[0]} .. {o[n]}")
+    for i in range(n):
+        d = o[i + 1] - o[i]
+        if d < 0:
+            raise ValueError(f"offsets: expected non-decreasing values, got {o[i]} then {o[i + 1]}")
+        mx = d if d > mx else mx
+        mn = d if d < mn else mn
+    max_len[0], min_len[0] = mx, mn
+    return n
 
 
 class PackedF32:
     """A weight (N, K) packed for one kernel table's GEMM; see that table's pack."""
+
+    __slots__ = ("data", "K", "N", "isa")
+
+    def __init__(self, data, K, N, isa):
+        self.data, self.K, self.N, self.isa = data, K, N, isa
+
+    @property
+    def nbytes(self):
+        return self.data.nbytes
+
+
+def q8_row_bytes(int K):
+    """Bytes of one row of quantised activations q: K rounded up to a multiple of 4."""
+    if K < 0:
+        raise ValueError(f"K: expected >= 0, got {K}")
+    return (K + 3) // 4 * 4
+
+
+Q8_MAX_K = BGE_Q8_MAX_K  # the largest K whose int32 sums stay exact (K * 255 * 127 < 2^31)
+
+
+def _aligned_bytes(size_t n):
+    """A uint8 array of n bytes starting on a 64-byte boundary."""
+    buf = np.empty(n + 64, dtype=np.uint8)
+    off = (-buf.ctypes.data) % 64
+    return buf[off:off + n]
+
+
+class PackedQ8:
+    """int8 weights w_s8 (N, K) with their scales, packed for one kernel table's qgemm.
+
+    `data` starts with a header naming the layout; a table's qgemm rejects another table's
+    layout (ValueError: packed by another kernel table)."""
 
     __slots__ = ("data", "K", "N", "isa")
 
@@ -151,6 +193,10 @@ cdef class Kernels:
             "f32_embed": t.f32_embed_name.decode(),
             "f32_pool": t.f32_pool_name.decode(),
             "f32_l2norm": t.f32_l2norm_name.decode(),
+            "qu8_quantize": t.qu8_quantize_name.decode(),
+            "qs8_pack": t.qs8_pack_name.decode(),
+            "qu8s8_gemm": t.qu8s8_gemm_name.decode(),
+            "qu8s8_gemm_i32": t.qu8s8_gemm_i32_name.decode(),
         }
 
     def pack(self, w):
@@ -193,7 +239,7 @@ cdef class Kernels:
             raise ValueError("res: only the 'residual' epilogue takes it")
         if M == 0:
             return out
-        if np.shares_memory(x, out):
+        if np.may_share_memory(x, out):
             raise ValueError("out: must not overlap x")
         cdef const float[:, ::1] xv = x
         cdef const float[::1] pv = packed.data
@@ -273,11 +319,11 @@ cdef class Kernels:
             raise ValueError(f"heads: {heads} does not divide the hidden size {H}")
         _check(qkv, "qkv", (T, 3 * H))
         _writable(_check(out, "out", (T, H)), "out")
-        cdef int n = _offsets(offsets, T)
+        cdef int max_len, min_len
+        cdef int n = _ragged(offsets, T, &max_len, &min_len)
         cdef int nt = _threads(threads)
         if T == 0:
             return out
-        max_len = int(np.max(np.diff(offsets)))
         need = self.t.f32_attention_scratch(max_len, H // heads, nt)
         if scratch is None:
             scratch = np.empty(need, dtype=np.float32)
@@ -312,14 +358,17 @@ cdef class Kernels:
         _check(pos, "pos", (P, C))
         _check(type_, "type_", (type_.shape[0], C))
         _writable(_check(out, "out", (T, C)), "out")
-        cdef int n = _offsets(offsets, T)
+        cdef int max_len, min_len
+        cdef int n = _ragged(offsets, T, &max_len, &min_len)
         if T == 0:
             return out
-        if ids.min() < 0 or ids.max() >= V:
-            raise ValueError(f"ids: every id must be in [0, {V})")
-        if int(np.max(np.diff(offsets))) > P:
-            raise ValueError(f"offsets: a text is longer than the {P} positions")
+        if max_len > P:
+            raise ValueError(f"offsets: a text of {max_len} tokens is longer than the {P} positions")
         cdef const int32_t[::1] iv = ids
+        cdef Py_ssize_t t
+        for t in range(T):
+            if iv[t] < 0 or iv[t] >= V:
+                raise ValueError(f"ids: every id must be in [0, {V}), got {iv[t]} at {t}")
         cdef const int32_t[::1] offv = offsets
         cdef const float[:, ::1] wv = word
         cdef const float[:, ::1] pv = pos
@@ -340,9 +389,10 @@ cdef class Kernels:
             raise ValueError("h: expected a float32 array of shape (T, C)")
         cdef int T = h.shape[0], C = h.shape[1]
         _check(h, "h", (T, C))
-        cdef int n = _offsets(offsets, T)
+        cdef int max_len, min_len
+        cdef int n = _ragged(offsets, T, &max_len, &min_len)
         _writable(_check(out, "out", (n, C)), "out")
-        if np.any(np.diff(offsets) == 0):
+        if min_len == 0:
             raise ValueError("offsets: every text needs at least one token to pool")
         cdef const float[:, ::1] hv = h
         cdef const int32_t[::1] offv = offsets
@@ -376,3 +426,139 @@ cdef class Kernels:
         with nogil:
             flops = self.t.f32_fma_loop(iters)
         return flops
+
+    # ------------------------------------------------------------------------------------
+    # int8: the scheme of csrc/bge.h (u8 activations with a zero point per row, s8 weights
+    # with a scale per output channel, int32 sums, fp32 epilogue)
+    # ------------------------------------------------------------------------------------
+
+    def qpack(self, w_s8, w_scale):
+        """Packs int8 weights w_s8 (N, K) int8 in [-127, 127] with w_scale (N,) float32 for
+        this table's qgemm; returns a PackedQ8."""
+        if not isinstance(w_s8, np.ndarray) or w_s8.ndim != 2:
+            raise ValueError("w_s8: expected an int8 array of shape (N, K)")
+        cdef int N = w_s8.shape[0], K = w_s8.shape[1]
+        _check(w_s8, "w_s8", (N, K), np.int8)
+        _check(w_scale, "w_scale", (N,))
+        if N < 1 or K < 1 or K > BGE_Q8_MAX_K:
+            raise ValueError(f"w_s8: cannot pack shape {(N, K)} (1 <= K <= {BGE_Q8_MAX_K})")
+        if np.any(w_s8 == -128):
+            raise ValueError("w_s8: values must be in [-127, 127] (symmetric s8); got -128")
+        cdef size_t size = self.t.qs8_packed_size(K, N)
+        if size == 0:
+            raise ValueError(f"w_s8: cannot pack shape {(N, K)}")
+        data = _aligned_bytes(size)
+        cdef const int8_t[:, ::1] wv = w_s8
+        cdef const float[::1] sv = w_scale
+        cdef uint8_t[::1] dv = data
+        cdef int st
+        with nogil:
+            st = self.t.qs8_pack(&wv[0, 0], &sv[0], K, N, <void *>&dv[0])
+        _check_status(st, "qpack")
+        return PackedQ8(data, K, N, self.isa)
+
+    def quantize(self, x, q, scale, zp, threads=1):
+        """Quantises x (M, K) float32 row by row into q (M, Kp) uint8, scale (M,) float32
+        and zp (M,) int32, Kp = q8_row_bytes(K); q's padding bytes are set to zp."""
+        if not isinstance(x, np.ndarray) or x.ndim != 2:
+            raise ValueError("x: expected a float32 array of shape (M, K)")
+        cdef int M = x.shape[0], K = x.shape[1]
+        cdef int Kp = q8_row_bytes(K)
+        _check(x, "x", (M, K))
+        _writable(_check(q, "q", (M, Kp), np.uint8), "q")
+        _writable(_check(scale, "scale", (M,)), "scale")
+        _writable(_check(zp, "zp", (M,), np.int32), "zp")
+        cdef int nt = _threads(threads)
+        if K < 1 or K > BGE_Q8_MAX_K:
+            raise ValueError(f"x: expected 1 <= K <= {BGE_Q8_MAX_K}, got shape {(M, K)}")
+        if M == 0:
+            return q
+        cdef const float[:, ::1] xv = x
+        cdef uint8_t[:, ::1] qv = q
+        cdef float[::1] sv = scale
+        cdef int32_t[::1] zv = zp
+        cdef int st
+        with nogil:
+            st = self.t.qu8_quantize(&xv[0, 0], M, K, &qv[0, 0], &sv[0], &zv[0], nt)
+        _check_status(st, "quantize")
+        return q
+
+    cdef int _q_rows(self, object q, object packed) except -1:
+        """Checks q (M, Kp) uint8 against packed; returns M."""
+        if not isinstance(packed, PackedQ8):
+            raise ValueError("packed: expected the PackedQ8 that Kernels.qpack returned")
+        cdef int Kp = q8_row_bytes(packed.K)
+        if not isinstance(q, np.ndarray) or q.ndim != 2:
+            raise ValueError(f"q: expected a uint8 array of shape (M, {Kp})")
+        _check(q, "q", (q.shape[0], Kp), np.uint8)
+        if packed.data.nbytes < 64:
+            raise ValueError("packed: too short to hold a packed int8 weight")
+        return q.shape[0]
+
+    def qgemm(self, q, scale, zp, packed, bias, out, epilogue="bias", res=None, threads=1):
+        """out (M, N) = epilogue((q - zp) @ w_s8^T * scale w_scale + bias) [+ res (M, N)]:
+        q (M, Kp), scale (M,), zp (M,) from quantize; packed from this table's qpack."""
+        cdef int M = self._q_rows(q, packed)
+        cdef int K = packed.K, N = packed.N
+        if epilogue not in _EPILOGUES:
+            raise ValueError(f"epilogue: expected one of {list(_EPILOGUES)}, got {epilogue!r}")
+        _check(scale, "scale", (M,))
+        _check(zp, "zp", (M,), np.int32)
+        _check(bias, "bias", (N,))
+        _writable(_check(out, "out", (M, N)), "out")
+        cdef int epi = _EPILOGUES[epilogue]
+        cdef int nt = _threads(threads)
+        if epi == BGE_EPI_BIAS_RESIDUAL:
+            _check(res, "res", (M, N))
+        elif res is not None:
+            raise ValueError("res: only the 'residual' epilogue takes it")
+        if M == 0:
+            return out
+        if np.may_share_memory(q, out):
+            raise ValueError("out: must not overlap q")
+        cdef const uint8_t[:, ::1] qv = q
+        cdef const float[::1] sv = scale
+        cdef const int32_t[::1] zv = zp
+        cdef const uint8_t[::1] pv = packed.data
+        cdef const float[::1] bv = bias
+        cdef float[:, ::1] ov = out
+        cdef const float[:, ::1] rv
+        cdef const float *rp = NULL
+        if epi == BGE_EPI_BIAS_RESIDUAL:
+            rv = res
+            rp = &rv[0, 0]
+        cdef int st
+        with nogil:
+            st = self.t.qu8s8_gemm(&qv[0, 0], &sv[0], &zv[0], M, K, N, <const void *>&pv[0],
+                                   &bv[0], rp, &ov[0, 0], epi, nt)
+        _check_status(st, "qgemm")
+        return out
+
+    def qgemm_i32(self, q, packed, acc, threads=1):
+        """acc (M, N) int32 = q (M, Kp) @ w_s8^T, the raw sums (no zero-point term)."""
+        cdef int M = self._q_rows(q, packed)
+        cdef int K = packed.K, N = packed.N
+        _writable(_check(acc, "acc", (M, N), np.int32), "acc")
+        cdef int nt = _threads(threads)
+        if M == 0:
+            return acc
+        if np.may_share_memory(q, acc):
+            raise ValueError("acc: must not overlap q")
+        cdef const uint8_t[:, ::1] qv = q
+        cdef const uint8_t[::1] pv = packed.data
+        cdef int32_t[:, ::1] av = acc
+        cdef int st
+        with nogil:
+            st = self.t.qu8s8_gemm_i32(&qv[0, 0], M, K, N, <const void *>&pv[0], &av[0, 0], nt)
+        _check_status(st, "qgemm_i32")
+        return acc
+
+    def dot_loop(self, long iters):
+        """Runs the table's int8 dot-product peak loop; returns the integer ops done (2 per
+        u8 x s8 product)."""
+        if iters < 1:
+            raise ValueError(f"iters: expected >= 1, got {iters}")
+        cdef double ops
+        with nogil:
+            ops = self.t.qu8s8_dot_loop(iters)
+        return ops

@@ -130,6 +130,82 @@ typedef int (*bge_f32_l2norm_fn)(float *x, int n, int C);
  * (2 per lane per FMA). The caller times it.                                             */
 typedef double (*bge_f32_fma_loop_fn)(long iters);
 
+/* ---------------------------------------------------------------------------------------
+ * int8 GEMM: u8 activations (per row, with a zero point) x s8 weights (per output channel,
+ * symmetric), int32 accumulation, fp32 epilogue. The scheme, exactly (every level gives the
+ * same bytes and the same bits as the reference, csrc/ref/qgemm.c):
+ *
+ *   Kp = BGE_Q8_KP(K) = K rounded up to a multiple of 4.
+ *   Weights (quantised by the caller): w_s8 (N, K) int8 in [-127, 127], w_scale (N) fp32,
+ *     W[n, k] ~= w_scale[n] * w_s8[n, k]. qs8_pack adds colsum[n] = sum_k w_s8[n, k].
+ *   Activations, per row x (K) of X (M, K), by qu8_quantize, float ops in exactly this order:
+ *     mn = min(0, min_k x[k]), mx = max(0, max_k x[k])   (NaN elements are ignored here)
+ *     if mx == mn: scale = 1, zp = 0, q[k] = 0
+ *     else: scale = (mx - mn) / 255.0f, inv = 255.0f / (mx - mn),
+ *           zp = clamp(rint(-mn * inv), 0, 255),
+ *           q[k] = clamp(rint(x[k] * inv) + zp, 0, 255)
+ *     rint rounds half to even; a value past the int32 range (or NaN) converts to INT32_MIN
+ *     before the clamp, as the x86 cvtps2dq does. q[k] for K <= k < Kp is zp.
+ *     X[m, k] ~= scale[m] * (q[m, k] - zp[m]).
+ *   GEMM: acc[m, n] = sum_k q[m, k] * w_s8[n, k]   (int32, exact while K <= BGE_Q8_MAX_K)
+ *     out[m, n] = epi((float)(acc[m, n] - zp[m] * colsum[n]) * (scale[m] * w_scale[n])
+ *                     + bias[n])
+ *     with a separate rounding after each operation (never an FMA). epi is the identity,
+ *     GELU, or + res[m, n] as for fp32. SIMD levels compute GELU with their vector GELU
+ *     (x86/<isa>/vmath.h: within 1.5e-7 |v| of the reference's scalar GELU); everything
+ *     else is bit-identical to the reference.
+ * ------------------------------------------------------------------------------------- */
+
+#define BGE_Q8_KP(K) (((K) + 3) & ~3)  /* bytes of one row of q                         */
+#define BGE_Q8_MAX_K 66000             /* K * 255 * 127 < 2^31: int32 sums stay exact    */
+
+/* Quantises X row by row (the activation scheme above).
+ *   x     (M, K) fp32
+ *   q     (M, Kp) u8, Kp = BGE_Q8_KP(K); bytes K .. Kp-1 of each row are set to zp[m]
+ *   scale (M) fp32, zp (M) int32 in [0, 255]
+ * K <= BGE_Q8_MAX_K. Rows are independent: the bytes of a row never depend on M or
+ * nthreads.                                                                             */
+typedef int (*bge_qu8_quantize_fn)(const float *x, int M, int K, uint8_t *q, float *scale,
+                                   int32_t *zp, int nthreads);
+
+/* Bytes needed to hold w_s8 (N, K) packed for this table's int8 GEMM; 0 on bad sizes
+ * (K < 1, N < 1, K > BGE_Q8_MAX_K).                                                      */
+typedef size_t (*bge_qs8_packed_size_fn)(int K, int N);
+
+/* Packs int8 weights for this table's int8 GEMM.
+ *   w       (N, K) int8 in [-127, 127] (a -128 returns BGE_ERR_ARG)
+ *   w_scale (N) fp32
+ *   packed  (qs8_packed_size(K, N)) bytes, written whole: a 64-byte header (magic, layout
+ *           id, K, N) that the GEMMs check, then w_scale, colsum and the weights in the
+ *           kernel's own layout (documented beside each pack function). No alignment is
+ *           required; a 64-byte aligned buffer keeps the kernel's loads aligned.          */
+typedef int (*bge_qs8_pack_fn)(const int8_t *w, const float *w_scale, int K, int N,
+                               void *packed);
+
+/* out = epi(dequantised q @ W^T + bias), the GEMM of the scheme above.
+ *   q      (M, Kp) u8, scale (M) fp32, zp (M) int32: as written by qu8_quantize
+ *   packed W (N, K) as packed by this table's qs8_pack; BGE_ERR_PACKING when the header
+ *          names another layout, BGE_ERR_ARG when its K or N differ from the arguments
+ *   bias   (N)
+ *   res    (M, N) with BGE_EPI_BIAS_RESIDUAL, else ignored (may be NULL); may equal out
+ *   out    (M, N) fp32
+ * Threads split rows and columns, never k: bit-identical for every nthreads and batch.   */
+typedef int (*bge_qu8s8_gemm_fn)(const uint8_t *q, const float *scale, const int32_t *zp,
+                                 int M, int K, int N, const void *packed, const float *bias,
+                                 const float *res, float *out, int epilogue, int nthreads);
+
+/* The raw int32 sums, for exact tests: acc (M, N) int32 = sum_{k < Kp} q[m, k] * w_s8[n, k]
+ * (w_s8 is zero past K, so this is the sum over k < K), without the zero-point term.
+ *   q (M, Kp) u8; packed as for qu8s8_gemm; acc (M, N) int32.                             */
+typedef int (*bge_qu8s8_gemm_i32_fn)(const uint8_t *q, int M, int K, int N, const void *packed,
+                                     int32_t *acc, int nthreads);
+
+/* The machine's int8 dot-product peak, for benchmarks: runs `iters` rounds of independent
+ * u8 x s8 multiply-accumulate chains in the level's widest int8 instruction (vpdpbusd, or
+ * vpmaddwd + vpaddd) and returns the integer operations done (2 per product). The caller
+ * times it.                                                                              */
+typedef double (*bge_qu8s8_dot_loop_fn)(long iters);
+
 /* One kernel table. Every slot is always filled (at worst with the reference).          */
 typedef struct bge_kernels {
     int isa;                               /* the bge_isa level this table was built for */
@@ -156,6 +232,18 @@ typedef struct bge_kernels {
     bge_f32_l2norm_fn f32_l2norm;
     const char *f32_l2norm_name;
     bge_f32_fma_loop_fn f32_fma_loop;
+
+    /* int8 (appended; see the scheme above) */
+    bge_qu8_quantize_fn qu8_quantize;
+    const char *qu8_quantize_name;
+    bge_qs8_packed_size_fn qs8_packed_size;
+    bge_qs8_pack_fn qs8_pack;
+    const char *qs8_pack_name;             /* names the packed layout                    */
+    bge_qu8s8_gemm_fn qu8s8_gemm;
+    const char *qu8s8_gemm_name;
+    bge_qu8s8_gemm_i32_fn qu8s8_gemm_i32;
+    const char *qu8s8_gemm_i32_name;
+    bge_qu8s8_dot_loop_fn qu8s8_dot_loop;
 } bge_kernels;
 
 /* ---------------------------------------------------------------------------------------

@@ -43,6 +43,101 @@ int bge_check_gemm_args(const float *x, int M, int K, int N, const float *packed
 /* The scalar GELU every kernel agrees on at the reference level: 0.5 x (1 + erf(x / sqrt 2)). */
 float bge_gelu_erf_scalar(float x);
 
+/* ---------------------------------------------------------------------------------------
+ * int8 (csrc/ref/qgemm.c): the references, and what every int8 level shares: the packed
+ * header, the quantisation steps, the panel packing and the tile driver.
+ * ------------------------------------------------------------------------------------- */
+
+int bge_qu8_quantize__ref(const float *x, int M, int K, uint8_t *q, float *scale, int32_t *zp,
+                          int nthreads);
+size_t bge_qs8_packed_size__ref(int K, int N);
+int bge_qs8_pack__ref(const int8_t *w, const float *w_scale, int K, int N, void *packed);
+int bge_qu8s8_gemm__ref(const uint8_t *q, const float *scale, const int32_t *zp, int M, int K,
+                        int N, const void *packed, const float *bias, const float *res,
+                        float *out, int epilogue, int nthreads);
+int bge_qu8s8_gemm_i32__ref(const uint8_t *q, int M, int K, int N, const void *packed,
+                            int32_t *acc, int nthreads);
+double bge_qu8s8_dot_loop__ref(long iters);
+
+/* The first 64 bytes of every packed int8 weight. */
+#define BGE_Q8_MAGIC 0x38514742u /* "BGQ8" in memory order */
+#define BGE_Q8_HEADER_BYTES 64
+typedef struct bge_q8_header {
+    uint32_t magic;       /* BGE_Q8_MAGIC                                              */
+    uint32_t layout;      /* one of BGE_Q8_LAYOUT_*: which kernel the bytes are laid for */
+    int32_t K, N;         /* the weight's shape (N, K)                                 */
+    int32_t Kp, Np;       /* K up to a multiple of 4; N up to a multiple of nr         */
+    int32_t nr;           /* columns per panel (1 for the reference)                   */
+    int32_t kgroup;       /* k values interleaved per column in a panel (Kp for ref)   */
+    int32_t elt;          /* bytes per packed weight: 1 (s8) or 2 (s16)                 */
+    int32_t reserved[7];
+} bge_q8_header;
+_Static_assert(sizeof(bge_q8_header) == BGE_Q8_HEADER_BYTES, "the header is 64 bytes");
+
+/* Layout ids: each packing's id names the kernel family that reads it. */
+enum {
+    BGE_Q8_LAYOUT_REF = 1,     /* ref: one panel, rows of Kp s8 (W itself, padded)    */
+    BGE_Q8_LAYOUT_AVX2 = 2,    /* avx2: 24-column panels, k pairs, s16                */
+    BGE_Q8_LAYOUT_AVXVNNI = 3, /* avxvnni: 24-column panels, k quads, s8              */
+    BGE_Q8_LAYOUT_VNNI = 4,    /* avx512vnni: 48-column panels, k quads, s8           */
+};
+
+/* Where the parts of a packed buffer start, from its header. */
+static inline const float *bge_q8_wscale(const void *packed) {
+    return (const float *)((const char *)packed + BGE_Q8_HEADER_BYTES);
+}
+static inline const int32_t *bge_q8_colsum(const void *packed) {
+    const bge_q8_header *h = (const bge_q8_header *)packed;
+    return (const int32_t *)((const char *)packed + BGE_Q8_HEADER_BYTES) + h->Np;
+}
+static inline size_t bge_q8_weights_offset(int Np) { /* header + scales + colsums, 64-aligned */
+    return BGE_Q8_HEADER_BYTES + (((size_t)Np * 8 + 63) & ~(size_t)63);
+}
+
+/* BGE_OK, or BGE_ERR_PACKING when `packed` holds another layout, or BGE_ERR_ARG when its
+ * K, N differ. */
+int bge_q8_check_header(const void *packed, uint32_t layout, int K, int N);
+
+/* Quantisation steps shared by every qu8_quantize, so each level writes the same bytes.
+ * bge_q8_row_params: scale, inv, zp from mn = min(0, min x), mx = max(0, max x); returns 0
+ *   when mx == mn (then scale = 1, zp = 0, and every q of the row is 0), else 1.
+ * bge_q8_quantize_span: q[k] = clamp(cvt(x[k] * inv) + zp, 0, 255) for k < n.
+ * bge_q8_cvt: nearbyintf, then INT32_MIN outside the int32 range or for NaN (cvtps2dq). */
+int bge_q8_row_params(float mn, float mx, float *scale, float *inv, int32_t *zp);
+void bge_q8_quantize_span(const float *x, int n, float inv, int32_t zp, uint8_t *q);
+int32_t bge_q8_cvt(float v);
+
+/* Packed size and packing of the panel layouts (every SIMD level): see ref/qgemm.c. */
+size_t bge_q8_panels_size(int K, int N, int nr, int kgroup, int elt);
+int bge_q8_pack_panels(const int8_t *w, const float *w_scale, int K, int N, void *packed,
+                       uint32_t layout, int nr, int kgroup, int elt);
+
+/* One SIMD int8 GEMM for the shared driver (bge_q8_gemm_run):
+ *   tile(q, ldq, Kp, panel, mr, nw, tile): tile[i*nr + j] = sum_{k < Kp} q[i*ldq + k] *
+ *     w[column j of the panel, k] for i < mr, j < nw (int32, row stride nr; entries past
+ *     nw may be written too);
+ *   epilogue(tile, mr, nw, ...): out[i*ldo + j] for i < mr, j < nw, from the tile as in
+ *     the scheme of bge.h; scale, zp point at row 0 of the tile; wscale, colsum, bias at
+ *     its column 0; res (NULL unless BGE_EPI_BIAS_RESIDUAL) and out at element (0, 0). */
+typedef struct bge_q8_gemm_impl {
+    uint32_t layout;
+    int mr, nr, kgroup, elt;
+    void (*tile)(const uint8_t *q, size_t ldq, int Kp, const void *panel, int mr, int nw,
+                 int32_t *tile);
+    void (*epilogue)(const int32_t *tile, int mr, int nw, const float *scale,
+                     const int32_t *zp, const float *wscale, const int32_t *colsum,
+                     const float *bias, const float *res, float *out, size_t ldo,
+                     int epilogue);
+} bge_q8_gemm_impl;
+
+/* Checks the arguments and the header, then runs the tiles over threads. acc == NULL: the
+ * qu8s8_gemm slot (scale, zp, bias, out, epilogue used); acc != NULL: the qu8s8_gemm_i32
+ * slot (the raw tile sums copied to acc (M, N); scale .. out, epilogue ignored). */
+int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float *scale,
+                    const int32_t *zp, int M, int K, int N, const void *packed,
+                    const float *bias, const float *res, float *out, int32_t *acc,
+                    int epilogue, int nthreads);
+
 /* Overlays, one per ISA folder. */
 void bge_overlay_avx2(bge_kernels *t);
 void bge_overlay_avxvnni(bge_kernels *t);

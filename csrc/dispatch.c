@@ -137,6 +137,16 @@ static void fill_ref(bge_kernels *t) {
     t->f32_l2norm = bge_f32_l2norm__ref;
     t->f32_l2norm_name = "bge_f32_l2norm__ref";
     t->f32_fma_loop = bge_f32_fma_loop__ref;
+    t->qu8_quantize = bge_qu8_quantize__ref;
+    t->qu8_quantize_name = "bge_qu8_quantize__ref";
+    t->qs8_packed_size = bge_qs8_packed_size__ref;
+    t->qs8_pack = bge_qs8_pack__ref;
+    t->qs8_pack_name = "bge_qs8_pack__ref";
+    t->qu8s8_gemm = bge_qu8s8_gemm__ref;
+    t->qu8s8_gemm_name = "bge_qu8s8_gemm__ref";
+    t->qu8s8_gemm_i32 = bge_qu8s8_gemm_i32__ref;
+    t->qu8s8_gemm_i32_name = "bge_qu8s8_gemm_i32__ref";
+    t->qu8s8_dot_loop = bge_qu8s8_dot_loop__ref;
 }
 
 static void overlay(int isa, bge_kernels *t) {

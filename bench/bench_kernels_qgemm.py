@@ -1,0 +1,143 @@
+"""GOP/s of the int8 GEMM per ISA at the model's shapes, against the int8 dot-product peak.
+
+    python -m pytest bench/bench_kernels_qgemm.py --benchmark-only
+
+bge-small's four GEMMs per layer, each with the epilogue the model fuses into it, at
+T = 16, 128, 512 tokens, on 1 and 2 threads, on every int8 level the host has (avx2:
+vpmaddwd; avxvnni: ymm vpdpbusd; vnni: zmm vpdpbusd); the peak of each level is its
+dot_loop (independent multiply-accumulate chains, 2 ops per u8 x s8 product), run on
+`threads` threads at once. The GEMM's ops are 2 T K N (the quantisation of the activations
+is a separate call, timed on its own below). extra_info holds gops, peak_gops and
+ratio_to_peak; a summary table is printed at the end. Benchmarks record, never assert on
+time (the machine is shared and noisy).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from statistics import median
+
+import numpy as np
+import pytest
+from conftest import kernels_or_skip
+
+from bge_engine import _kernels
+
+ISAS = ("avx2", "avxvnni", "vnni")
+TOKENS = (16, 128, 512)
+THREADS = (1, 2)
+# name: (K, N, epilogue) of x (T, K) @ W^T (K, N) in one encoder layer
+LAYER_GEMMS = {
+    "qkv": (384, 1152, "bias"),
+    "attn_out": (384, 384, "residual"),
+    "ffn_up": (384, 1536, "gelu"),
+    "ffn_down": (1536, 384, "residual"),
+}
+
+# (name, isa, threads, GOP/s, ratio to the dot_loop peak of that isa and thread count)
+RESULTS: list[tuple[str, str, int, float, float]] = []
+_PEAKS: dict[tuple[str, int], float] = {}
+
+
+def dot_peak(isa: str, threads: int, iters: int = 5_000_000, rounds: int = 7) -> float:
+    """GOP/s of `threads` concurrent dot_loop calls (each releases the GIL), the median of
+    `rounds` timings."""
+    key = (isa, threads)
+    if key not in _PEAKS:
+        k = _kernels.Kernels(isa)
+        k.dot_loop(iters // 10)  # warm up: clocks
+        rates = []
+        with ThreadPoolExecutor(threads) as pool:
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                ops = sum(pool.map(k.dot_loop, [iters] * threads))
+                rates.append(ops / (time.perf_counter() - t0) / 1e9)
+        _PEAKS[key] = median(rates)
+    return _PEAKS[key]
+
+
+def _report(benchmark, name, isa, threads, ops):
+    gops = ops / benchmark.stats.stats.median / 1e9
+    peak = dot_peak(isa, threads)
+    benchmark.extra_info.update(gops=round(gops, 2), peak_gops=round(peak, 2),
+                                ratio_to_peak=round(gops / peak, 3), isa=isa,
+                                threads=threads)
+    RESULTS.append((name, isa, threads, gops, gops / peak))
+
+
+class _Summary:
+    """A plugin printing RESULTS at the end (bench/conftest.py prints the fp32 table)."""
+
+    @staticmethod
+    def pytest_terminal_summary(terminalreporter):
+        if not RESULTS:
+            return
+        tr = terminalreporter
+        tr.section("int8 GOP/s (median) and ratio to the dot_loop peak of the same ISA and threads")
+        for (isa, threads), peak in sorted(_PEAKS.items()):
+            tr.write_line(f"peak {isa:7s} threads={threads}: {peak:7.1f} GOP/s")
+        for name, isa, threads, gops, ratio in RESULTS:
+            tr.write_line(f"{name:38s} {isa:7s} threads={threads}: {gops:7.1f} GOP/s "
+                          f"{100 * ratio:5.1f} % of peak")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _summary(request):
+    pm = request.config.pluginmanager
+    if not pm.has_plugin("bge-int8-summary"):
+        pm.register(_Summary(), "bge-int8-summary")
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("isa", ISAS)
+def test_dot_peak(benchmark, isa, threads):
+    """The int8 peak: `threads` concurrent dot_loop calls."""
+    k = kernels_or_skip(isa)
+    iters = 1_000_000
+    with ThreadPoolExecutor(threads) as pool:
+        def run():
+            return sum(pool.map(k.dot_loop, [iters] * threads))
+
+        ops = benchmark(run)
+    _report(benchmark, "dot_loop (peak)", isa, threads, ops)
+
+
+def _problem(T, K, N, epilogue, k):
+    rng = np.random.default_rng(T * 7919 + K + N)
+    x = rng.standard_normal((T, K), dtype=np.float32)
+    q = np.empty((T, _kernels.q8_row_bytes(K)), np.uint8)
+    scale, zp = np.empty(T, np.float32), np.empty(T, np.int32)
+    k.quantize(x, q, scale, zp)
+    w = rng.integers(-127, 128, (N, K)).astype(np.int8)
+    w_scale = np.full(N, 1e-3, np.float32)
+    b = rng.standard_normal(N, dtype=np.float32)
+    res = rng.standard_normal((T, N), dtype=np.float32) if epilogue == "residual" else None
+    return x, q, scale, zp, k.qpack(w, w_scale), b, res
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("T", TOKENS)
+@pytest.mark.parametrize("gemm", list(LAYER_GEMMS))
+@pytest.mark.parametrize("isa", ISAS)
+def test_qgemm(benchmark, isa, gemm, T, threads):
+    k = kernels_or_skip(isa)
+    K, N, epilogue = LAYER_GEMMS[gemm]
+    x, q, scale, zp, packed, b, res = _problem(T, K, N, epilogue, k)
+    out = np.empty((T, N), np.float32)
+    benchmark(k.qgemm, q, scale, zp, packed, b, out, epilogue, res=res, threads=threads)
+    _report(benchmark, f"{gemm} {T}x{K}x{N} +{epilogue}", isa, threads, 2.0 * T * K * N)
+
+
+@pytest.mark.parametrize("K", (384, 1536))
+@pytest.mark.parametrize("T", (128, 512))
+@pytest.mark.parametrize("isa", ISAS)
+def test_quantize(benchmark, isa, T, K):
+    """The activation quantiser (one pass for min/max, one to write q), 1 thread."""
+    k = kernels_or_skip(isa)
+    x = np.random.default_rng(T + K).standard_normal((T, K), dtype=np.float32)
+    q = np.empty((T, _kernels.q8_row_bytes(K)), np.uint8)
+    scale, zp = np.empty(T, np.float32), np.empty(T, np.int32)
+    benchmark(k.quantize, x, q, scale, zp)
+    benchmark.extra_info.update(isa=isa, gbytes_per_s=round(
+        x.nbytes / benchmark.stats.stats.median / 1e9, 2))

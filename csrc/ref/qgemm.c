@@ -1,0 +1,404 @@
+/*
+ * ref/qgemm.c: the reference int8 GEMM (u8 activations x s8 weights, int32 sums, fp32
+ * epilogue), the activation quantiser, the weight packing of every level, and the tile
+ * driver the SIMD levels share.
+ *
+ * The scheme (also in bge.h; the numpy transcription in tests/test_kernels_qgemm.py):
+ *   Weights, quantised by the caller (Python, at load): symmetric, per output channel,
+ *     w_s8 (N, K) int8 in [-127, 127] and w_scale (N) fp32: W[n, k] ~= w_scale[n] w_s8[n, k].
+ *     Packing adds colsum[n] = sum_k w_s8[n, k] (int32) for the zero-point term and pads K
+ *     up to Kp (a multiple of 4) with zero weights.
+ *   Activations, quantised here per row (per token), asymmetric u8 with a zero point:
+ *     mn = min(0, min x), mx = max(0, max x); when mx == mn: scale 1, zp 0, q 0; else
+ *     scale = (mx - mn) / 255.0f, inv = 255.0f / (mx - mn), zp = clamp(rint(-mn * inv), 0,
+ *     255), q[k] = clamp(rint(x[k] * inv) + zp, 0, 255); rint is round-half-even
+ *     (nearbyintf; cvtps2dq in SIMD), an out-of-range or NaN value converts to INT32_MIN
+ *     (as cvtps2dq does) before the clamp. The row's padding q[K .. Kp-1] = zp: it meets
+ *     zero weights, so it adds nothing. Min and max are order-independent (NaNs are skipped:
+ *     `x < mn ? x : mn` is exactly minps(x, mn)), so SIMD levels write the same bytes.
+ *   GEMM: acc[m, n] = sum_{k < Kp} q[m, k] w_s8[n, k] in int32, exact: |acc| <= K 255 127
+ *     < 2^31 for K <= BGE_Q8_MAX_K; the sum order is then irrelevant. The zero-point term is
+ *     d = acc - zp[m] colsum[n] = sum_k (q[m, k] - zp[m]) w_s8[n, k], also within int32
+ *     (wrap-around int32 arithmetic in SIMD gives the same d). Then, rounding after each
+ *     step, never fused: v = (float)d * (scale[m] * w_scale[n]); v = v + bias[n]; then GELU
+ *     or v + res[m, n]. Every level computes exactly this, so int8 results are bit-identical
+ *     across levels; only GELU differs (SIMD uses its vector GELU, within 1.5e-7 |v|).
+ *
+ * Packed layout, every level: a 64-byte bge_q8_header (bge_internal.h: magic "BGQ8", the
+ * layout id of the kernel that reads it, K, N, Kp, Np, nr, kgroup, elt), then
+ *   w_scale (Np) fp32, 0 past N            at byte 64
+ *   colsum  (Np) int32, 0 past N           at byte 64 + 4 Np
+ *   weights                                at byte 64 + round_up(8 Np, 64)
+ * The weights: ceil(N / nr) panels of nr columns;
+ *   panel p covers columns n = nr p .. nr p + nr - 1 and holds G = Kp / kgroup groups of
+ *   kgroup consecutive k; inside a panel, group g, column j, element r:
+ *     weights[((p G + g) nr + j) kgroup + r] = w_s8[nr p + j, kgroup g + r]
+ *   (elt = 1: int8; elt = 2: the same value widened to int16), 0 where the column is >= N
+ *   or k >= K. The reference (layout REF) is the case nr = 1, kgroup = Kp, elt = 1: W
+ *   itself, (N, Kp) row-major s8. For the SIMD levels (bge_q8_pack_panels) one k-group of
+ *   a panel is nr * kgroup * elt contiguous bytes: for
+ *   vpdpbusd (kgroup 4, s8) one 64-byte zmm holds 16 columns x 4 k, one 32-byte ymm 8 x 4;
+ *   for vpmaddwd (kgroup 2, s16) one ymm holds 8 columns x 2 k.
+ *   Layout ids and tiles: AVX2 nr 24 kgroup 2 elt 2; AVXVNNI nr 24 kgroup 4 elt 1;
+ *   VNNI nr 48 kgroup 4 elt 1.
+ * A GEMM given another layout's bytes (another table's packing) returns BGE_ERR_PACKING.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "../bge_internal.h"
+
+/* ---------------------------------------------------------------------------------------
+ * Quantisation steps (shared with the SIMD quantisers)
+ * ------------------------------------------------------------------------------------- */
+
+int32_t bge_q8_cvt(float v) {
+    const float r = nearbyintf(v);
+    return (r >= -2147483648.0f && r < 2147483648.0f) ? (int32_t)r : INT32_MIN;
+}
+
+static inline int32_t clamp_u8(int32_t v) { return v < 0 ? 0 : v > 255 ? 255 : v; }
+
+int bge_q8_row_params(float mn, float mx, float *scale, float *inv, int32_t *zp) {
+    if (mx == mn) {
+        *scale = 1.0f;
+        *inv = 0.0f;
+        *zp = 0;
+        return 0;
+    }
+    const float range = mx - mn;
+    *scale = range / 255.0f;
+    *inv = 255.0f / range;
+    *zp = clamp_u8(bge_q8_cvt(-mn * *inv));
+    return 1;
+}
+
+void bge_q8_quantize_span(const float *x, int n, float inv, int32_t zp, uint8_t *q) {
+    for (int k = 0; k < n; k++) {
+        /* INT32_MIN + zp does not overflow: zp is in [0, 255] */
+        q[k] = (uint8_t)clamp_u8(bge_q8_cvt(x[k] * inv) + zp);
+    }
+}
+
+/* x (M, K) -> q (M, Kp), scale (M), zp (M); see the scheme above. */
+int bge_qu8_quantize__ref(const float *x, int M, int K, uint8_t *q, float *scale, int32_t *zp,
+                          int nthreads) {
+    if (!x || !q || !scale || !zp || M < 1 || K < 1 || K > BGE_Q8_MAX_K || nthreads < 1)
+        return BGE_ERR_ARG;
+    const int Kp = BGE_Q8_KP(K);
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int m = 0; m < M; m++) {
+        const float *xr = x + (size_t)m * K;
+        uint8_t *qr = q + (size_t)m * Kp;
+        float mn = 0.0f, mx = 0.0f;
+        for (int k = 0; k < K; k++) {
+            const float v = xr[k];
+            mn = v < mn ? v : mn; /* minps(v, mn): a NaN v leaves mn */
+            mx = v > mx ? v : mx;
+        }
+        float inv;
+        if (bge_q8_row_params(mn, mx, &scale[m], &inv, &zp[m]))
+            bge_q8_quantize_span(xr, K, inv, zp[m], qr);
+        else
+            memset(qr, 0, (size_t)K);
+        memset(qr + K, zp[m], (size_t)(Kp - K));
+    }
+    return BGE_OK;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Packing: header, scales, column sums, weights
+ * ------------------------------------------------------------------------------------- */
+
+int bge_q8_check_header(const void *packed, uint32_t layout, int K, int N) {
+    const bge_q8_header *h = (const bge_q8_header *)packed;
+    if (h->magic != BGE_Q8_MAGIC || h->layout != layout) return BGE_ERR_PACKING;
+    if (h->K != K || h->N != N || h->Kp != BGE_Q8_KP(K) || h->nr < 1 || h->Np < N ||
+        h->Np % h->nr)
+        return BGE_ERR_ARG;
+    return BGE_OK;
+}
+
+static int check_weights(const int8_t *w, const float *w_scale, int K, int N,
+                         const void *packed) {
+    if (!w || !w_scale || !packed || K < 1 || N < 1 || K > BGE_Q8_MAX_K) return BGE_ERR_ARG;
+    const size_t n = (size_t)N * K;
+    for (size_t i = 0; i < n; i++)
+        if (w[i] == -128) return BGE_ERR_ARG;
+    return BGE_OK;
+}
+
+/* Header, w_scale (Np) and colsum (Np) of a packing with panels of nr columns. */
+static void write_head(const int8_t *w, const float *w_scale, int K, int N, void *packed,
+                       uint32_t layout, int nr, int kgroup, int elt) {
+    const int Np = (N + nr - 1) / nr * nr;
+    bge_q8_header h;
+    memset(&h, 0, sizeof h);
+    h.magic = BGE_Q8_MAGIC;
+    h.layout = layout;
+    h.K = K;
+    h.N = N;
+    h.Kp = BGE_Q8_KP(K);
+    h.Np = Np;
+    h.nr = nr;
+    h.kgroup = kgroup;
+    h.elt = elt;
+    memcpy(packed, &h, sizeof h);
+    float *ws = (float *)((char *)packed + BGE_Q8_HEADER_BYTES);
+    int32_t *cs = (int32_t *)(ws + Np);
+    for (int n = 0; n < Np; n++) {
+        int32_t s = 0;
+        if (n < N)
+            for (int k = 0; k < K; k++) s += w[(size_t)n * K + k];
+        ws[n] = n < N ? w_scale[n] : 0.0f;
+        cs[n] = s;
+    }
+    /* the gap up to the 64-byte aligned weights */
+    char *end = (char *)(cs + Np), *wt = (char *)packed + bge_q8_weights_offset(Np);
+    memset(end, 0, (size_t)(wt - end));
+}
+
+size_t bge_qs8_packed_size__ref(int K, int N) {
+    if (K < 1 || N < 1 || K > BGE_Q8_MAX_K) return 0;
+    return bge_q8_weights_offset(N) + (size_t)N * BGE_Q8_KP(K);
+}
+
+/* w (N, K) s8, w_scale (N) -> packed: header, w_scale, colsum, then (N, Kp) s8 rows. */
+int bge_qs8_pack__ref(const int8_t *w, const float *w_scale, int K, int N, void *packed) {
+    const int st = check_weights(w, w_scale, K, N, packed);
+    if (st != BGE_OK) return st;
+    const int Kp = BGE_Q8_KP(K);
+    write_head(w, w_scale, K, N, packed, BGE_Q8_LAYOUT_REF, 1, Kp, 1);
+    int8_t *wt = (int8_t *)packed + bge_q8_weights_offset(N);
+    for (int n = 0; n < N; n++) {
+        memcpy(wt + (size_t)n * Kp, w + (size_t)n * K, (size_t)K);
+        memset(wt + (size_t)n * Kp + K, 0, (size_t)(Kp - K));
+    }
+    return BGE_OK;
+}
+
+size_t bge_q8_panels_size(int K, int N, int nr, int kgroup, int elt) {
+    if (K < 1 || N < 1 || K > BGE_Q8_MAX_K || nr < 1 || kgroup < 1 || elt < 1) return 0;
+    const size_t Np = ((size_t)N + nr - 1) / nr * nr;
+    return bge_q8_weights_offset((int)Np) + Np * BGE_Q8_KP(K) * elt;
+}
+
+int bge_q8_pack_panels(const int8_t *w, const float *w_scale, int K, int N, void *packed,
+                       uint32_t layout, int nr, int kgroup, int elt) {
+    const int st = check_weights(w, w_scale, K, N, packed);
+    if (st != BGE_OK) return st;
+    if (nr < 1 || (kgroup != 1 && kgroup != 2 && kgroup != 4) || (elt != 1 && elt != 2) ||
+        BGE_Q8_KP(K) % kgroup)
+        return BGE_ERR_ARG;
+    write_head(w, w_scale, K, N, packed, layout, nr, kgroup, elt);
+    const int Kp = BGE_Q8_KP(K), Np = (N + nr - 1) / nr * nr, G = Kp / kgroup;
+    char *wt = (char *)packed + bge_q8_weights_offset(Np);
+    for (int n = 0; n < Np; n++) {
+        const int p = n / nr, j = n % nr;
+        for (int k = 0; k < Kp; k++) {
+            const int g = k / kgroup, r = k % kgroup;
+            const int v = (n < N && k < K) ? w[(size_t)n * K + k] : 0;
+            const size_t i = (((size_t)p * G + g) * nr + j) * kgroup + r;
+            if (elt == 1)
+                ((int8_t *)wt)[i] = (int8_t)v;
+            else
+                ((int16_t *)wt)[i] = (int16_t)v;
+        }
+    }
+    return BGE_OK;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Reference GEMM
+ * ------------------------------------------------------------------------------------- */
+
+static int check_q_args(const uint8_t *q, int M, int K, int N, const void *packed, int nthreads) {
+    if (!q || !packed || M < 1 || K < 1 || N < 1 || K > BGE_Q8_MAX_K || nthreads < 1)
+        return BGE_ERR_ARG;
+    return BGE_OK;
+}
+
+static int check_epi_args(const float *scale, const int32_t *zp, const float *bias,
+                          const float *res, const float *out, int epilogue) {
+    if (!scale || !zp || !bias || !out) return BGE_ERR_ARG;
+    if (epilogue != BGE_EPI_BIAS && epilogue != BGE_EPI_BIAS_GELU &&
+        epilogue != BGE_EPI_BIAS_RESIDUAL)
+        return BGE_ERR_ARG;
+    if (epilogue == BGE_EPI_BIAS_RESIDUAL && !res) return BGE_ERR_ARG;
+    return BGE_OK;
+}
+
+/* sum_{k < Kp} q[k] * w[k]: q (Kp) u8, w (Kp) s8. */
+static int32_t dot_u8s8(const uint8_t *q, const int8_t *w, int Kp) {
+    int32_t s = 0;
+    for (int k = 0; k < Kp; k++) s += (int32_t)q[k] * (int32_t)w[k];
+    return s;
+}
+
+/* One output element of the scheme from its int32 sum. */
+static inline float q8_out(int32_t acc, float scale, int32_t zp, float wscale, int32_t colsum,
+                           float bias, const float *res, int epilogue) {
+    /* exact in int32 (see above); int64 only to keep the C arithmetic free of overflow */
+    const int32_t d = (int32_t)((int64_t)acc - (int64_t)zp * colsum);
+    const float s = scale * wscale;
+    float v = (float)d * s;
+    v = v + bias;
+    if (epilogue == BGE_EPI_BIAS_GELU)
+        v = bge_gelu_erf_scalar(v);
+    else if (epilogue == BGE_EPI_BIAS_RESIDUAL)
+        v = v + *res;
+    return v;
+}
+
+/* out (M, N) = epi((q - zp) @ w_s8^T * scale w_scale + bias); q (M, Kp); packed by
+ * bge_qs8_pack__ref. res (M, N) may equal out: each element reads its res before it writes. */
+int bge_qu8s8_gemm__ref(const uint8_t *q, const float *scale, const int32_t *zp, int M, int K,
+                        int N, const void *packed, const float *bias, const float *res,
+                        float *out, int epilogue, int nthreads) {
+    int st = check_q_args(q, M, K, N, packed, nthreads);
+    if (st == BGE_OK) st = check_epi_args(scale, zp, bias, res, out, epilogue);
+    if (st == BGE_OK) st = bge_q8_check_header(packed, BGE_Q8_LAYOUT_REF, K, N);
+    if (st != BGE_OK) return st;
+    const int Kp = BGE_Q8_KP(K);
+    const float *ws = bge_q8_wscale(packed);
+    const int32_t *cs = bge_q8_colsum(packed);
+    const int8_t *wt = (const int8_t *)packed + bge_q8_weights_offset(N);
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int m = 0; m < M; m++) {
+        const uint8_t *qr = q + (size_t)m * Kp;
+        for (int n = 0; n < N; n++) {
+            const size_t o = (size_t)m * N + n;
+            const int32_t acc = dot_u8s8(qr, wt + (size_t)n * Kp, Kp);
+            out[o] = q8_out(acc, scale[m], zp[m], ws[n], cs[n], bias[n],
+                            epilogue == BGE_EPI_BIAS_RESIDUAL ? res + o : NULL, epilogue);
+        }
+    }
+    return BGE_OK;
+}
+
+/* acc (M, N) = q (M, Kp) @ w_s8^T, int32, no zero-point term; packed by bge_qs8_pack__ref. */
+int bge_qu8s8_gemm_i32__ref(const uint8_t *q, int M, int K, int N, const void *packed,
+                            int32_t *acc, int nthreads) {
+    int st = check_q_args(q, M, K, N, packed, nthreads);
+    if (st == BGE_OK && !acc) st = BGE_ERR_ARG;
+    if (st == BGE_OK) st = bge_q8_check_header(packed, BGE_Q8_LAYOUT_REF, K, N);
+    if (st != BGE_OK) return st;
+    const int Kp = BGE_Q8_KP(K);
+    const int8_t *wt = (const int8_t *)packed + bge_q8_weights_offset(N);
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++)
+            acc[(size_t)m * N + n] = dot_u8s8(q + (size_t)m * Kp, wt + (size_t)n * Kp, Kp);
+    return BGE_OK;
+}
+
+/* Scalar multiply-add chains (the compiler may vectorise them); 2 ops per product. */
+double bge_qu8s8_dot_loop__ref(long iters) {
+    volatile int32_t seed = 1;
+    int32_t acc[8];
+    for (int i = 0; i < 8; i++) acc[i] = seed * i;
+    const int32_t a = 3 * seed;
+    for (long it = 0; it < iters; it++)
+        for (int i = 0; i < 8; i++) acc[i] = acc[i] * a + (int32_t)it;
+    int32_t sink = 0;
+    for (int i = 0; i < 8; i++) sink ^= acc[i];
+    seed = sink;
+    return 16.0 * (double)iters;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * The tile driver of the SIMD levels
+ * ------------------------------------------------------------------------------------- */
+
+#define Q8_TILE_MAX (8 * 64)   /* int32 of the largest tile, MR x NR                   */
+#define Q8_MC_BYTES (128 * 1024) /* q bytes of one row block, kept in L2              */
+
+typedef struct q8_job {
+    const bge_q8_gemm_impl *impl;
+    const uint8_t *q;
+    const float *scale, *wscale, *bias, *res;
+    const int32_t *zp, *colsum;
+    const char *weights;
+    float *out;
+    int32_t *acc;
+    int M, N, Kp, epilogue;
+    size_t panel_bytes;
+} q8_job;
+
+/* Row tiles [t0, t1) x panels [p0, p1). Within a row block (Q8_MC_BYTES of q), panel by
+ * panel: one panel is reused from L1/L2 by every tile of the block. */
+static void q8_block(const q8_job *j, int t0, int t1, int p0, int p1) {
+    const bge_q8_gemm_impl *im = j->impl;
+    int32_t tile[Q8_TILE_MAX] __attribute__((aligned(64)));
+    const int MR = im->mr, NR = im->nr, Kp = j->Kp, N = j->N;
+    int mc_tiles = (int)(Q8_MC_BYTES / ((long long)Kp * MR));
+    if (mc_tiles < 1) mc_tiles = 1;
+    for (int tb = t0; tb < t1; tb += mc_tiles) {
+        const int te = tb + mc_tiles < t1 ? tb + mc_tiles : t1;
+        for (int p = p0; p < p1; p++) {
+            const int n0 = p * NR, nw = N - n0 < NR ? N - n0 : NR;
+            const void *panel = j->weights + (size_t)p * j->panel_bytes;
+            for (int t = tb; t < te; t++) {
+                const int m0 = t * MR, mr = j->M - m0 < MR ? j->M - m0 : MR;
+                im->tile(j->q + (size_t)m0 * Kp, (size_t)Kp, Kp, panel, mr, nw, tile);
+                const size_t o = (size_t)m0 * N + n0;
+                if (j->acc) {
+                    for (int i = 0; i < mr; i++)
+                        memcpy(j->acc + o + (size_t)i * N, tile + i * NR,
+                               (size_t)nw * sizeof(int32_t));
+                } else {
+                    im->epilogue(tile, mr, nw, j->scale + m0, j->zp + m0, j->wscale + n0,
+                                 j->colsum + n0, j->bias + n0,
+                                 j->epilogue == BGE_EPI_BIAS_RESIDUAL ? j->res + o : NULL,
+                                 j->out + o, (size_t)N, j->epilogue);
+                }
+            }
+        }
+    }
+}
+
+int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float *scale,
+                    const int32_t *zp, int M, int K, int N, const void *packed,
+                    const float *bias, const float *res, float *out, int32_t *acc,
+                    int epilogue, int nthreads) {
+    int st = check_q_args(q, M, K, N, packed, nthreads);
+    if (st == BGE_OK) st = acc ? BGE_OK : check_epi_args(scale, zp, bias, res, out, epilogue);
+    if (st == BGE_OK) st = bge_q8_check_header(packed, impl->layout, K, N);
+    if (st != BGE_OK) return st;
+    const bge_q8_header *h = (const bge_q8_header *)packed;
+    if (h->nr != impl->nr || h->kgroup != impl->kgroup || h->elt != impl->elt ||
+        impl->mr * impl->nr > Q8_TILE_MAX)
+        return BGE_ERR_PACKING;
+    q8_job j = {
+        .impl = impl, .q = q, .scale = scale, .wscale = bge_q8_wscale(packed), .bias = bias,
+        .res = res, .zp = zp, .colsum = bge_q8_colsum(packed),
+        .weights = (const char *)packed + bge_q8_weights_offset(h->Np), .out = out,
+        .acc = acc, .M = M, .N = N, .Kp = h->Kp, .epilogue = epilogue,
+        .panel_bytes = (size_t)h->Kp * impl->nr * impl->elt,
+    };
+    const int MR = impl->mr, NR = impl->nr;
+    const int mt = (M - 1) / MR + 1, np = (N - 1) / NR + 1;
+    if (nthreads == 1) {
+        q8_block(&j, 0, mt, 0, np);
+        return BGE_OK;
+    }
+    /* rectangles of rc row tiles x pc panels: halve pc, then rc, until 4 per thread */
+    int rc = mt, pc = np;
+    const long long want = 4LL * nthreads;
+    while ((long long)((mt + rc - 1) / rc) * ((np + pc - 1) / pc) < want && (pc > 1 || rc > 1)) {
+        if (pc > 1)
+            pc = (pc + 1) / 2;
+        else
+            rc = (rc + 1) / 2;
+    }
+    const int nrect = (mt + rc - 1) / rc, npc = (np + pc - 1) / pc, items = nrect * npc;
+    const int nt = nthreads < items ? nthreads : items;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int it = 0; it < items; it++) {
+        const int r = it / npc, c = it % npc;
+        const int t0 = r * rc, t1 = t0 + rc < mt ? t0 + rc : mt;
+        const int p0 = c * pc, p1 = p0 + pc < np ? p0 + pc : np;
+        q8_block(&j, t0, t1, p0, p1);
+    }
+    return BGE_OK;
+}

@@ -1,0 +1,254 @@
+/*
+ * x86/avx512/gemm.c: the fp32 GEMM with fused epilogues for AVX-512 F (+ FMA), its packing,
+ * and the FMA peak loop of the level.
+ *
+ *   out (M, N) = epilogue(x (M, K) @ W^T + bias (N)),  W (N, K) packed by bge_f32_pack below.
+ *
+ * Design
+ *   - Microkernel MR x NR = 8 x 48: 8 rows of x times one packed panel of 48 columns, held
+ *     in 8 x 3 = 24 zmm accumulators. Each k step loads 3 zmm of the panel and broadcasts 8
+ *     floats of x: 24 FMAs for 11 loads, so the FMA pipes stay the bottleneck (Zen 4 runs
+ *     one 512-bit FMA per cycle as two 256-bit halves; Intel server parts two), and 24
+ *     independent chains cover the 4-cycle FMA latency. Measured at 95-99 % of the fp32 FMA
+ *     peak on the model shapes on Zen 4, 1 thread. 48 divides every model width
+ *     (384, 1152, 1536), and MR = 8 keeps the waste small for short batches.
+ *   - Tails: rows past the last full tile run an mr < 8 variant, the last panel runs only the
+ *     zmm columns it has (nv < 3); the epilogue stores with a lane mask, so no byte outside
+ *     out (M, N) is touched. Every variant computes each element the same way.
+ *   - No K blocking: a tile's accumulators stay in registers over the whole K, so each out
+ *     element is ONE chain acc = fma(x[m,k], w[n,k], acc), k = 0 .. K-1 ascending, from 0.0f,
+ *     followed by the epilogue. Nothing depends on M, the tile, the tail path or nthreads:
+ *     results are bit-identical for a row alone or in any batch, with 1 thread or many.
+ *   - Cache blocking: rows are taken in blocks of MC (MC x K floats of x stay in L2, about
+ *     384 KB); within a block the loop runs panel by panel, so one panel (K x 48 floats) is
+ *     reused from L1/L2 by every MR-row tile of the block.
+ *   - Threads take rectangles of the (row tiles) x (panels) grid, never a slice of K.
+ */
+#include <immintrin.h>
+
+#include "avx512.h"
+
+#include "vmath.h" /* bge_avx512_gelu_ps: GELU (erf), error bound stated there */
+
+#define MR 8                /* rows of x per microkernel tile                     */
+#define NV 3                /* zmm vectors of 16 columns per panel                */
+#define NR (16 * NV)        /* panel width in columns (floats)                    */
+#define MC_FLOATS (96 * 1024) /* x floats of one row block (384 KB, half of L2)    */
+
+#define GEMM_NAME "bge_f32_gemm_8x48__avx512" /* MR x NR */
+_Static_assert(MR == 8 && NR == 48, "GEMM_NAME, the pack comment and uk_table follow MR, NR");
+
+/* ---------------------------------------------------------------------------------------
+ * Packing
+ * ------------------------------------------------------------------------------------- */
+
+/* Floats of the packed W (N, K): ceil(N / NR) panels of K x NR floats. 0 on bad sizes. */
+static size_t bge_f32_packed_size__avx512(int K, int N) {
+    if (K < 1 || N < 1) return 0;
+    const size_t panels = ((size_t)N + NR - 1) / NR;
+    return panels * (size_t)K * NR;
+}
+
+/* Packs W for bge_f32_gemm_8x48__avx512.
+ *   w      (N, K) row-major: a torch Linear weight (out_features, in_features)
+ *   packed (packed_size(K, N)) floats, written whole, laid out as
+ *            panel p = 0 .. ceil(N/48)-1 covers columns n = 48p .. 48p+47;
+ *            panel p starts at float p*K*48; inside it, k = 0 .. K-1 ascending, each k holds
+ *            48 consecutive floats w[48p + j, k] for j = 0 .. 47;
+ *            i.e. packed[(p*K + k)*48 + j] = w[(48p + j)*K + k], and 0.0f where 48p + j >= N.
+ *          Total ceil(N/48) * K * 48 floats. No alignment is required of `packed` (the
+ *          kernel uses unaligned loads); each k row of a panel is 192 bytes, so a 64-byte
+ *          aligned buffer keeps every load aligned.                                      */
+static int bge_f32_pack__avx512(const float *w, int K, int N, float *packed) {
+    if (!w || !packed || K < 1 || N < 1) return BGE_ERR_ARG;
+    const int panels = (N + NR - 1) / NR;
+    for (int p = 0; p < panels; p++) {
+        float *dst = packed + (size_t)p * K * NR;
+        const int n0 = p * NR, nw = N - n0 < NR ? N - n0 : NR;
+        for (int k = 0; k < K; k++) {
+            float *row = dst + (size_t)k * NR;
+            for (int j = 0; j < nw; j++) row[j] = w[(size_t)(n0 + j) * K + k];
+            for (int j = nw; j < NR; j++) row[j] = 0.0f;
+        }
+    }
+    return BGE_OK;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Microkernel
+ * ------------------------------------------------------------------------------------- */
+
+/* One tile: tile[i][16*j .. 16*j+15] = sum_k x[i, k] * panel[k, 16*j ..] for i < mr, j < nv.
+ *   x     (mr, K) rows of x, row stride ldx floats
+ *   panel (K, NR) one packed panel
+ *   tile  (MR, NR) floats, 64-byte aligned; rows >= mr and vectors >= nv are not written
+ * mr and nv are compile-time constants in every instance (see UK below).               */
+static inline __attribute__((always_inline)) void ukernel(const float *x, size_t ldx, int K,
+                                                          const float *panel, float *tile,
+                                                          const int mr, const int nv) {
+    __m512 acc[MR][NV];
+#pragma GCC unroll 8
+    for (int i = 0; i < mr; i++)
+#pragma GCC unroll 3
+        for (int j = 0; j < nv; j++) acc[i][j] = _mm512_setzero_ps();
+    const float *b = panel;
+    for (int k = 0; k < K; k++, b += NR) {
+        __m512 bv[NV];
+#pragma GCC unroll 3
+        for (int j = 0; j < nv; j++) bv[j] = _mm512_loadu_ps(b + 16 * j);
+#pragma GCC unroll 8
+        for (int i = 0; i < mr; i++) {
+            const __m512 a = _mm512_set1_ps(x[(size_t)i * ldx + k]);
+#pragma GCC unroll 3
+            for (int j = 0; j < nv; j++) acc[i][j] = _mm512_fmadd_ps(a, bv[j], acc[i][j]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < mr; i++)
+#pragma GCC unroll 3
+        for (int j = 0; j < nv; j++) _mm512_store_ps(tile + i * NR + 16 * j, acc[i][j]);
+}
+
+typedef void (*uk_fn)(const float *x, size_t ldx, int K, const float *panel, float *tile);
+
+#define UK(mr, nv)                                                                          \
+    static void uk_##mr##_##nv(const float *x, size_t ldx, int K, const float *panel,       \
+                               float *tile) {                                               \
+        ukernel(x, ldx, K, panel, tile, mr, nv);                                            \
+    }
+#define UK_MR(mr) UK(mr, 1) UK(mr, 2) UK(mr, 3)
+UK_MR(1) UK_MR(2) UK_MR(3) UK_MR(4) UK_MR(5) UK_MR(6) UK_MR(7) UK_MR(8)
+#define UK_ROW(mr) {uk_##mr##_1, uk_##mr##_2, uk_##mr##_3}
+/* uk_table[mr - 1][nv - 1] */
+static const uk_fn uk_table[MR][NV] = {UK_ROW(1), UK_ROW(2), UK_ROW(3), UK_ROW(4),
+                                       UK_ROW(5), UK_ROW(6), UK_ROW(7), UK_ROW(8)};
+
+/* ---------------------------------------------------------------------------------------
+ * Epilogue: the one code path every tile goes through, so every element gets the same ops
+ * (the vector GELU of vmath.h on every lane, full or tail).
+ * ------------------------------------------------------------------------------------- */
+
+/* out[i, n] = epi(tile[i][n] + bias[n]) for i < mr, n < nw.
+ *   tile (MR, NR) accumulators; bias (nw) the panel's bias; res, out rows of stride ldo
+ *   (res may equal out: each vector of res is read before the same vector of out is written) */
+static __attribute__((noinline)) void epilogue_tile(const float *tile, int mr, int nw,
+                                                    const float *bias, const float *res,
+                                                    float *out, size_t ldo, int epilogue) {
+    for (int j = 0; j < nw; j += 16) {
+        const int w = nw - j < 16 ? nw - j : 16;
+        const __mmask16 mask = (__mmask16)((1u << w) - 1u);
+        const __m512 bv = _mm512_maskz_loadu_ps(mask, bias + j);
+        for (int i = 0; i < mr; i++) {
+            __m512 v = _mm512_add_ps(_mm512_load_ps(tile + i * NR + j), bv);
+            if (epilogue == BGE_EPI_BIAS_GELU)
+                v = bge_avx512_gelu_ps(v);
+            else if (epilogue == BGE_EPI_BIAS_RESIDUAL)
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, res + i * ldo + j));
+            _mm512_mask_storeu_ps(out + i * ldo + j, mask, v);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Driver
+ * ------------------------------------------------------------------------------------- */
+
+/* Row tiles [t0, t1) x panels [p0, p1) of the whole problem (see bge_f32_gemm below). */
+static void gemm_block(const float *x, int M, int K, int N, const float *packed,
+                       const float *bias, const float *res, float *out, int epilogue, int t0,
+                       int t1, int p0, int p1) {
+    float tile[MR * NR] __attribute__((aligned(64)));
+    int mc_tiles = (int)(MC_FLOATS / ((long long)K * MR));
+    if (mc_tiles < 1) mc_tiles = 1;
+    for (int tb = t0; tb < t1; tb += mc_tiles) {
+        const int te = tb + mc_tiles < t1 ? tb + mc_tiles : t1;
+        for (int p = p0; p < p1; p++) {
+            const int n0 = p * NR, nw = N - n0 < NR ? N - n0 : NR;
+            const int nv = (nw + 15) / 16;
+            const float *panel = packed + (size_t)p * K * NR;
+            for (int t = tb; t < te; t++) {
+                const int m0 = t * MR, mr = M - m0 < MR ? M - m0 : MR;
+                const float *xt = x + (size_t)m0 * K;
+                uk_table[mr - 1][nv - 1](xt, (size_t)K, K, panel, tile);
+                const size_t o = (size_t)m0 * N + n0;
+                epilogue_tile(tile, mr, nw, bias + n0,
+                              epilogue == BGE_EPI_BIAS_RESIDUAL ? res + o : NULL, out + o,
+                              (size_t)N, epilogue);
+            }
+        }
+    }
+}
+
+/* out = epilogue(x @ W^T + bias).
+ *   x      (M, K) row-major
+ *   packed W (N, K) packed by bge_f32_pack__avx512: ceil(N/48) panels of (K, 48)
+ *   bias   (N)
+ *   res    (M, N) with BGE_EPI_BIAS_RESIDUAL, else ignored; may equal out
+ *   out    (M, N) row-major; must not overlap x
+ * Threads: the grid of (row tiles) x (panels) is cut into rectangles, panels first, until
+ * there are about 4 per thread; threads take them dynamically, so a thread the OS delays does
+ * not hold the others back. Each element's sum over k is never split.                   */
+static int bge_f32_gemm__avx512(const float *x, int M, int K, int N, const float *packed,
+                                const float *bias, const float *res, float *out, int epilogue,
+                                int nthreads) {
+    int st = bge_check_gemm_args(x, M, K, N, packed, bias, res, out, epilogue, nthreads);
+    if (st != BGE_OK) return st;
+    const int mt = (M - 1) / MR + 1, np = (N - 1) / NR + 1; /* M, N >= 1: no overflow */
+    if (nthreads == 1) {
+        gemm_block(x, M, K, N, packed, bias, res, out, epilogue, 0, mt, 0, np);
+        return BGE_OK;
+    }
+    /* rectangles of rc row tiles x pc panels: halve pc, then rc, until 4 per thread */
+    int rc = mt, pc = np;
+    const long long want = 4LL * nthreads;
+    while ((long long)((mt + rc - 1) / rc) * ((np + pc - 1) / pc) < want && (pc > 1 || rc > 1)) {
+        if (pc > 1)
+            pc = (pc + 1) / 2;
+        else
+            rc = (rc + 1) / 2;
+    }
+    const int nr = (mt + rc - 1) / rc, npc = (np + pc - 1) / pc, items = nr * npc;
+    const int nt = nthreads < items ? nthreads : items;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int it = 0; it < items; it++) {
+        const int r = it / npc, c = it % npc;
+        const int t0 = r * rc, t1 = t0 + rc < mt ? t0 + rc : mt;
+        const int p0 = c * pc, p1 = p0 + pc < np ? p0 + pc : np;
+        gemm_block(x, M, K, N, packed, bias, res, out, epilogue, t0, t1, p0, p1);
+    }
+    return BGE_OK;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * FMA peak loop
+ * ------------------------------------------------------------------------------------- */
+
+#define FMA_CHAINS 16
+
+/* Runs iters rounds of FMA_CHAINS independent zmm FMA chains; returns the flops done
+ * (2 per lane per FMA): enough chains to fill every FMA pipe through its latency.       */
+double bge_f32_fma_loop__avx512(long iters) {
+    volatile float seed = 1.0f;
+    const float s = seed;
+    __m512 acc[FMA_CHAINS];
+#pragma GCC unroll 16
+    for (int i = 0; i < FMA_CHAINS; i++) acc[i] = _mm512_set1_ps(s * (float)i);
+    const __m512 a = _mm512_set1_ps(0.999999f * s), b = _mm512_set1_ps(1e-7f * s);
+    for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 16
+        for (int i = 0; i < FMA_CHAINS; i++) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+    }
+    __m512 sum = acc[0];
+#pragma GCC unroll 16
+    for (int i = 1; i < FMA_CHAINS; i++) sum = _mm512_add_ps(sum, acc[i]);
+    seed = _mm512_reduce_add_ps(sum);
+    return 2.0 * 16.0 * FMA_CHAINS * (double)iters;
+}
+
+void bge_overlay_avx512_gemm(bge_kernels *t) {
+    t->f32_packed_size = bge_f32_packed_size__avx512;
+    t->f32_pack = bge_f32_pack__avx512;
+    t->f32_gemm = bge_f32_gemm__avx512;
+    t->f32_gemm_name = GEMM_NAME;
+    t->f32_fma_loop = bge_f32_fma_loop__avx512;
+}

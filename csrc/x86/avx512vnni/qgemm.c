@@ -1,0 +1,252 @@
+/*
+ * x86/avx512vnni/qgemm.c: the int8 GEMM (u8 x s8 -> int32, vpdpbusd on zmm) with its fp32
+ * epilogues, its packing, the AVX-512 activation quantiser and the vpdpbusd peak loop.
+ *
+ *   out (M, N) = epi((q - zp) @ w_s8^T * scale w_scale + bias),  the scheme of bge.h and
+ *   ref/qgemm.c, bit-identical to the reference except GELU (vector GELU, 1.5e-7 |v|).
+ *
+ * Design
+ *   - Packing: bge_q8_pack_panels (ref/qgemm.c) with nr = 48, kgroup = 4, s8 (layout VNNI):
+ *     one k-quad of a panel is 192 bytes = 3 zmm, each 16 columns x 4 consecutive k, which
+ *     is what vpdpbusd multiplies against a broadcast of 4 u8 of one row of q.
+ *   - Microkernel MR x NR = 8 x 48: 8 x 3 = 24 zmm accumulators; each k-quad loads 3 zmm of
+ *     the panel and broadcasts 4 bytes of each of 8 rows: 24 vpdpbusd for 11 loads, and 24
+ *     independent chains cover the vpdpbusd latency. 48 divides every model width (384,
+ *     1152, 1536); MR = 8 divides the usual token counts and keeps short batches cheap.
+ *   - Integer sums are exact, so nothing about the order matters for the result; the fp32
+ *     epilogue is the same ops for every element (bge.h), so every tile, tail or not, and
+ *     every thread count gives the same bits.
+ *   - Tails: rows past the last full tile run an mr < 8 variant, a last panel runs only the
+ *     zmm columns it has (nv < 3); stores are masked: nothing outside out (M, N) is touched.
+ *   - Blocking and threads: the shared driver bge_q8_gemm_run (ref/qgemm.c): row blocks of
+ *     128 KB of q, panel by panel inside a block; threads split (row tiles) x (panels).
+ */
+#include <immintrin.h>
+#include <string.h>
+
+#include "vnni.h"
+
+#include "../avx512/vmath.h" /* bge_avx512_gelu_ps: GELU (erf), bound 1.5e-7 |x| there */
+
+#define MR 8         /* rows of q per microkernel tile                 */
+#define NV 3         /* zmm vectors of 16 columns per panel            */
+#define NR (16 * NV) /* panel width in columns                         */
+
+#define SUFFIX "_8x48__avx512vnni" /* MR x NR */
+_Static_assert(MR == 8 && NR == 48, "SUFFIX and uk_table follow MR, NR");
+
+/* ---------------------------------------------------------------------------------------
+ * Quantiser (AVX-512 F/BW)
+ * ------------------------------------------------------------------------------------- */
+
+/* One row: x (K) -> q (Kp), *scale, *zp, as bge_qu8_quantize__ref, byte for byte: min/max
+ * by minps/maxps(x, acc) (order-independent: no NaN or -0 ever enters the accumulators,
+ * which start at +0), rounding by cvtps2dq (round-half-even, INT32_MIN out of range). */
+static void quantize_row(const float *x, int K, uint8_t *q, float *scale, int32_t *zp) {
+    __m512 vmn = _mm512_setzero_ps(), vmx = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        const __m512 v = _mm512_loadu_ps(x + k);
+        vmn = _mm512_min_ps(v, vmn);
+        vmx = _mm512_max_ps(v, vmx);
+    }
+    if (k < K) { /* masked-off lanes load 0.0f, which changes neither min(0, .) nor max(0, .) */
+        const __m512 v = _mm512_maskz_loadu_ps((__mmask16)((1u << (K - k)) - 1u), x + k);
+        vmn = _mm512_min_ps(v, vmn);
+        vmx = _mm512_max_ps(v, vmx);
+    }
+    const float mn = _mm512_reduce_min_ps(vmn), mx = _mm512_reduce_max_ps(vmx);
+    float inv;
+    const int Kp = BGE_Q8_KP(K);
+    if (!bge_q8_row_params(mn, mx, scale, &inv, zp)) {
+        memset(q, 0, (size_t)Kp);
+        return;
+    }
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const __m512i vzp = _mm512_set1_epi32(*zp), zero = _mm512_setzero_si512();
+    for (k = 0; k < K; k += 16) {
+        const __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1u);
+        const __m512 v = _mm512_maskz_loadu_ps(m, x + k);
+        __m512i r = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, vinv)), vzp);
+        r = _mm512_max_epi32(r, zero);                /* then vpmovusdb saturates at 255 */
+        _mm512_mask_cvtusepi32_storeu_epi8(q + k, m, r);
+    }
+    memset(q + K, *zp, (size_t)(Kp - K));
+}
+
+static int bge_qu8_quantize__avx512vnni(const float *x, int M, int K, uint8_t *q, float *scale,
+                                        int32_t *zp, int nthreads) {
+    if (!x || !q || !scale || !zp || M < 1 || K < 1 || K > BGE_Q8_MAX_K || nthreads < 1)
+        return BGE_ERR_ARG;
+    const int Kp = BGE_Q8_KP(K);
+#pragma omp parallel for if (nthreads > 1) num_threads(nthreads) schedule(static)
+    for (int m = 0; m < M; m++)
+        quantize_row(x + (size_t)m * K, K, q + (size_t)m * Kp, scale + m, zp + m);
+    return BGE_OK;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Packing
+ * ------------------------------------------------------------------------------------- */
+
+/* Bytes of w_s8 (N, K) packed: header, scales and sums of ceil(N/48)*48 columns, then
+ * ceil(N/48) panels of Kp x 48 bytes. */
+static size_t bge_qs8_packed_size__avx512vnni(int K, int N) {
+    return bge_q8_panels_size(K, N, NR, 4, 1);
+}
+
+/* The layout of ref/qgemm.c with nr = 48, kgroup = 4, s8: panel p, k-quad g, column j,
+ * byte r at weights[((p * Kp/4 + g) * 48 + j) * 4 + r] = w_s8[48p + j, 4g + r].          */
+static int bge_qs8_pack__avx512vnni(const int8_t *w, const float *w_scale, int K, int N,
+                                    void *packed) {
+    return bge_q8_pack_panels(w, w_scale, K, N, packed, BGE_Q8_LAYOUT_VNNI, NR, 4, 1);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Microkernel
+ * ------------------------------------------------------------------------------------- */
+
+/* tile[i][16j .. 16j+15] = sum_{k < Kp} q[i, k] * panel column (16j ..), i < mr, j < nv.
+ *   q     (mr, Kp) u8 rows, row stride ldq bytes (a multiple of 4)
+ *   panel (Kp/4, 48, 4) s8, one packed panel
+ *   tile  (MR, NR) int32, 64-byte aligned; rows >= mr and vectors >= nv are not written */
+static inline __attribute__((always_inline)) void ukernel(const uint8_t *q, size_t ldq, int Kp,
+                                                          const int8_t *panel, int32_t *tile,
+                                                          const int mr, const int nv) {
+    __m512i acc[MR][NV];
+#pragma GCC unroll 8
+    for (int i = 0; i < mr; i++)
+#pragma GCC unroll 3
+        for (int j = 0; j < nv; j++) acc[i][j] = _mm512_setzero_si512();
+    const int8_t *b = panel;
+    for (int k = 0; k < Kp; k += 4, b += 4 * NR) {
+        __m512i bv[NV];
+#pragma GCC unroll 3
+        for (int j = 0; j < nv; j++) bv[j] = _mm512_loadu_si512((const void *)(b + 64 * j));
+#pragma GCC unroll 8
+        for (int i = 0; i < mr; i++) {
+            int32_t a4;
+            memcpy(&a4, q + (size_t)i * ldq + k, 4);
+            const __m512i a = _mm512_set1_epi32(a4);
+#pragma GCC unroll 3
+            for (int j = 0; j < nv; j++) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], a, bv[j]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < mr; i++)
+#pragma GCC unroll 3
+        for (int j = 0; j < nv; j++)
+            _mm512_store_si512((void *)(tile + i * NR + 16 * j), acc[i][j]);
+}
+
+typedef void (*uk_fn)(const uint8_t *q, size_t ldq, int Kp, const int8_t *panel,
+                      int32_t *tile);
+
+#define UK(mr, nv)                                                                          \
+    static void uk_##mr##_##nv(const uint8_t *q, size_t ldq, int Kp, const int8_t *panel,   \
+                               int32_t *tile) {                                             \
+        ukernel(q, ldq, Kp, panel, tile, mr, nv);                                           \
+    }
+#define UK_MR(mr) UK(mr, 1) UK(mr, 2) UK(mr, 3)
+UK_MR(1) UK_MR(2) UK_MR(3) UK_MR(4) UK_MR(5) UK_MR(6) UK_MR(7) UK_MR(8)
+#define UK_ROW(mr) {uk_##mr##_1, uk_##mr##_2, uk_##mr##_3}
+/* uk_table[mr - 1][nv - 1] */
+static const uk_fn uk_table[MR][NV] = {UK_ROW(1), UK_ROW(2), UK_ROW(3), UK_ROW(4),
+                                       UK_ROW(5), UK_ROW(6), UK_ROW(7), UK_ROW(8)};
+
+static void tile_vnni(const uint8_t *q, size_t ldq, int Kp, const void *panel, int mr, int nw,
+                      int32_t *tile) {
+    uk_table[mr - 1][(nw + 15) / 16 - 1](q, ldq, Kp, (const int8_t *)panel, tile);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Epilogue: the same ops on every lane of every tile (bge.h), stores masked to nw columns.
+ * wscale and colsum hold the panel's 48 columns (packed up to Np), bias only N.
+ * ------------------------------------------------------------------------------------- */
+
+static void epilogue_vnni(const int32_t *tile, int mr, int nw, const float *scale,
+                          const int32_t *zp, const float *wscale, const int32_t *colsum,
+                          const float *bias, const float *res, float *out, size_t ldo,
+                          int epilogue) {
+    for (int j = 0; j < nw; j += 16) {
+        const int w = nw - j < 16 ? nw - j : 16;
+        const __mmask16 mask = (__mmask16)((1u << w) - 1u);
+        const __m512 ws = _mm512_loadu_ps(wscale + j);
+        const __m512i cs = _mm512_loadu_si512((const void *)(colsum + j));
+        const __m512 bv = _mm512_maskz_loadu_ps(mask, bias + j);
+        for (int i = 0; i < mr; i++) {
+            /* d = acc - zp colsum: wrap-around int32, exact (|d| < 2^31) */
+            const __m512i d = _mm512_sub_epi32(_mm512_load_si512((const void *)(tile + i * NR + j)),
+                                               _mm512_mullo_epi32(_mm512_set1_epi32(zp[i]), cs));
+            const __m512 s = _mm512_mul_ps(_mm512_set1_ps(scale[i]), ws);
+            __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(d), s), bv);
+            if (epilogue == BGE_EPI_BIAS_GELU)
+                v = bge_avx512_gelu_ps(v);
+            else if (epilogue == BGE_EPI_BIAS_RESIDUAL)
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, res + i * ldo + j));
+            _mm512_mask_storeu_ps(out + i * ldo + j, mask, v);
+        }
+    }
+}
+
+static const bge_q8_gemm_impl impl = {
+    .layout = BGE_Q8_LAYOUT_VNNI, .mr = MR, .nr = NR, .kgroup = 4, .elt = 1,
+    .tile = tile_vnni, .epilogue = epilogue_vnni,
+};
+
+/* out (M, N) = epi(...) from q (M, Kp), scale (M), zp (M) and W packed by
+ * bge_qs8_pack__avx512vnni; bias (N); res (M, N) may equal out.                          */
+static int bge_qu8s8_gemm__avx512vnni(const uint8_t *q, const float *scale, const int32_t *zp,
+                                      int M, int K, int N, const void *packed,
+                                      const float *bias, const float *res, float *out,
+                                      int epilogue, int nthreads) {
+    return bge_q8_gemm_run(&impl, q, scale, zp, M, K, N, packed, bias, res, out, NULL,
+                           epilogue, nthreads);
+}
+
+/* acc (M, N) int32 = q (M, Kp) @ w_s8^T, W packed by bge_qs8_pack__avx512vnni.            */
+static int bge_qu8s8_gemm_i32__avx512vnni(const uint8_t *q, int M, int K, int N,
+                                          const void *packed, int32_t *acc, int nthreads) {
+    if (!acc) return BGE_ERR_ARG;
+    return bge_q8_gemm_run(&impl, q, NULL, NULL, M, K, N, packed, NULL, NULL, NULL, acc,
+                           BGE_EPI_BIAS, nthreads);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * vpdpbusd peak loop
+ * ------------------------------------------------------------------------------------- */
+
+#define DOT_CHAINS 16
+
+/* iters rounds of DOT_CHAINS independent zmm vpdpbusd chains (64 u8 x s8 products each):
+ * enough chains to fill every pipe through its latency. Returns 2 ops per product.      */
+static double bge_qu8s8_dot_loop__avx512vnni(long iters) {
+    volatile int32_t seed = 1;
+    const int32_t s = seed;
+    __m512i acc[DOT_CHAINS];
+#pragma GCC unroll 16
+    for (int i = 0; i < DOT_CHAINS; i++) acc[i] = _mm512_set1_epi32(s * i);
+    const __m512i a = _mm512_set1_epi32(0x01020304 * s), b = _mm512_set1_epi32(0x05F70611 * s);
+    for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 16
+        for (int i = 0; i < DOT_CHAINS; i++) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
+    }
+    __m512i sum = acc[0];
+#pragma GCC unroll 16
+    for (int i = 1; i < DOT_CHAINS; i++) sum = _mm512_xor_si512(sum, acc[i]);
+    seed = _mm512_reduce_add_epi32(sum);
+    return 2.0 * 64.0 * DOT_CHAINS * (double)iters;
+}
+
+void bge_overlay_vnni_qgemm(bge_kernels *t) {
+    t->qu8_quantize = bge_qu8_quantize__avx512vnni;
+    t->qu8_quantize_name = "bge_qu8_quantize__avx512vnni";
+    t->qs8_packed_size = bge_qs8_packed_size__avx512vnni;
+    t->qs8_pack = bge_qs8_pack__avx512vnni;
+    t->qs8_pack_name = "bge_qs8_pack" SUFFIX;
+    t->qu8s8_gemm = bge_qu8s8_gemm__avx512vnni;
+    t->qu8s8_gemm_name = "bge_qu8s8_gemm" SUFFIX;
+    t->qu8s8_gemm_i32 = bge_qu8s8_gemm_i32__avx512vnni;
+    t->qu8s8_gemm_i32_name = "bge_qu8s8_gemm_i32" SUFFIX;
+    t->qu8s8_dot_loop = bge_qu8s8_dot_loop__avx512vnni;
+}

@@ -26,7 +26,9 @@ log = logging.getLogger("bge_engine")
 # The most tokens one forward pass holds: bounds the workspace (about 28 MB for bge-small)
 # while keeping batches large enough for the GEMMs.
 TOKEN_BUDGET = 2048
-DTYPES = ("fp32",)
+DTYPES = ("fp32", "int8")
+# The Linear layers dtype="int8" runs in int8 (the others stay fp32); see README, "int8".
+INT8_MATMULS = ("qkv", "out", "up", "down")
 
 
 def available_cores() -> int:
@@ -51,7 +53,8 @@ class Engine:
     Args:
         model: a local folder in the Hugging Face layout, or a hub id resolved through the
             Hugging Face cache or a download (see `bge_engine.hub`).
-        dtype: "fp32" (matches PyTorch to float rounding).
+        dtype: "fp32" (matches PyTorch to float rounding) or "int8" (quantised matmuls;
+            LayerNorm, softmax, GELU, attention and pooling stay fp32).
         threads: threads one call may use; default: OMP_NUM_THREADS, else the cores this
             process may run on.
         truncate: cut texts past the model's limit to it (with a logged warning), or raise
@@ -77,7 +80,8 @@ class Engine:
         self.tokenizer = Tokenizer(self.folder / "tokenizer.json", ckpt.config.vocab)
         self.dtype, self.threads, self.truncate = dtype, threads, truncate
         self._pooling = ckpt.pooling
-        self._model = BertModel(ckpt, _kernels.Kernels())
+        self._model = BertModel(ckpt, _kernels.Kernels(),
+                                int8=INT8_MATMULS if dtype == "int8" else ())
         # Concurrent calls: each takes a workspace from the pool, and at most
         # cores // threads of them compute at once, so threads never oversubscribe the cores.
         self._workspaces: List = []

@@ -12,7 +12,12 @@ from typing import List, Optional
 
 import numpy as np
 
+from . import _kernels
+from .quant import quantize_weight
 from .weights import Checkpoint
+
+# The Linear layers of an encoder layer, by name.
+MATMULS = ("qkv", "out", "up", "down")
 
 
 class Workspace:
@@ -26,6 +31,7 @@ class Workspace:
         self.hidden, self.intermediate = hidden, intermediate
         self.tokens = 0
         self.scratch = np.empty(0, dtype=np.float32)
+        self.row_bytes = _kernels.q8_row_bytes(max(hidden, intermediate))
 
     def ensure(self, tokens: int, scratch_floats: int) -> None:
         """Makes room for `tokens` rows and `scratch_floats` floats of attention scratch."""
@@ -36,20 +42,43 @@ class Workspace:
             self.qkv = np.empty((cap, 3 * H), dtype=np.float32)  # Q | K | V
             self.ctx = np.empty((cap, H), dtype=np.float32)  # attention output
             self.up = np.empty((cap, F), dtype=np.float32)  # FFN intermediate
+            self.q = np.empty(cap * self.row_bytes, dtype=np.uint8)  # int8: quantised input
+            self.q_scale = np.empty(cap, dtype=np.float32)  # int8: per-token scale
+            self.q_zp = np.empty(cap, dtype=np.int32)  # int8: per-token zero point
             self.tokens = cap
         if scratch_floats > self.scratch.shape[0]:
             self.scratch = np.empty(scratch_floats, dtype=np.float32)
 
 
-class PackedLayer:
-    """One encoder layer with its matrices packed for the kernel table's GEMM."""
+class Linear:
+    """y = x W^T + b with W packed once for the kernel table: fp32, or int8 (symmetric
+    per-output-channel s8 weights; the input quantised per token when it runs)."""
 
-    def __init__(self, kernels, w):
-        self.qkv, self.qkv_b = kernels.pack(w.qkv_w), w.qkv_b
-        self.out, self.out_b = kernels.pack(w.out_w), w.out_b
+    def __init__(self, kernels, w: np.ndarray, b: np.ndarray, int8: bool):
+        self.b, self.int8 = b, int8
+        self.w = kernels.qpack(*quantize_weight(w)) if int8 else kernels.pack(w)
+
+    def __call__(self, k, x: np.ndarray, out: np.ndarray, ws: "Workspace", threads: int,
+                 epilogue: str = "bias", res: Optional[np.ndarray] = None) -> None:
+        if not self.int8:
+            k.gemm(x, self.w, self.b, out, epilogue, res=res, threads=threads)
+            return
+        T, K = x.shape
+        q = ws.q[:T * _kernels.q8_row_bytes(K)].reshape(T, -1)
+        scale, zp = ws.q_scale[:T], ws.q_zp[:T]
+        k.quantize(x, q, scale, zp, threads)
+        k.qgemm(q, scale, zp, self.w, self.b, out, epilogue, res=res, threads=threads)
+
+
+class PackedLayer:
+    """One encoder layer, its four Linear layers packed for the kernel table."""
+
+    def __init__(self, kernels, w, int8: frozenset):
+        self.qkv = Linear(kernels, w.qkv_w, w.qkv_b, "qkv" in int8)
+        self.out = Linear(kernels, w.out_w, w.out_b, "out" in int8)
         self.ln1_g, self.ln1_b = w.ln1_g, w.ln1_b
-        self.up, self.up_b = kernels.pack(w.up_w), w.up_b
-        self.down, self.down_b = kernels.pack(w.down_w), w.down_b
+        self.up = Linear(kernels, w.up_w, w.up_b, "up" in int8)
+        self.down = Linear(kernels, w.down_w, w.down_b, "down" in int8)
         self.ln2_g, self.ln2_b = w.ln2_g, w.ln2_b
 
 
@@ -59,14 +88,19 @@ class BertModel:
     Args:
         ckpt: the opened checkpoint; each layer is read, packed and dropped in turn.
         kernels: a `_kernels.Kernels` table.
+        int8: the Linear layers to run in int8 (names from MATMULS); the rest run in fp32.
     """
 
-    def __init__(self, ckpt: Checkpoint, kernels):
+    def __init__(self, ckpt: Checkpoint, kernels, int8=()):
+        unknown = set(int8) - set(MATMULS)
+        if unknown:
+            raise ValueError(f"int8: unknown matmuls {sorted(unknown)}; expected {MATMULS}")
         self.config = ckpt.config
         self.kernels = kernels
         self.word, self.pos, self.type = ckpt.word, ckpt.pos, ckpt.type
         self.emb_ln_g, self.emb_ln_b = ckpt.emb_ln_g, ckpt.emb_ln_b
-        self.layers = [PackedLayer(kernels, ckpt.layer(i)) for i in range(self.config.layers)]
+        self.layers = [PackedLayer(kernels, ckpt.layer(i), frozenset(int8))
+                       for i in range(self.config.layers)]
         self.scale = 1.0 / math.sqrt(self.config.head_dim)
 
     def new_workspace(self) -> Workspace:
@@ -101,14 +135,14 @@ class BertModel:
 
         for layer in self.layers:
             # self-attention: Q, K, V in one GEMM, softmax(Q K^T / sqrt(d)) V per text and head
-            k.gemm(h, layer.qkv, layer.qkv_b, qkv, "bias", threads=threads)
+            layer.qkv(k, h, qkv, ws, threads)
             k.attention(qkv, offsets, cfg.heads, self.scale, ctx, ws.scratch, threads)
             # attention output: dense + residual, then LayerNorm
-            k.gemm(ctx, layer.out, layer.out_b, h, "residual", res=h, threads=threads)
+            layer.out(k, ctx, h, ws, threads, "residual", res=h)
             k.layernorm(h, layer.ln1_g, layer.ln1_b, cfg.eps, h, threads)
             # feed-forward: GELU(h W1 + b1) W2 + b2 + residual, then LayerNorm
-            k.gemm(h, layer.up, layer.up_b, up, "gelu", threads=threads)
-            k.gemm(up, layer.down, layer.down_b, h, "residual", res=h, threads=threads)
+            layer.up(k, h, up, ws, threads, "gelu")
+            layer.down(k, up, h, ws, threads, "residual", res=h)
             k.layernorm(h, layer.ln2_g, layer.ln2_b, cfg.eps, h, threads)
             if hidden_states is not None:
                 hidden_states.append(h.copy())

@@ -55,7 +55,16 @@ def batches(items: Sequence, size: int) -> List[Sequence]:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set so far, in MB (Linux reports KiB, macOS bytes)."""
+    """This process's peak resident set so far, in MB: VmHWM where /proc has it (getrusage's
+    ru_maxrss survives exec, so a child of a large process would report its parent's peak),
+    else ru_maxrss (Linux reports KiB, macOS bytes)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
 

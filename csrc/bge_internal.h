@@ -40,6 +40,9 @@ int bge_check_gemm_args(const float *x, int M, int K, int N, const float *packed
                         const float *bias, const float *res, const float *out, int epilogue,
                         int nthreads);
 
+/* Packs w (N, K) into column panels of width nr (layout: csrc/ref/gemm.c). */
+void bge_f32_pack_panels(const float *w, int K, int N, int nr, float *packed);
+
 /* The scalar GELU every kernel agrees on at the reference level: 0.5 x (1 + erf(x / sqrt 2)). */
 float bge_gelu_erf_scalar(float x);
 

@@ -61,16 +61,7 @@ static size_t bge_f32_packed_size__avx512(int K, int N) {
  *          aligned buffer keeps every load aligned.                                      */
 static int bge_f32_pack__avx512(const float *w, int K, int N, float *packed) {
     if (!w || !packed || K < 1 || N < 1) return BGE_ERR_ARG;
-    const int panels = (N + NR - 1) / NR;
-    for (int p = 0; p < panels; p++) {
-        float *dst = packed + (size_t)p * K * NR;
-        const int n0 = p * NR, nw = N - n0 < NR ? N - n0 : NR;
-        for (int k = 0; k < K; k++) {
-            float *row = dst + (size_t)k * NR;
-            for (int j = 0; j < nw; j++) row[j] = w[(size_t)(n0 + j) * K + k];
-            for (int j = nw; j < NR; j++) row[j] = 0.0f;
-        }
-    }
+    bge_f32_pack_panels(w, K, N, NR, packed);
     return BGE_OK;
 }
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import mmap
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,26 +75,26 @@ class Checkpoint:
         """Reads encoder layer i from model.safetensors."""
         H, F = self.config.hidden, self.config.intermediate
         p = f"encoder.layer.{i}."
-        with self.reader.session() as f:
-            def get(name, shape):
-                return self.reader.get(f, p + name, shape)
 
-            qkv = [get(f"attention.self.{n}.weight", (H, H)) for n in ("query", "key", "value")]
-            qkv_b = [get(f"attention.self.{n}.bias", (H,)) for n in ("query", "key", "value")]
-            return LayerWeights(
-                qkv_w=np.concatenate(qkv, axis=0),
-                qkv_b=np.concatenate(qkv_b),
-                out_w=get("attention.output.dense.weight", (H, H)),
-                out_b=get("attention.output.dense.bias", (H,)),
-                ln1_g=get("attention.output.LayerNorm.weight", (H,)),
-                ln1_b=get("attention.output.LayerNorm.bias", (H,)),
-                up_w=get("intermediate.dense.weight", (F, H)),
-                up_b=get("intermediate.dense.bias", (F,)),
-                down_w=get("output.dense.weight", (H, F)),
-                down_b=get("output.dense.bias", (H,)),
-                ln2_g=get("output.LayerNorm.weight", (H,)),
-                ln2_b=get("output.LayerNorm.bias", (H,)),
-            )
+        def get(name, shape):
+            return self.reader.get(p + name, shape)
+
+        qkv = [get(f"attention.self.{n}.weight", (H, H)) for n in ("query", "key", "value")]
+        qkv_b = [get(f"attention.self.{n}.bias", (H,)) for n in ("query", "key", "value")]
+        return LayerWeights(
+            qkv_w=np.concatenate(qkv, axis=0),
+            qkv_b=np.concatenate(qkv_b),
+            out_w=get("attention.output.dense.weight", (H, H)),
+            out_b=get("attention.output.dense.bias", (H,)),
+            ln1_g=get("attention.output.LayerNorm.weight", (H,)),
+            ln1_b=get("attention.output.LayerNorm.bias", (H,)),
+            up_w=get("intermediate.dense.weight", (F, H)),
+            up_b=get("intermediate.dense.bias", (F,)),
+            down_w=get("output.dense.weight", (H, F)),
+            down_b=get("output.dense.bias", (H,)),
+            ln2_g=get("output.LayerNorm.weight", (H,)),
+            ln2_b=get("output.LayerNorm.bias", (H,)),
+        )
 
 
 def _read_json(path: Path) -> dict:
@@ -175,76 +174,71 @@ def load_pooling(folder: Path) -> str:
         "pooling_mode_cls_token or pooling_mode_mean_tokens")
 
 
+# safetensors' dtype codes, named as numpy names them
+_DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+                "BOOL": "bool"}
+
+
 class _TensorReader:
     """Reads named tensors from model.safetensors, with or without the 'bert.' prefix.
 
-    The file is opened for each group of reads and closed after: safetensors maps the file,
-    and every mapped page read counts toward the process's resident memory while the
-    mapping lives. Closing after each layer keeps the peak near one copy of the weights.
+    `safetensors` opens the file once to validate it and list its tensors. Float32 tensors are
+    then read through memory maps of their own byte ranges (the header gives them: an 8-byte
+    little-endian length, then that much JSON with each tensor's dtype, shape and offsets):
+    a large matrix is packed straight from the page cache, with no intermediate copy, and its
+    mapping is released once it is packed, so the peak stays near one copy of the weights.
+    Other dtypes (float16) go through safetensors' own reader.
     """
 
     def __init__(self, path: Path):
+        from safetensors import safe_open
+
         self.path = path
-        with self.session() as f:
-            self._names = set(f.keys())
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                self._names = set(f.keys())
+            with open(path, "rb") as fh:
+                header_len = int.from_bytes(fh.read(8), "little")
+                self._header = json.loads(fh.read(header_len))
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelFormatError(f"{path}: not a readable safetensors file ({exc})") from None
+        self._data_start = 8 + header_len
         prefixed = any(n.startswith("bert.") for n in self._names)
         self._prefix = ("bert." if prefixed and "embeddings.word_embeddings.weight"
                         not in self._names else "")
 
-    @contextmanager
-    def session(self):
-        """The open safetensors file, closed on exit."""
-        from safetensors import safe_open
-
-        try:
-            handle = safe_open(str(self.path), framework="numpy")
-        except Exception as exc:  # safetensors raises its own error types
-            raise ModelFormatError(f"{self.path}: not a readable safetensors file ({exc})") from None
-        with handle as f:
-            yield f
-
-    def mapped(self, name: str, shape: tuple) -> np.ndarray:
-        """Tensor `name` as a read-only memory map of the file when it is stored as
-        little-endian float32, else a copy (as `get`). Rows that are never read never become
-        resident: the word embeddings (47 MB for bge-small) cost only the rows texts use."""
+    def get(self, name: str, shape: tuple, *, lazy: bool = False) -> np.ndarray:
+        """Tensor `name` as float32 (N, ...) checked for presence, dtype and shape, and for
+        NaN/infinity unless `lazy`. A float32 tensor of 1 MiB or more (or any, if lazy)
+        comes back as a read-only memory map; smaller ones as copies."""
         full = self._prefix + name
-        header = self._header()
-        info = header.get(full)
-        if isinstance(info, dict) and info.get("dtype") == "F32" and tuple(info.get("shape", ())) == shape:
-            start, end = info["data_offsets"]
-            if end - start == 4 * int(np.prod(shape)):
-                m = np.memmap(self.path, dtype="<f4", mode="r", shape=shape,
-                              offset=8 + self._header_len + start)
-                if hasattr(mmap, "MADV_RANDOM"):  # rows are read one by one: no read-ahead
-                    m._mmap.madvise(mmap.MADV_RANDOM)
-                return m
-        with self.session() as f:
-            return self.get(f, name, shape)
-
-    def _header(self) -> dict:
-        """The safetensors JSON header (its layout: an 8-byte little-endian length, then
-        that many bytes of JSON giving each tensor's dtype, shape and data offsets)."""
-        with open(self.path, "rb") as fh:
-            self._header_len = int.from_bytes(fh.read(8), "little")
-            return json.loads(fh.read(self._header_len))
-
-    def get(self, f, name: str, shape: tuple) -> np.ndarray:
-        """Tensor `name` of the open file f, checked for presence, dtype, shape, finiteness."""
-        full = self._prefix + name
-        if full not in self._names:
+        info = self._header.get(full)
+        if full not in self._names or not isinstance(info, dict):
             raise ModelFormatError(f"{self.path}: tensor {full!r} is missing")
-        try:
-            a = f.get_tensor(full)
-        except Exception as exc:
-            raise ModelFormatError(f"{self.path}: tensor {full!r} is unreadable ({exc})") from None
-        if a.dtype not in (np.float32, np.float16):
+        if tuple(info.get("shape", ())) != shape:
             raise ModelFormatError(
-                f"{self.path}: tensor {full!r} has dtype {a.dtype}; expected float32 or float16")
-        if tuple(a.shape) != shape:
+                f"{self.path}: tensor {full!r} has shape {tuple(info.get('shape', ()))}; "
+                f"expected {shape}")
+        if info.get("dtype") == "F32":
+            start, end = info["data_offsets"]
+            a = np.memmap(self.path, dtype="<f4", mode="r", shape=shape,
+                          offset=self._data_start + start)
+            if lazy and hasattr(mmap, "MADV_RANDOM"):  # rows read one by one: no read-ahead
+                a._mmap.madvise(mmap.MADV_RANDOM)
+            if not lazy and a.nbytes < (1 << 20):
+                a = np.array(a)
+        elif info.get("dtype") == "F16":
+            from safetensors import safe_open
+
+            with safe_open(str(self.path), framework="numpy") as f:
+                a = f.get_tensor(full).astype(np.float32)
+        else:
+            code = str(info.get("dtype"))
             raise ModelFormatError(
-                f"{self.path}: tensor {full!r} has shape {tuple(a.shape)}; expected {shape}")
-        a = np.ascontiguousarray(a, dtype=np.float32)
-        if not np.all(np.isfinite(a)):
+                f"{self.path}: tensor {full!r} has dtype {_DTYPE_NAMES.get(code, code)} "
+                f"({code}); expected float32 or float16")
+        if not lazy and not np.all(np.isfinite(a)):
             raise ModelFormatError(f"{self.path}: tensor {full!r} holds NaN or infinity")
         return a
 
@@ -257,16 +251,14 @@ def load_checkpoint(folder: Path) -> Checkpoint:
     pooling = load_pooling(folder)
     r = _TensorReader(folder / "model.safetensors")
     H = cfg.hidden
-    word = r.mapped("embeddings.word_embeddings.weight", (cfg.vocab, H))
-    with r.session() as f:
-        return Checkpoint(
-            folder=folder,
-            config=cfg,
-            pooling=pooling,
-            word=word,
-            pos=r.get(f, "embeddings.position_embeddings.weight", (cfg.max_positions, H)),
-            type=r.get(f, "embeddings.token_type_embeddings.weight", (cfg.type_vocab, H)),
-            emb_ln_g=r.get(f, "embeddings.LayerNorm.weight", (H,)),
-            emb_ln_b=r.get(f, "embeddings.LayerNorm.bias", (H,)),
-            reader=r,
-        )
+    return Checkpoint(
+        folder=folder,
+        config=cfg,
+        pooling=pooling,
+        word=r.get("embeddings.word_embeddings.weight", (cfg.vocab, H), lazy=True),
+        pos=r.get("embeddings.position_embeddings.weight", (cfg.max_positions, H)),
+        type=r.get("embeddings.token_type_embeddings.weight", (cfg.type_vocab, H)),
+        emb_ln_g=r.get("embeddings.LayerNorm.weight", (H,)),
+        emb_ln_b=r.get("embeddings.LayerNorm.bias", (H,)),
+        reader=r,
+    )

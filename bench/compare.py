@@ -34,7 +34,15 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from bge_engine import bench  # noqa: E402
 
-ENGINES = ("bge-engine", "onnxruntime", "pytorch")
+# The engines compared for each dtype; the first is ours, the ratios are against the others.
+LINEUPS = {
+    "fp32": ("bge-engine", "onnxruntime", "pytorch"),
+    "int8": ("bge-engine-int8", "onnxruntime-int8", "bge-engine"),
+}
+ENGINES = ("bge-engine", "bge-engine-int8", "onnxruntime", "onnxruntime-int8", "pytorch")
+LABELS = {"bge-engine": "bge-engine fp32", "bge-engine-int8": "bge-engine int8",
+          "onnxruntime": "ONNX Runtime fp32", "onnxruntime-int8": "ONNX Runtime int8",
+          "pytorch": "PyTorch fp32"}
 
 
 # -- workers: each runs in a fresh process and prints one JSON line --------------------------
@@ -72,9 +80,11 @@ def _peer_embedder(engine, folder, onnx_path, threads, pooling):
     tok = Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
     tok.no_padding()
     tok.enable_truncation(512)
-    if engine == "onnxruntime":
+    if engine.startswith("onnxruntime"):
         import onnxruntime as ort
 
+        if engine == "onnxruntime-int8":
+            onnx_path = str(onnx_path).replace(".onnx", ".int8.onnx")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -105,10 +115,10 @@ def _peer_embedder(engine, folder, onnx_path, threads, pooling):
 def worker(engine, folder, onnx_path, threads, pooling):
     """Measures one engine; returns the result dict."""
     sentences = bench.sentences()
-    if engine == "bge-engine":
+    if engine.startswith("bge-engine"):
         import bge_engine
 
-        e = bge_engine.Engine(folder, threads=threads)
+        e = bge_engine.Engine(folder, threads=threads, dtype=_dtype(engine))
         result = bench.measure_engine(e, sentences)
         embed = lambda texts: e.encode(texts, pooling=pooling)  # noqa: E731
     else:
@@ -138,12 +148,17 @@ def cold_start(engine, folder, onnx_path, threads, pooling):
 
 def _first_vector(engine, folder, onnx_path, threads, pooling):
     """Loads an engine and embeds one text: what a cold start measures."""
-    if engine == "bge-engine":
+    if engine.startswith("bge-engine"):
         import bge_engine
 
-        bge_engine.Engine(folder, threads=threads).encode("hello", pooling=pooling)
+        bge_engine.Engine(folder, threads=threads, dtype=_dtype(engine)).encode(
+            "hello", pooling=pooling)
     else:
         _peer_embedder(engine, folder, onnx_path, threads, pooling)(["hello"])
+
+
+def _dtype(engine):
+    return "int8" if engine.endswith("-int8") else "fp32"
 
 
 # -- the driver ------------------------------------------------------------------------------
@@ -183,29 +198,33 @@ def run_worker(engine, folder, onnx_path, threads, pooling):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def table(results, threads_list):
-    """The markdown table, with ratios (peer time / ours: > 1 means bge-engine is faster)."""
+def table(results, threads_list, lineup):
+    """The markdown table, with ratios of each peer to ours (> 1: ours is faster, smaller)."""
+    peers = lineup[1:]
     lines = []
+
+    def row(label, values, fmt, higher_is_better):
+        ratios = [(values[0] / v if higher_is_better else v / values[0]) for v in values[1:]]
+        return (f"| {label} | " + " | ".join(fmt.format(v) for v in values) + " | "
+                + " | ".join(f"{x:.2f}x" for x in ratios) + " |")
+
     for t in threads_list:
-        r = {e: results[f"{e}/{t}"] for e in ENGINES}
+        r = {e: results[f"{e}/{t}"] for e in lineup}
+        head = " | ".join(LABELS[e] for e in lineup)
+        ratio_head = " | ".join(f"{LABELS[p]} / ours" for p in peers)
         lines += [f"### {t} thread{'s' if t > 1 else ''}", "",
-                  "| measure | bge-engine | ONNX Runtime | PyTorch | ORT / ours | PyTorch / ours |",
-                  "|---|---|---|---|---|---|"]
+                  f"| measure | {head} | {ratio_head} |",
+                  "|---" * (1 + len(lineup) + len(peers)) + "|"]
         for n in bench.LENGTHS:
-            v = [r[e]["latency_s"][str(n)] * 1e3 for e in ENGINES]
-            lines.append(f"| latency {n} tokens (ms) | {v[0]:.2f} | {v[1]:.2f} | {v[2]:.2f} | "
-                         f"{v[1] / v[0]:.2f}x | {v[2] / v[0]:.2f}x |")
+            lines.append(row(f"latency {n} tokens (ms)",
+                             [r[e]["latency_s"][str(n)] * 1e3 for e in lineup], "{:.2f}", False))
         for key, label in (("throughput_caller", "caller's order"),
                            ("throughput_sorted", "length-sorted")):
-            v = [r[e][key] for e in ENGINES]
-            lines.append(f"| throughput, {label} (sent/s) | {v[0]:.1f} | {v[1]:.1f} | {v[2]:.1f} | "
-                         f"{v[0] / v[1]:.2f}x | {v[0] / v[2]:.2f}x |")
-        v = [r[e]["peak_rss_mb"] for e in ENGINES]
-        lines.append(f"| peak RSS (MB) | {v[0]:.0f} | {v[1]:.0f} | {v[2]:.0f} | "
-                     f"{v[1] / v[0]:.2f}x | {v[2] / v[0]:.2f}x |")
-        v = [r[e]["cold_start_s"] * 1e3 for e in ENGINES]
-        lines.append(f"| cold start (ms) | {v[0]:.0f} | {v[1]:.0f} | {v[2]:.0f} | "
-                     f"{v[1] / v[0]:.2f}x | {v[2] / v[0]:.2f}x |")
+            lines.append(row(f"throughput, {label} (sent/s)", [r[e][key] for e in lineup],
+                             "{:.1f}", True))
+        lines.append(row("peak RSS (MB)", [r[e]["peak_rss_mb"] for e in lineup], "{:.0f}", False))
+        lines.append(row("cold start (ms)", [r[e]["cold_start_s"] * 1e3 for e in lineup],
+                         "{:.0f}", False))
         lines.append("")
     return "\n".join(lines)
 
@@ -216,6 +235,9 @@ def main(argv=None):
                    help="a checkpoint folder (default: the synthetic bge-small one, made here)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--pooling", choices=("cls", "mean"), default="cls")
+    p.add_argument("--dtype", choices=tuple(LINEUPS), default="fp32",
+                   help="fp32: vs ONNX Runtime and PyTorch fp32; int8: vs ONNX Runtime int8 "
+                        "(quantize_dynamic, QInt8, per channel) and our own fp32")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     p.add_argument("--onnx", help=argparse.SUPPRESS)
@@ -235,21 +257,27 @@ def main(argv=None):
     onnx_path = tmp / "model.onnx"
     print(f"exporting {folder} to ONNX (opset 17) ...", file=sys.stderr)
     export_onnx(folder, onnx_path)
+    lineup = LINEUPS[args.dtype]
+    if "onnxruntime-int8" in lineup:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(onnx_path), str(onnx_path).replace(".onnx", ".int8.onnx"),
+                         weight_type=QuantType.QInt8, per_channel=True)
     results = {"model": folder, "date": time.strftime("%Y-%m-%d %H:%M"),
                "cpu": __import__("bge_engine").cpu_info()["cpu"],
                "isa": __import__("bge_engine").cpu_info()["isa"]}
     for t in args.threads:
-        for e in ENGINES:
+        for e in lineup:
             print(f"measuring {e}, {t} threads ...", file=sys.stderr)
             r = run_worker(e, folder, onnx_path, t, args.pooling)
             r["cold_start_s"] = cold_start(e, folder, onnx_path, t, args.pooling)
             results[f"{e}/{t}"] = r
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.json").write_text(json.dumps(results, indent=2))
+    (out / f"compare-{args.dtype}.json").write_text(json.dumps(results, indent=2))
     md = (f"# bge-engine vs peers\n\n{results['date']}, {results['cpu']}, bge-engine kernels: "
-          f"{results['isa']}, model: {folder}\n\n" + table(results, args.threads))
-    (out / "compare.md").write_text(md)
+          f"{results['isa']}, model: {folder}\n\n" + table(results, args.threads, lineup))
+    (out / f"compare-{args.dtype}.md").write_text(md)
     print(md)
     return 0
 

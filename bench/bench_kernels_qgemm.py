@@ -107,10 +107,11 @@ def _problem(T, K, N, epilogue, k):
     rng = np.random.default_rng(T * 7919 + K + N)
     x = rng.standard_normal((T, K), dtype=np.float32)
     q = np.empty((T, _kernels.q8_row_bytes(K)), np.uint8)
-    scale, zp = np.empty(T, np.float32), np.empty(T, np.int32)
+    G = _kernels.q8_groups(K)
+    scale, zp = np.empty((T, G), np.float32), np.empty((T, G), np.int32)
     k.quantize(x, q, scale, zp)
     w = rng.integers(-127, 128, (N, K)).astype(np.int8)
-    w_scale = np.full(N, 1e-3, np.float32)
+    w_scale = np.full((N, G), 1e-3, np.float32)
     b = rng.standard_normal(N, dtype=np.float32)
     res = rng.standard_normal((T, N), dtype=np.float32) if epilogue == "residual" else None
     return x, q, scale, zp, k.qpack(w, w_scale), b, res
@@ -133,11 +134,13 @@ def test_qgemm(benchmark, isa, gemm, T, threads):
 @pytest.mark.parametrize("T", (128, 512))
 @pytest.mark.parametrize("isa", ISAS)
 def test_quantize(benchmark, isa, T, K):
-    """The activation quantiser (one pass for min/max, one to write q), 1 thread."""
+    """The activation quantiser (per group of Q8_GROUP k: one pass for min/max, one to
+    write q), 1 thread."""
     k = kernels_or_skip(isa)
     x = np.random.default_rng(T + K).standard_normal((T, K), dtype=np.float32)
     q = np.empty((T, _kernels.q8_row_bytes(K)), np.uint8)
-    scale, zp = np.empty(T, np.float32), np.empty(T, np.int32)
+    G = _kernels.q8_groups(K)
+    scale, zp = np.empty((T, G), np.float32), np.empty((T, G), np.int32)
     benchmark(k.quantize, x, q, scale, zp)
     benchmark.extra_info.update(isa=isa, gbytes_per_s=round(
         x.nbytes / benchmark.stats.stats.median / 1e9, 2))

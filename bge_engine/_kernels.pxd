@@ -26,6 +26,7 @@ cdef extern from "bge.h" nogil:
 
     enum:
         BGE_Q8_MAX_K
+        BGE_Q8_GROUP
 
     ctypedef struct bge_kernels:
         int isa

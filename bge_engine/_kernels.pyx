@@ -136,6 +136,15 @@ def q8_row_bytes(int K):
 
 
 Q8_MAX_K = BGE_Q8_MAX_K  # the largest K whose int32 sums stay exact (K * 255 * 127 < 2^31)
+Q8_GROUP = BGE_Q8_GROUP  # k per quantisation group: scales and zero points per (row, group)
+
+
+def q8_groups(int K):
+    """Quantisation groups of a row of K: ceil(K / Q8_GROUP) (the second dimension of the
+    activation scale and zp, and of the weight scale)."""
+    if K < 0:
+        raise ValueError(f"K: expected >= 0, got {K}")
+    return (K + BGE_Q8_GROUP - 1) // BGE_Q8_GROUP
 
 
 def _aligned_bytes(size_t n):
@@ -428,18 +437,20 @@ cdef class Kernels:
         return flops
 
     # ------------------------------------------------------------------------------------
-    # int8: the scheme of csrc/bge.h (u8 activations with a zero point per row, s8 weights
-    # with a scale per output channel, int32 sums, fp32 epilogue)
+    # int8: the scheme of csrc/bge.h (u8 activations with a scale and zero point per row and
+    # group of Q8_GROUP k, s8 weights with a scale per output channel and group, int32 sums
+    # per group, fp32 sum over groups and epilogue)
     # ------------------------------------------------------------------------------------
 
     def qpack(self, w_s8, w_scale):
-        """Packs int8 weights w_s8 (N, K) int8 in [-127, 127] with w_scale (N,) float32 for
-        this table's qgemm; returns a PackedQ8."""
+        """Packs int8 weights w_s8 (N, K) int8 in [-127, 127] with w_scale (N, q8_groups(K))
+        float32 (one scale per output channel and group of Q8_GROUP k) for this table's
+        qgemm; returns a PackedQ8."""
         if not isinstance(w_s8, np.ndarray) or w_s8.ndim != 2:
             raise ValueError("w_s8: expected an int8 array of shape (N, K)")
         cdef int N = w_s8.shape[0], K = w_s8.shape[1]
         _check(w_s8, "w_s8", (N, K), np.int8)
-        _check(w_scale, "w_scale", (N,))
+        _check(w_scale, "w_scale", (N, q8_groups(K)))
         if N < 1 or K < 1 or K > BGE_Q8_MAX_K:
             raise ValueError(f"w_s8: cannot pack shape {(N, K)} (1 <= K <= {BGE_Q8_MAX_K})")
         if np.any(w_s8 == -128):
@@ -449,25 +460,26 @@ cdef class Kernels:
             raise ValueError(f"w_s8: cannot pack shape {(N, K)}")
         data = _aligned_bytes(size)
         cdef const int8_t[:, ::1] wv = w_s8
-        cdef const float[::1] sv = w_scale
+        cdef const float[:, ::1] sv = w_scale
         cdef uint8_t[::1] dv = data
         cdef int st
         with nogil:
-            st = self.t.qs8_pack(&wv[0, 0], &sv[0], K, N, <void *>&dv[0])
+            st = self.t.qs8_pack(&wv[0, 0], &sv[0, 0], K, N, <void *>&dv[0])
         _check_status(st, "qpack")
         return PackedQ8(data, K, N, self.isa)
 
     def quantize(self, x, q, scale, zp, threads=1):
-        """Quantises x (M, K) float32 row by row into q (M, Kp) uint8, scale (M,) float32
-        and zp (M,) int32, Kp = q8_row_bytes(K); q's padding bytes are set to zp."""
+        """Quantises x (M, K) float32 row by row and group by group (Q8_GROUP k each) into
+        q (M, Kp) uint8, scale (M, G) float32 and zp (M, G) int32, Kp = q8_row_bytes(K),
+        G = q8_groups(K); q's padding bytes are set to the zp of the row's last group."""
         if not isinstance(x, np.ndarray) or x.ndim != 2:
             raise ValueError("x: expected a float32 array of shape (M, K)")
         cdef int M = x.shape[0], K = x.shape[1]
-        cdef int Kp = q8_row_bytes(K)
+        cdef int Kp = q8_row_bytes(K), G = q8_groups(K)
         _check(x, "x", (M, K))
         _writable(_check(q, "q", (M, Kp), np.uint8), "q")
-        _writable(_check(scale, "scale", (M,)), "scale")
-        _writable(_check(zp, "zp", (M,), np.int32), "zp")
+        _writable(_check(scale, "scale", (M, G)), "scale")
+        _writable(_check(zp, "zp", (M, G), np.int32), "zp")
         cdef int nt = _threads(threads)
         if K < 1 or K > BGE_Q8_MAX_K:
             raise ValueError(f"x: expected 1 <= K <= {BGE_Q8_MAX_K}, got shape {(M, K)}")
@@ -475,11 +487,11 @@ cdef class Kernels:
             return q
         cdef const float[:, ::1] xv = x
         cdef uint8_t[:, ::1] qv = q
-        cdef float[::1] sv = scale
-        cdef int32_t[::1] zv = zp
+        cdef float[:, ::1] sv = scale
+        cdef int32_t[:, ::1] zv = zp
         cdef int st
         with nogil:
-            st = self.t.qu8_quantize(&xv[0, 0], M, K, &qv[0, 0], &sv[0], &zv[0], nt)
+            st = self.t.qu8_quantize(&xv[0, 0], M, K, &qv[0, 0], &sv[0, 0], &zv[0, 0], nt)
         _check_status(st, "quantize")
         return q
 
@@ -496,14 +508,16 @@ cdef class Kernels:
         return q.shape[0]
 
     def qgemm(self, q, scale, zp, packed, bias, out, epilogue="bias", res=None, threads=1):
-        """out (M, N) = epilogue((q - zp) @ w_s8^T * scale w_scale + bias) [+ res (M, N)]:
-        q (M, Kp), scale (M,), zp (M,) from quantize; packed from this table's qpack."""
+        """out (M, N) = epilogue(sum over groups g of (q - zp) @ w_s8^T * scale w_scale
+        + bias) [+ res (M, N)]: q (M, Kp), scale (M, G), zp (M, G) from quantize,
+        G = q8_groups(K); packed from this table's qpack."""
         cdef int M = self._q_rows(q, packed)
         cdef int K = packed.K, N = packed.N
         if epilogue not in _EPILOGUES:
             raise ValueError(f"epilogue: expected one of {list(_EPILOGUES)}, got {epilogue!r}")
-        _check(scale, "scale", (M,))
-        _check(zp, "zp", (M,), np.int32)
+        cdef int G = q8_groups(K)
+        _check(scale, "scale", (M, G))
+        _check(zp, "zp", (M, G), np.int32)
         _check(bias, "bias", (N,))
         _writable(_check(out, "out", (M, N)), "out")
         cdef int epi = _EPILOGUES[epilogue]
@@ -517,8 +531,8 @@ cdef class Kernels:
         if np.may_share_memory(q, out):
             raise ValueError("out: must not overlap q")
         cdef const uint8_t[:, ::1] qv = q
-        cdef const float[::1] sv = scale
-        cdef const int32_t[::1] zv = zp
+        cdef const float[:, ::1] sv = scale
+        cdef const int32_t[:, ::1] zv = zp
         cdef const uint8_t[::1] pv = packed.data
         cdef const float[::1] bv = bias
         cdef float[:, ::1] ov = out
@@ -529,7 +543,7 @@ cdef class Kernels:
             rp = &rv[0, 0]
         cdef int st
         with nogil:
-            st = self.t.qu8s8_gemm(&qv[0, 0], &sv[0], &zv[0], M, K, N, <const void *>&pv[0],
+            st = self.t.qu8s8_gemm(&qv[0, 0], &sv[0, 0], &zv[0, 0], M, K, N, <const void *>&pv[0],
                                    &bv[0], rp, &ov[0, 0], epi, nt)
         _check_status(st, "qgemm")
         return out

@@ -43,16 +43,17 @@ class Workspace:
             self.ctx = np.empty((cap, H), dtype=np.float32)  # attention output
             self.up = np.empty((cap, F), dtype=np.float32)  # FFN intermediate
             self.q = np.empty(cap * self.row_bytes, dtype=np.uint8)  # int8: quantised input
-            self.q_scale = np.empty(cap, dtype=np.float32)  # int8: per-token scale
-            self.q_zp = np.empty(cap, dtype=np.int32)  # int8: per-token zero point
+            self.q_scale = np.empty(cap * _kernels.q8_groups(max(H, F)), np.float32)  # int8
+            self.q_zp = np.empty(cap * _kernels.q8_groups(max(H, F)), np.int32)  # (T, groups)
             self.tokens = cap
         if scratch_floats > self.scratch.shape[0]:
             self.scratch = np.empty(scratch_floats, dtype=np.float32)
 
 
 class Linear:
-    """y = x W^T + b with W packed once for the kernel table: fp32, or int8 (symmetric
-    per-output-channel s8 weights; the input quantised per token when it runs)."""
+    """y = x W^T + b with W packed once for the kernel table: fp32, or int8 (s8 weights with a
+    scale per output channel and group of 64 k; the input quantised per token and group when
+    it runs, with a zero point)."""
 
     def __init__(self, kernels, w: np.ndarray, b: np.ndarray, int8: bool):
         self.b, self.int8 = b, int8
@@ -65,7 +66,8 @@ class Linear:
             return
         T, K = x.shape
         q = ws.q[:T * _kernels.q8_row_bytes(K)].reshape(T, -1)
-        scale, zp = ws.q_scale[:T], ws.q_zp[:T]
+        ng = _kernels.q8_groups(K)
+        scale, zp = ws.q_scale[:T * ng].reshape(T, ng), ws.q_zp[:T * ng].reshape(T, ng)
         k.quantize(x, q, scale, zp, threads)
         k.qgemm(q, scale, zp, self.w, self.b, out, epilogue, res=res, threads=threads)
 

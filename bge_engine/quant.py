@@ -1,8 +1,11 @@
 """Weight quantisation for dtype="int8" (the scheme: csrc/bge.h, "int8 GEMM").
 
-Weights are symmetric per output channel: w_scale[n] = max_k |w[n, k]| / 127 and
-w_s8[n, k] = round_half_even(w[n, k] / w_scale[n]), in [-127, 127] (a zero row gets scale 1).
-Activations are quantised per token at run time, in C (Kernels.quantize).
+Weights are symmetric per output channel and group of G = Q8_GROUP (64) consecutive k
+(group g: k in [G g, min(G g + G, K)), ngroups = ceil(K / G)):
+w_scale[n, g] = max_{k in g} |w[n, k]| / 127 and
+w_s8[n, k] = round_half_even(w[n, k] / w_scale[n, g]), clipped to [-127, 127] (an all-zero
+group gets scale 1). Activations are quantised per token and group at run time, in C
+(Kernels.quantize).
 """
 
 from __future__ import annotations
@@ -11,11 +14,19 @@ from typing import Tuple
 
 import numpy as np
 
+from . import _kernels
+
 
 def quantize_weight(w: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """w (N, K) float32 -> (w_s8 (N, K) int8, w_scale (N,) float32)."""
-    amax = np.abs(w).max(axis=1)
+    """w (N, K) float32 -> (w_s8 (N, K) int8, w_scale (N, ngroups) float32)."""
+    N, K = w.shape
+    G = _kernels.Q8_GROUP
+    ng = _kernels.q8_groups(K)
+    wp = np.zeros((N, ng * G), dtype=np.float32)  # the last group padded with zeros
+    wp[:, :K] = w
+    wg = wp.reshape(N, ng, G)
+    amax = np.abs(wg).max(axis=2)
     scale = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
-    q = np.rint(w / scale[:, None])
+    q = np.rint(wg / scale[:, :, None])
     np.clip(q, -127, 127, out=q)
-    return q.astype(np.int8), scale
+    return np.ascontiguousarray(q.reshape(N, ng * G)[:, :K]).astype(np.int8), scale

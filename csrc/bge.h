@@ -131,25 +131,32 @@ typedef int (*bge_f32_l2norm_fn)(float *x, int n, int C);
 typedef double (*bge_f32_fma_loop_fn)(long iters);
 
 /* ---------------------------------------------------------------------------------------
- * int8 GEMM: u8 activations (per row, with a zero point) x s8 weights (per output channel,
- * symmetric), int32 accumulation, fp32 epilogue. The scheme, exactly (every level gives the
- * same bytes and the same bits as the reference, csrc/ref/qgemm.c):
+ * int8 GEMM: u8 activations (per token and group of BGE_Q8_GROUP consecutive k, with a zero
+ * point) x s8 weights (per output channel and group, symmetric), int32 sums per group, fp32
+ * epilogue. The scheme, exactly (every level gives the same bytes and the same bits as the
+ * reference, csrc/ref/qgemm.c):
  *
  *   Kp = BGE_Q8_KP(K) = K rounded up to a multiple of 4.
- *   Weights (quantised by the caller): w_s8 (N, K) int8 in [-127, 127], w_scale (N) fp32,
- *     W[n, k] ~= w_scale[n] * w_s8[n, k]. qs8_pack adds colsum[n] = sum_k w_s8[n, k].
- *   Activations, per row x (K) of X (M, K), by qu8_quantize, float ops in exactly this order:
+ *   Groups along k: G = BGE_Q8_GROUP = 64; group g covers k in [G g, min(G g + G, K)),
+ *     ngroups = BGE_Q8_NGROUPS(K) = ceil(K / G).
+ *   Weights (quantised by the caller): w_s8 (N, K) int8 in [-127, 127], w_scale (N, ngroups)
+ *     fp32, W[n, k] ~= w_scale[n, g(k)] * w_s8[n, k]. qs8_pack adds
+ *     colsum[n, g] = sum_{k in group g} w_s8[n, k]   (|colsum| <= 64 * 127: fits in int16).
+ *   Activations, per row x (K) of X (M, K) and per group g, by qu8_quantize, float ops in
+ *     exactly this order (x[k] below ranges over the group's elements only):
  *     mn = min(0, min_k x[k]), mx = max(0, max_k x[k])   (NaN elements are ignored here)
  *     if mx == mn: scale = 1, zp = 0, q[k] = 0
  *     else: scale = (mx - mn) / 255.0f, inv = 255.0f / (mx - mn),
  *           zp = clamp(rint(-mn * inv), 0, 255),
  *           q[k] = clamp(rint(x[k] * inv) + zp, 0, 255)
- *     rint rounds half to even; a value past the int32 range (or NaN) converts to INT32_MIN
- *     before the clamp, as the x86 cvtps2dq does. q[k] for K <= k < Kp is zp.
- *     X[m, k] ~= scale[m] * (q[m, k] - zp[m]).
- *   GEMM: acc[m, n] = sum_k q[m, k] * w_s8[n, k]   (int32, exact while K <= BGE_Q8_MAX_K)
- *     out[m, n] = epi((float)(acc[m, n] - zp[m] * colsum[n]) * (scale[m] * w_scale[n])
- *                     + bias[n])
+ *     giving scale[m, g], zp[m, g]. rint rounds half to even; a value past the int32 range
+ *     (or NaN) converts to INT32_MIN before the clamp, as the x86 cvtps2dq does. q[k] for
+ *     K <= k < Kp is the last group's zp. X[m, k] ~= scale[m, g(k)] * (q[m, k] - zp[m, g(k)]).
+ *   GEMM: acc[m, n, g] = sum_{k in g} q[m, k] * w_s8[n, k]   (int32, exact)
+ *     d[m, n, g] = acc[m, n, g] - zp[m, g] * colsum[n, g]     (int32, exact)
+ *     s = 0.0f; for g = 0, 1, .., ngroups - 1 in this order:
+ *         s = s + (float)d[m, n, g] * (scale[m, g] * w_scale[n, g])
+ *     out[m, n] = epi(s + bias[n])
  *     with a separate rounding after each operation (never an FMA). epi is the identity,
  *     GELU, or + res[m, n] as for fp32. SIMD levels compute GELU with their vector GELU
  *     (x86/<isa>/vmath.h: within 1.5e-7 |v| of the reference's scalar GELU); everything
@@ -158,11 +165,14 @@ typedef double (*bge_f32_fma_loop_fn)(long iters);
 
 #define BGE_Q8_KP(K) (((K) + 3) & ~3)  /* bytes of one row of q                         */
 #define BGE_Q8_MAX_K 66000             /* K * 255 * 127 < 2^31: int32 sums stay exact    */
+#define BGE_Q8_GROUP 64                /* k per quantisation group (a multiple of 4)     */
+#define BGE_Q8_NGROUPS(K) (((K) + BGE_Q8_GROUP - 1) / BGE_Q8_GROUP) /* groups of a row   */
 
-/* Quantises X row by row (the activation scheme above).
+/* Quantises X row by row and group by group (the activation scheme above).
  *   x     (M, K) fp32
- *   q     (M, Kp) u8, Kp = BGE_Q8_KP(K); bytes K .. Kp-1 of each row are set to zp[m]
- *   scale (M) fp32, zp (M) int32 in [0, 255]
+ *   q     (M, Kp) u8, Kp = BGE_Q8_KP(K); bytes K .. Kp-1 of each row are set to the zp of
+ *         the row's last group
+ *   scale (M, ngroups) fp32, zp (M, ngroups) int32 in [0, 255], ngroups = BGE_Q8_NGROUPS(K)
  * K <= BGE_Q8_MAX_K. Rows are independent: the bytes of a row never depend on M or
  * nthreads.                                                                             */
 typedef int (*bge_qu8_quantize_fn)(const float *x, int M, int K, uint8_t *q, float *scale,
@@ -174,16 +184,18 @@ typedef size_t (*bge_qs8_packed_size_fn)(int K, int N);
 
 /* Packs int8 weights for this table's int8 GEMM.
  *   w       (N, K) int8 in [-127, 127] (a -128 returns BGE_ERR_ARG)
- *   w_scale (N) fp32
+ *   w_scale (N, ngroups) fp32, ngroups = BGE_Q8_NGROUPS(K)
  *   packed  (qs8_packed_size(K, N)) bytes, written whole: a 64-byte header (magic, layout
- *           id, K, N) that the GEMMs check, then w_scale, colsum and the weights in the
+ *           id, K, N, ...) that the GEMMs check, then w_scale and colsum per (group,
+ *           column) and the weights in the
  *           kernel's own layout (documented beside each pack function). No alignment is
  *           required; a 64-byte aligned buffer keeps the kernel's loads aligned.          */
 typedef int (*bge_qs8_pack_fn)(const int8_t *w, const float *w_scale, int K, int N,
                                void *packed);
 
 /* out = epi(dequantised q @ W^T + bias), the GEMM of the scheme above.
- *   q      (M, Kp) u8, scale (M) fp32, zp (M) int32: as written by qu8_quantize
+ *   q      (M, Kp) u8, scale (M, ngroups) fp32, zp (M, ngroups) int32: as written by
+ *          qu8_quantize
  *   packed W (N, K) as packed by this table's qs8_pack; BGE_ERR_PACKING when the header
  *          names another layout, BGE_ERR_ARG when its K or N differ from the arguments
  *   bias   (N)
@@ -195,7 +207,8 @@ typedef int (*bge_qu8s8_gemm_fn)(const uint8_t *q, const float *scale, const int
                                  const float *res, float *out, int epilogue, int nthreads);
 
 /* The raw int32 sums, for exact tests: acc (M, N) int32 = sum_{k < Kp} q[m, k] * w_s8[n, k]
- * (w_s8 is zero past K, so this is the sum over k < K), without the zero-point term.
+ * over every k (all groups together; w_s8 is zero past K, so this is the sum over k < K),
+ * without the zero-point terms.
  *   q (M, Kp) u8; packed as for qu8s8_gemm; acc (M, N) int32.                             */
 typedef int (*bge_qu8s8_gemm_i32_fn)(const uint8_t *q, int M, int K, int N, const void *packed,
                                      int32_t *acc, int nthreads);

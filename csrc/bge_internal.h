@@ -73,7 +73,9 @@ typedef struct bge_q8_header {
     int32_t nr;           /* columns per panel (1 for the reference)                   */
     int32_t kgroup;       /* k values interleaved per column in a panel (Kp for ref)   */
     int32_t elt;          /* bytes per packed weight: 1 (s8) or 2 (s16)                 */
-    int32_t reserved[7];
+    int32_t group;        /* k per quantisation group: BGE_Q8_GROUP                    */
+    int32_t ngroups;      /* BGE_Q8_NGROUPS(K)                                         */
+    int32_t reserved[5];
 } bge_q8_header;
 _Static_assert(sizeof(bge_q8_header) == BGE_Q8_HEADER_BYTES, "the header is 64 bytes");
 
@@ -85,25 +87,31 @@ enum {
     BGE_Q8_LAYOUT_VNNI = 4,    /* avx512vnni: 48-column panels, k quads, s8           */
 };
 
-/* Where the parts of a packed buffer start, from its header. */
+/* Where the parts of a packed buffer start, from its header: w_scale (ngroups, Np) fp32,
+ * then colsum (ngroups, Np) int32 (group-major: a panel's columns of one group are
+ * contiguous), then the weights, 64-byte aligned. */
 static inline const float *bge_q8_wscale(const void *packed) {
     return (const float *)((const char *)packed + BGE_Q8_HEADER_BYTES);
 }
 static inline const int32_t *bge_q8_colsum(const void *packed) {
     const bge_q8_header *h = (const bge_q8_header *)packed;
-    return (const int32_t *)((const char *)packed + BGE_Q8_HEADER_BYTES) + h->Np;
+    return (const int32_t *)((const char *)packed + BGE_Q8_HEADER_BYTES) +
+           (size_t)h->Np * h->ngroups;
 }
-static inline size_t bge_q8_weights_offset(int Np) { /* header + scales + colsums, 64-aligned */
-    return BGE_Q8_HEADER_BYTES + (((size_t)Np * 8 + 63) & ~(size_t)63);
+static inline size_t bge_q8_weights_offset(int Np, int ngroups) { /* header + scales + sums */
+    return BGE_Q8_HEADER_BYTES + (((size_t)Np * ngroups * 8 + 63) & ~(size_t)63);
 }
+_Static_assert(BGE_Q8_GROUP % 4 == 0 && BGE_Q8_GROUP * 127 <= 32767,
+               "groups are whole k-quads; a group's colsum fits in int16 (vpmaddwd/vpdpwssd)");
 
 /* BGE_OK, or BGE_ERR_PACKING when `packed` holds another layout, or BGE_ERR_ARG when its
  * K, N differ. */
 int bge_q8_check_header(const void *packed, uint32_t layout, int K, int N);
 
 /* Quantisation steps shared by every qu8_quantize, so each level writes the same bytes.
- * bge_q8_row_params: scale, inv, zp from mn = min(0, min x), mx = max(0, max x); returns 0
- *   when mx == mn (then scale = 1, zp = 0, and every q of the row is 0), else 1.
+ * bge_q8_row_params: scale, inv, zp of one group from mn = min(0, min x), mx = max(0, max x)
+ *   over the group; returns 0 when mx == mn (then scale = 1, zp = 0, and every q of the
+ *   group is 0), else 1.
  * bge_q8_quantize_span: q[k] = clamp(cvt(x[k] * inv) + zp, 0, 255) for k < n.
  * bge_q8_cvt: nearbyintf, then INT32_MIN outside the int32 range or for NaN (cvtps2dq). */
 int bge_q8_row_params(float mn, float mx, float *scale, float *inv, int32_t *zp);
@@ -117,20 +125,27 @@ int bge_q8_pack_panels(const int8_t *w, const float *w_scale, int K, int N, void
 
 /* One SIMD int8 GEMM for the shared driver (bge_q8_gemm_run):
  *   tile(q, ldq, Kp, panel, mr, nw, tile): tile[i*nr + j] = sum_{k < Kp} q[i*ldq + k] *
- *     w[column j of the panel, k] for i < mr, j < nw (int32, row stride nr; entries past
- *     nw may be written too);
- *   epilogue(tile, mr, nw, ...): out[i*ldo + j] for i < mr, j < nw, from the tile as in
- *     the scheme of bge.h; scale, zp point at row 0 of the tile; wscale, colsum, bias at
- *     its column 0; res (NULL unless BGE_EPI_BIAS_RESIDUAL) and out at element (0, 0). */
+ *     w[column j of the panel, k] for i < mr, j < nw (int32 over every k, all groups
+ *     together: the qu8s8_gemm_i32 slot; row stride nr; entries past nw may be written too);
+ *   gtile(q, ldq, Kp, panel, mr, nw, scale, zp, ngroups, wscale, colsum, Np, ftile):
+ *     ftile[i*nr + j] = the fp32 sum over groups of the scheme of bge.h, before the bias:
+ *     s = 0; for each group g in order: s = s + (float)(acc_g - zp colsum) * (scale wscale),
+ *     for i < mr, j < nw (entries past nw may be written too). scale, zp point at row 0 of
+ *     the tile (row stride ngroups); wscale, colsum at column 0 of the panel in group 0
+ *     (group stride Np);
+ *   epilogue(ftile, mr, nw, bias, res, out, ldo, epilogue): out[i*ldo + j] = epi(ftile[i*nr
+ *     + j] + bias[j]) for i < mr, j < nw; bias at the tile's column 0; res (NULL unless
+ *     BGE_EPI_BIAS_RESIDUAL) and out at element (0, 0). */
 typedef struct bge_q8_gemm_impl {
     uint32_t layout;
     int mr, nr, kgroup, elt;
     void (*tile)(const uint8_t *q, size_t ldq, int Kp, const void *panel, int mr, int nw,
                  int32_t *tile);
-    void (*epilogue)(const int32_t *tile, int mr, int nw, const float *scale,
-                     const int32_t *zp, const float *wscale, const int32_t *colsum,
-                     const float *bias, const float *res, float *out, size_t ldo,
-                     int epilogue);
+    void (*gtile)(const uint8_t *q, size_t ldq, int Kp, const void *panel, int mr, int nw,
+                  const float *scale, const int32_t *zp, int ngroups, const float *wscale,
+                  const int32_t *colsum, int Np, float *ftile);
+    void (*epilogue)(const float *ftile, int mr, int nw, const float *bias, const float *res,
+                     float *out, size_t ldo, int epilogue);
 } bge_q8_gemm_impl;
 
 /* Checks the arguments and the header, then runs the tiles over threads. acc == NULL: the

@@ -10,9 +10,13 @@ csrc/x86/<isa>/qgemm.c).
     outputs of the bias and residual epilogues. GELU: the SIMD levels use their vector GELU
     (x86/<isa>/vmath.h, within 1.5e-7 |v| of the reference's scalar one), so there the
     bound holds, and the SIMD levels agree with each other bit for bit;
-  - odd shapes (K not a multiple of 4 included), zero points at both ends, weights at -127
-    and 127, sums near the int32 limit; outputs sentinel-filled with a guard region after
-    them that must stay untouched;
+  - the scheme is per group of Q8_GROUP = 64 consecutive k (activation scale and zero point
+    per (row, group), weight scale per (column, group), int32 sums per group, an fp32 sum
+    over the groups in ascending order); the raw int32 GEMM sums over every k at once;
+  - odd shapes (K not a multiple of 4, K at and around group boundaries: 1, 63, 64, 65,
+    127, 128, 383 .. 385, 1536, 1537), zero points at both ends within one row (groups of
+    either sign), weights at -127 and 127, sums near the int32 limit; outputs
+    sentinel-filled with a guard region after them that must stay untouched;
   - thread-count and batch invariance, bit for bit; the documented packed layout; another
     table's packing rejected; bad arguments raise ValueError.
 """
@@ -35,10 +39,11 @@ F_SENT = np.float32(-7.25e30)
 I_SENT = np.int32(-0x5A5A5A5A)
 U_SENT = np.uint8(0xA5)
 GELU_BOUND = 1.5e-7  # BGE_VMATH_GELU_BOUND, x86/avx2/vmath.h and x86/avx512/vmath.h
-HEADER = ("magic", "layout", "K", "N", "Kp", "Np", "nr", "kgroup", "elt")
+HEADER = ("magic", "layout", "K", "N", "Kp", "Np", "nr", "kgroup", "elt", "group", "ngroups")
+G = _kernels.Q8_GROUP
 
 Ms = [1, 2, 3, 7, 15, 16, 17, 31, 33, 63, 64, 65, 127, 129]
-Ks = [1, 3, 4, 5, 7, 17, 383, 384, 385, 1536, 1537]
+Ks = [1, 3, 4, 5, 7, 17, 63, 64, 65, 127, 128, 383, 384, 385, 1536, 1537]
 Ns = [1, 7, 16, 17, 31, 33, 383, 384, 385, 1152, 1536, 1537]
 
 
@@ -75,6 +80,15 @@ def kp(K):
     return (K + 3) // 4 * 4
 
 
+def ng(K):
+    return (K + G - 1) // G
+
+
+def test_group_constants():
+    assert G == 64 and _kernels.q8_groups(1) == 1 and _kernels.q8_groups(64) == 1
+    assert _kernels.q8_groups(65) == 2 and _kernels.q8_groups(1537) == 25
+
+
 # ---------------------------------------------------------------------------------------
 # numpy transcription of the scheme (csrc/bge.h)
 # ---------------------------------------------------------------------------------------
@@ -89,33 +103,51 @@ def np_cvt(v):
 
 
 def np_quantize(x):
-    """x (M, K) float32 -> q (M, Kp) uint8, scale (M,) float32, zp (M,) int32."""
+    """x (M, K) float32 -> q (M, Kp) uint8, scale (M, ngroups) float32, zp (M, ngroups) int32:
+    each group of G consecutive k quantised on its own with the per-row formula."""
     M, K = x.shape
     q = np.zeros((M, kp(K)), np.uint8)
-    scale = np.ones(M, np.float32)
-    zp = np.zeros(M, np.int32)
+    scale = np.ones((M, ng(K)), np.float32)
+    zp = np.zeros((M, ng(K)), np.int32)
     f0 = np.float32(0)
     with np.errstate(all="ignore"):
         for m in range(M):
-            row = x[m]
-            mn = np.fmin(f0, np.fmin.reduce(row))  # fmin skips NaN, as minps(x, acc) does
-            mx = np.fmax(f0, np.fmax.reduce(row))
-            if mx == mn:
-                continue
-            rng = np.float32(mx - mn)
-            scale[m] = rng / np.float32(255.0)
-            inv = np.float32(np.float32(255.0) / rng)
-            zp[m] = np.clip(np_cvt(np.array([-mn * inv], np.float32))[0], 0, 255)
-            q[m, :K] = np.clip(np_cvt(row * inv) + zp[m], 0, 255).astype(np.uint8)
-            q[m, K:] = zp[m]
+            for g in range(ng(K)):
+                k0, k1 = g * G, min(g * G + G, K)
+                part = x[m, k0:k1]
+                mn = np.fmin(f0, np.fmin.reduce(part))  # fmin skips NaN, as minps(x, acc) does
+                mx = np.fmax(f0, np.fmax.reduce(part))
+                if mx == mn:
+                    continue
+                rng = np.float32(mx - mn)
+                scale[m, g] = rng / np.float32(255.0)
+                inv = np.float32(np.float32(255.0) / rng)
+                zp[m, g] = np.clip(np_cvt(np.array([-mn * inv], np.float32))[0], 0, 255)
+                q[m, k0:k1] = np.clip(np_cvt(part * inv) + zp[m, g], 0, 255).astype(np.uint8)
+            q[m, K:] = zp[m, -1]
     return q, scale, zp
 
 
-def np_epilogue(acc, scale, zp, w_scale, colsum, bias, res=None):
-    """The fp32 epilogue (bias, or bias + residual) of the scheme, op for op in float32."""
-    d = (acc.astype(np.int64) - zp[:, None].astype(np.int64) * colsum[None, :]).astype(np.int32)
-    v = d.astype(np.float32) * (scale[:, None] * w_scale[None, :])
-    v = v + bias[None, :]
+def np_colsum(w):
+    """colsum (N, ngroups) int64: the sum of w_s8 over each group."""
+    N, K = w.shape
+    return np.stack([w[:, g * G:g * G + G].astype(np.int64).sum(axis=1) for g in range(ng(K))],
+                    axis=1)
+
+
+def np_gemm(q, scale, zp, w, w_scale, bias, res=None):
+    """The fp32 result (bias, or bias + residual) of the scheme, op for op in float32: per
+    group, d = acc_g - zp colsum (int32, exact); s = s + (float)d * (scale w_scale) in
+    ascending group order from 0; then + bias [+ res]."""
+    N, K = w.shape
+    cs = np_colsum(w)
+    s = np.zeros((q.shape[0], N), np.float32)
+    for g in range(ng(K)):
+        k0, k1 = g * G, min(g * G + G, K)
+        acc = q[:, k0:k1].astype(np.int64) @ w[:, k0:k1].T.astype(np.int64)
+        d = (acc - zp[:, g, None].astype(np.int64) * cs[None, :, g]).astype(np.int32)
+        s = s + d.astype(np.float32) * (scale[:, g, None] * w_scale[None, :, g])
+    v = s + bias[None, :]
     if res is not None:
         v = v + res
     return v
@@ -132,9 +164,10 @@ def gelu64(v):
 
 def activations(M, K, rng):
     """Rows of every kind: mixed sign, all >= 0 (zp 0), all <= 0 (zp 255), zero, tiny,
-    huge, and one with exact halfway cases."""
+    huge, one with exact halfway cases, and rows whose groups differ (each group of G k
+    >= 0, <= 0, zero, tiny or huge: both zero-point extremes within one row)."""
     x = rng.standard_normal((M, K), dtype=np.float32)
-    kinds = rng.integers(0, 8, M)
+    kinds = rng.integers(0, 9, M)
     for m in range(M):
         if kinds[m] == 1:
             x[m] = np.abs(x[m])
@@ -147,17 +180,34 @@ def activations(M, K, rng):
         elif kinds[m] == 5 and K >= 2:
             x[m] = np.float32(0.5) + rng.integers(0, 255, K).astype(np.float32)
             x[m, 0], x[m, 1] = 0.0, 255.0  # inv = 1: every x + 0.5 is a halfway case
+        elif kinds[m] >= 6:
+            for g, how in enumerate(rng.integers(0, 6, ng(K))):
+                part = x[m, g * G:g * G + G]
+                if how == 1:
+                    part[:] = np.abs(part)
+                elif how == 2:
+                    part[:] = -np.abs(part)
+                elif how == 3:
+                    part[:] = 0.0
+                elif how == 4:
+                    part *= np.float32(1e-20)
+                elif how == 5:
+                    part *= np.float32(1e20)
     if M >= 3:
         x[M - 1] = 0.0
     return x
 
 
 def weights(N, K, rng):
+    """w_s8 at both ends (row 0 all 127, row N-1 all -127, a zero group) and a scale per
+    (column, group)."""
     w = rng.integers(-127, 128, (N, K)).astype(np.int8)
     w[0] = 127
     if N > 1:
         w[N - 1] = -127
-    w_scale = (rng.random(N, dtype=np.float32) + np.float32(0.5)) * np.float32(0.01)
+    if N > 2 and K > G:
+        w[1, G:2 * G] = 0
+    w_scale = (rng.random((N, ng(K)), dtype=np.float32) + np.float32(0.5)) * np.float32(0.01)
     return w, w_scale
 
 
@@ -185,8 +235,8 @@ def ref_case(M, K, N):
     w, w_scale = weights(N, K, rng)
     bias = rng.standard_normal(N, dtype=np.float32)
     res = rng.standard_normal((M, N), dtype=np.float32)
-    q, scale, zp = (np.empty((M, kp(K)), np.uint8), np.empty(M, np.float32),
-                    np.empty(M, np.int32))
+    q, scale, zp = (np.empty((M, kp(K)), np.uint8), np.empty((M, ng(K)), np.float32),
+                    np.empty((M, ng(K)), np.int32))
     REF.quantize(x, q, scale, zp)
     packed = REF.qpack(w, w_scale)
     acc = np.empty((M, N), np.int32)
@@ -203,12 +253,13 @@ def ref_case(M, K, N):
 # the reference against numpy
 # ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("M,K", [(1, 1), (3, 3), (7, 4), (17, 5), (33, 383), (65, 1537)])
+@pytest.mark.parametrize("M,K", [(1, 1), (3, 3), (7, 4), (17, 5), (9, 63), (9, 64), (9, 65),
+                                 (17, 127), (17, 128), (33, 383), (65, 1537)])
 def test_ref_quantize_is_the_scheme(M, K):
     x = activations(M, K, np.random.default_rng(M + 31 * K))
     q, scale, zp = np_quantize(x)
     bq, gq = guarded((M, kp(K)), np.uint8, U_SENT)
-    s, z = np.empty(M, np.float32), np.empty(M, np.int32)
+    s, z = np.empty((M, ng(K)), np.float32), np.empty((M, ng(K)), np.int32)
     REF.quantize(x, gq, s, z, threads=2)
     assert np.array_equal(gq, q) and np.array_equal(s.view(np.int32), scale.view(np.int32))
     assert np.array_equal(z, zp)
@@ -226,9 +277,9 @@ def test_quantize_special_rows():
                   [-np.inf, 1, -1, 0, 2, 3, np.inf],
                   [np.nan] * 7], np.float32)
     q, scale, zp = np_quantize(x)
-    assert list(q[0, :7]) == [0, 255, 0, 2, 2, 4, 254] and zp[0] == 0 and scale[0] == 1
-    assert zp[1] == 0 and q[1, 6] == 255 and zp[2] == 255 and q[2, 6] == 0
-    assert zp[3] == 0 and scale[3] == 1 and not q[3].any() and q[0, 7] == zp[0]
+    assert list(q[0, :7]) == [0, 255, 0, 2, 2, 4, 254] and zp[0, 0] == 0 and scale[0, 0] == 1
+    assert zp[1, 0] == 0 and q[1, 6] == 255 and zp[2, 0] == 255 and q[2, 6] == 0
+    assert zp[3, 0] == 0 and scale[3, 0] == 1 and not q[3].any() and q[0, 7] == zp[0, 0]
     for isa in ("ref",) + INT8_LEVELS:
         if isa not in _kernels.usable_isas():
             continue
@@ -240,20 +291,50 @@ def test_quantize_special_rows():
         assert np.array_equal(got[2], zp), isa
 
 
-@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (2, 3, 7), (7, 5, 16), (17, 383, 33),
+def test_quantize_groups_independent():
+    """Each group has its own scale and zero point: a row of 130 = 64 + 64 + 2 with a
+    negative group (zp 255), a zero group and a positive one (zp 0); the row's padding
+    bytes take the last group's zero point."""
+    K = 130
+    x = np.zeros((3, K), np.float32)
+    x[0, :64] = -np.arange(64, dtype=np.float32)  # zp 255
+    x[0, 128:] = [1.0, 3.0]                        # zp 0; group 1 all zero
+    x[1, :64] = np.arange(64, dtype=np.float32)
+    x[1, 64:128] = np.float32(1e-30) * np.arange(-32, 32, dtype=np.float32)
+    x[1, 128:] = [-2.0, -1.0]                      # the last group's zp 255 -> padding 255
+    x[2] = np.float32(0.5) + np.arange(K, dtype=np.float32) % 255
+    q, scale, zp = np_quantize(x)
+    assert list(zp[0]) == [255, 0, 0] and scale[0, 1] == 1 and not q[0, 64:128].any()
+    assert q[0, 0] == 255 and q[0, 63] == 0 and list(q[0, 128:130]) == [85, 255]
+    assert list(q[0, 130:]) == [0, 0] and list(q[1, 130:]) == [255, 255]
+    assert zp[1, 0] == 0 and 0 < zp[1, 1] < 255 and zp[1, 2] == 255
+    for isa in ("ref",) + INT8_LEVELS:
+        if isa not in _kernels.usable_isas():
+            continue
+        k = _kernels.Kernels(isa)
+        got = np.empty_like(q), np.empty_like(scale), np.empty_like(zp)
+        k.quantize(x, *got)
+        assert np.array_equal(got[0], q), isa
+        assert np.array_equal(got[1].view(np.int32), scale.view(np.int32)), isa
+        assert np.array_equal(got[2], zp), isa
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (2, 3, 7), (7, 5, 16), (9, 63, 17), (9, 64, 17),
+                                   (9, 65, 17), (5, 127, 33), (5, 128, 33), (17, 383, 33),
                                    (33, 384, 385), (3, 1537, 1537), (65, 385, 1152)])
 def test_ref_gemm_is_the_scheme(M, K, N):
     x, q, scale, zp, w, w_scale, bias, res, acc, out = ref_case(M, K, N)
     assert np.array_equal(acc, q[:, :K].astype(np.int64) @ w.T.astype(np.int64))
-    colsum = w.astype(np.int64).sum(axis=1)
-    assert np.array_equal(out["bias"], np_epilogue(acc, scale, zp, w_scale, colsum, bias))
-    assert np.array_equal(out["residual"],
-                          np_epilogue(acc, scale, zp, w_scale, colsum, bias, res))
+    assert np.array_equal(out["bias"].view(np.int32),
+                          np_gemm(q, scale, zp, w, w_scale, bias).view(np.int32))
+    assert np.array_equal(out["residual"].view(np.int32),
+                          np_gemm(q, scale, zp, w, w_scale, bias, res).view(np.int32))
     v = out["bias"]
     assert np.all(np.abs(out["gelu"] - gelu64(v)) <= 2e-7 * np.abs(v) + 1e-37)
-    # and the scheme approximates the fp32 product (per-row error <= K * step_x * |w|)
-    deq = (q[:, :K].astype(np.float64) - zp[:, None]) * scale[:, None]
-    exact = deq @ (w.astype(np.float64) * w_scale[:, None]).T + bias
+    # and the scheme approximates the fp32 product of the dequantised operands
+    gk = np.arange(K) // G  # the group of each k
+    deq = (q[:, :K].astype(np.float64) - zp[:, gk]) * scale[:, gk]
+    exact = deq @ (w.astype(np.float64) * w_scale[:, gk]).T + bias
     assert np.allclose(out["bias"], exact, rtol=1e-5, atol=1e-5 * (1 + np.abs(exact).max()))
 
 
@@ -267,7 +348,7 @@ def test_ref_gemm_near_int32_limit():
             continue
         k = _kernels.Kernels(isa)
         acc = np.empty((2, 3), np.int32)
-        k.qgemm_i32(q, k.qpack(w, np.ones(3, np.float32)), acc)
+        k.qgemm_i32(q, k.qpack(w, np.ones((3, ng(K)), np.float32)), acc)
         assert np.array_equal(acc, np.array([[1, -1, 1]] * 2) * (255 * 127 * K)), isa
 
 
@@ -285,20 +366,22 @@ def test_names(kern):
     assert re.fullmatch(r"bge_qu8_quantize__(avx2|avx512vnni)", n["qu8_quantize"]), n
 
 
-@pytest.mark.parametrize("M,K", [(1, 1), (2, 3), (3, 4), (7, 5), (15, 7), (16, 17), (17, 383),
+@pytest.mark.parametrize("M,K", [(1, 1), (2, 3), (3, 4), (7, 5), (15, 7), (16, 17), (9, 63),
+                                 (9, 64), (9, 65), (17, 127), (17, 128), (17, 383),
                                  (31, 384), (33, 385), (63, 1536), (129, 1537)])
 def test_quantize_against_ref(kern, M, K):
     x = activations(M, K, np.random.default_rng(7 * M + K))
-    want = [np.empty((M, kp(K)), np.uint8), np.empty(M, np.float32), np.empty(M, np.int32)]
+    want = [np.empty((M, kp(K)), np.uint8), np.empty((M, ng(K)), np.float32),
+            np.empty((M, ng(K)), np.int32)]
     REF.quantize(x, *want)
     bq, q = guarded((M, kp(K)), np.uint8, U_SENT)
-    bs, s = guarded((M,), np.float32, F_SENT)
-    bz, z = guarded((M,), np.int32, I_SENT)
+    bs, s = guarded((M, ng(K)), np.float32, F_SENT)
+    bz, z = guarded((M, ng(K)), np.int32, I_SENT)
     kern.quantize(x, q, s, z, threads=1)
     assert np.array_equal(q, want[0]), f"{kern.isa} quantize bytes differ (M={M}, K={K})"
     assert np.array_equal(s.view(np.int32), want[1].view(np.int32))
     assert np.array_equal(z, want[2])
-    for b, n in ((bq, q.size), (bs, M), (bz, M)):
+    for b, n in ((bq, q.size), (bs, s.size), (bz, z.size)):
         assert_guard(b, n, f"{kern.isa} quantize")
     q2 = np.empty_like(q)
     kern.quantize(x, q2, s, z, threads=3)
@@ -361,8 +444,9 @@ def test_thread_and_batch_invariance(kern):
         assert np.array_equal(a, acc), f"i32 threads={t}"
     for lo, hi in ((0, 1), (5, 6), (128, 129), (3, 20), (17, 129), (1, 65)):
         xs = np.ascontiguousarray(x[lo:hi])
-        qs, ss, zs = (np.empty((hi - lo, kp(K)), np.uint8), np.empty(hi - lo, np.float32),
-                      np.empty(hi - lo, np.int32))
+        qs, ss, zs = (np.empty((hi - lo, kp(K)), np.uint8),
+                      np.empty((hi - lo, ng(K)), np.float32),
+                      np.empty((hi - lo, ng(K)), np.int32))
         kern.quantize(xs, qs, ss, zs, threads=2)
         assert np.array_equal(qs, q[lo:hi]) and np.array_equal(zs, zp[lo:hi])
         o = np.empty((hi - lo, N), np.float32)
@@ -383,10 +467,10 @@ def test_residual_may_alias_out(kern):
 # ---------------------------------------------------------------------------------------
 
 def header(packed):
-    return dict(zip(HEADER, packed.data[:36].view(np.int32).tolist()))
+    return dict(zip(HEADER, packed.data[:4 * len(HEADER)].view(np.int32).tolist()))
 
 
-@pytest.mark.parametrize("K,N", [(1, 1), (5, 17), (385, 49), (384, 1152)])
+@pytest.mark.parametrize("K,N", [(1, 1), (5, 17), (64, 3), (65, 25), (385, 49), (384, 1152)])
 def test_packed_layout(K, N):
     """The layout documented in ref/qgemm.c, for every level the host has."""
     rng = np.random.default_rng(K + N)
@@ -398,14 +482,16 @@ def test_packed_layout(K, N):
         p = k.qpack(w, w_scale)
         h = header(p)
         assert h["magic"] == 0x38514742 and (h["K"], h["N"], h["Kp"]) == (K, N, kp(K)), isa
-        nr, kg, elt, Np, Kp = h["nr"], h["kgroup"], h["elt"], h["Np"], h["Kp"]
+        assert (h["group"], h["ngroups"]) == (G, ng(K)), isa
+        nr, kg, elt, Np, Kp, g = h["nr"], h["kgroup"], h["elt"], h["Np"], h["Kp"], ng(K)
         assert Np % nr == 0 and N <= Np < N + nr and p.data.ctypes.data % 64 == 0
         d = p.data
-        assert np.array_equal(d[64:64 + 4 * N].view(np.float32), w_scale)
-        assert not d[64 + 4 * N:64 + 4 * Np].any()
-        cs = d[64 + 4 * Np:64 + 8 * Np].view(np.int32)
-        assert np.array_equal(cs[:N], w.astype(np.int64).sum(axis=1)) and not cs[N:].any()
-        off = 64 + (8 * Np + 63) // 64 * 64
+        # w_scale (ngroups, Np) then colsum (ngroups, Np), group-major, 0 past N
+        ws = d[64:64 + 4 * g * Np].view(np.float32).reshape(g, Np)
+        assert np.array_equal(ws[:, :N], w_scale.T) and not ws[:, N:].any(), isa
+        cs = d[64 + 4 * g * Np:64 + 8 * g * Np].view(np.int32).reshape(g, Np)
+        assert np.array_equal(cs[:, :N], np_colsum(w).T) and not cs[:, N:].any(), isa
+        off = 64 + (8 * g * Np + 63) // 64 * 64
         wp = np.zeros((Np, Kp), np.int64)
         wp[:N, :K] = w
         # weights[((p G + g) nr + j) kgroup + r] = w[nr p + j, kgroup g + r]
@@ -449,9 +535,13 @@ def test_bad_arguments():
     p = k.qpack(w, w_scale)
     o = np.empty((M, N), np.float32)
     with pytest.raises(ValueError, match=r"w_s8.*-127, 127"):
-        k.qpack(np.full((2, 3), -128, np.int8), np.ones(2, np.float32))
-    with pytest.raises(ValueError, match=r"w_scale.*\(33,\)"):
-        k.qpack(w, np.ones(32, np.float32))
+        k.qpack(np.full((2, 3), -128, np.int8), np.ones((2, 1), np.float32))
+    with pytest.raises(ValueError, match=r"w_scale.*\(33, 1\)"):
+        k.qpack(w, np.ones(33, np.float32))
+    with pytest.raises(ValueError, match=r"scale.*\(3, 1\)"):
+        k.qgemm(q, scale.reshape(-1), zp, p, bias, o)
+    with pytest.raises(ValueError, match=r"zp.*\(3, 1\)"):
+        k.quantize(x, q.copy(), scale.copy(), np.empty(3, np.int32))
     with pytest.raises(ValueError, match=r"w_s8.*int8"):
         k.qpack(w.astype(np.int16), w_scale)
     with pytest.raises(ValueError, match=r"q.*\(3, 20\).*\(3, 17\)"):

@@ -3,32 +3,40 @@
  * epilogue), the activation quantiser, the weight packing of every level, and the tile
  * driver the SIMD levels share.
  *
- * The scheme (also in bge.h; the numpy transcription in tests/test_kernels_qgemm.py):
- *   Weights, quantised by the caller (Python, at load): symmetric, per output channel,
- *     w_s8 (N, K) int8 in [-127, 127] and w_scale (N) fp32: W[n, k] ~= w_scale[n] w_s8[n, k].
- *     Packing adds colsum[n] = sum_k w_s8[n, k] (int32) for the zero-point term and pads K
- *     up to Kp (a multiple of 4) with zero weights.
- *   Activations, quantised here per row (per token), asymmetric u8 with a zero point:
- *     mn = min(0, min x), mx = max(0, max x); when mx == mn: scale 1, zp 0, q 0; else
- *     scale = (mx - mn) / 255.0f, inv = 255.0f / (mx - mn), zp = clamp(rint(-mn * inv), 0,
- *     255), q[k] = clamp(rint(x[k] * inv) + zp, 0, 255); rint is round-half-even
- *     (nearbyintf; cvtps2dq in SIMD), an out-of-range or NaN value converts to INT32_MIN
- *     (as cvtps2dq does) before the clamp. The row's padding q[K .. Kp-1] = zp: it meets
- *     zero weights, so it adds nothing. Min and max are order-independent (NaNs are skipped:
- *     `x < mn ? x : mn` is exactly minps(x, mn)), so SIMD levels write the same bytes.
- *   GEMM: acc[m, n] = sum_{k < Kp} q[m, k] w_s8[n, k] in int32, exact: |acc| <= K 255 127
- *     < 2^31 for K <= BGE_Q8_MAX_K; the sum order is then irrelevant. The zero-point term is
- *     d = acc - zp[m] colsum[n] = sum_k (q[m, k] - zp[m]) w_s8[n, k], also within int32
- *     (wrap-around int32 arithmetic in SIMD gives the same d). Then, rounding after each
- *     step, never fused: v = (float)d * (scale[m] * w_scale[n]); v = v + bias[n]; then GELU
- *     or v + res[m, n]. Every level computes exactly this, so int8 results are bit-identical
+ * The scheme (also in bge.h; the numpy transcription in tests/test_kernels_qgemm.py), in
+ * groups of G = BGE_Q8_GROUP = 64 consecutive k (group g: k in [G g, min(G g + G, K)),
+ * ngroups = ceil(K / G)):
+ *   Weights, quantised by the caller (Python, at load): symmetric, per output channel and
+ *     group, w_s8 (N, K) int8 in [-127, 127] and w_scale (N, ngroups) fp32:
+ *     W[n, k] ~= w_scale[n, g(k)] w_s8[n, k]. Packing adds colsum[n, g] = sum_{k in g}
+ *     w_s8[n, k] (int32; |colsum| <= 64 127, so it also fits in int16) for the zero-point
+ *     term and pads K up to Kp (a multiple of 4) with zero weights.
+ *   Activations, quantised here per row (token) and group, asymmetric u8 with a zero point;
+ *     over the group's elements: mn = min(0, min x), mx = max(0, max x); when mx == mn:
+ *     scale 1, zp 0, q 0; else scale = (mx - mn) / 255.0f, inv = 255.0f / (mx - mn),
+ *     zp = clamp(rint(-mn * inv), 0, 255), q[k] = clamp(rint(x[k] * inv) + zp, 0, 255);
+ *     rint is round-half-even (nearbyintf; cvtps2dq in SIMD), an out-of-range or NaN value
+ *     converts to INT32_MIN (as cvtps2dq does) before the clamp. scale, zp are (M, ngroups).
+ *     The row's padding q[K .. Kp-1] = the last group's zp: it meets zero weights, so it
+ *     adds nothing. Min and max are order-independent (NaNs are skipped: `x < mn ? x : mn`
+ *     is exactly minps(x, mn)), so SIMD levels write the same bytes.
+ *   GEMM, per group: acc_g[m, n] = sum_{k in g} q[m, k] w_s8[n, k] in int32, exact (|acc_g|
+ *     <= 64 255 127); the sum order is then irrelevant. d_g = acc_g - zp[m, g] colsum[n, g]
+ *     = sum_{k in g} (q[m, k] - zp[m, g]) w_s8[n, k], also exact in int32. Then, rounding
+ *     after each step, never fused: s = 0.0f; for g = 0 .. ngroups - 1 in order:
+ *     s = s + (float)d_g * (scale[m, g] * w_scale[n, g]); v = s + bias[n]; then GELU or
+ *     v + res[m, n]. Every level computes exactly this, so int8 results are bit-identical
  *     across levels; only GELU differs (SIMD uses its vector GELU, within 1.5e-7 |v|).
+ *     Threads never split k, so no level ever reorders the sum over groups.
+ *   The raw int32 GEMM (qu8s8_gemm_i32, for exact tests) sums over every k at once.
  *
  * Packed layout, every level: a 64-byte bge_q8_header (bge_internal.h: magic "BGQ8", the
- * layout id of the kernel that reads it, K, N, Kp, Np, nr, kgroup, elt), then
- *   w_scale (Np) fp32, 0 past N            at byte 64
- *   colsum  (Np) int32, 0 past N           at byte 64 + 4 Np
- *   weights                                at byte 64 + round_up(8 Np, 64)
+ * layout id of the kernel that reads it, K, N, Kp, Np, nr, kgroup, elt, group = 64,
+ * ngroups), then
+ *   w_scale (ngroups, Np) fp32, 0 past N    at byte 64: w_scale[g Np + n] = w_scale[n, g]
+ *   colsum  (ngroups, Np) int32, 0 past N   at byte 64 + 4 ngroups Np
+ *   weights                                 at byte 64 + round_up(8 ngroups Np, 64)
+ * (group-major, so one group's scales and sums of a panel's columns are contiguous).
  * The weights: ceil(N / nr) panels of nr columns;
  *   panel p covers columns n = nr p .. nr p + nr - 1 and holds G = Kp / kgroup groups of
  *   kgroup consecutive k; inside a panel, group g, column j, element r:
@@ -38,7 +46,8 @@
  *   itself, (N, Kp) row-major s8. For the SIMD levels (bge_q8_pack_panels) one k-group of
  *   a panel is nr * kgroup * elt contiguous bytes: for
  *   vpdpbusd (kgroup 4, s8) one 64-byte zmm holds 16 columns x 4 k, one 32-byte ymm 8 x 4;
- *   for vpmaddwd (kgroup 2, s16) one ymm holds 8 columns x 2 k.
+ *   for vpmaddwd (kgroup 2, s16) one ymm holds 8 columns x 2 k. (These k-groups of the
+ *   layout are the instruction's; the quantisation groups of 64 k are whole runs of them.)
  *   Layout ids and tiles: AVX2 nr 24 kgroup 2 elt 2; AVXVNNI nr 24 kgroup 4 elt 1;
  *   VNNI nr 48 kgroup 4 elt 1.
  * A GEMM given another layout's bytes (another table's packing) returns BGE_ERR_PACKING.
@@ -80,28 +89,34 @@ void bge_q8_quantize_span(const float *x, int n, float inv, int32_t zp, uint8_t 
     }
 }
 
-/* x (M, K) -> q (M, Kp), scale (M), zp (M); see the scheme above. */
+/* x (M, K) -> q (M, Kp), scale (M, ngroups), zp (M, ngroups); see the scheme above. */
 int bge_qu8_quantize__ref(const float *x, int M, int K, uint8_t *q, float *scale, int32_t *zp,
                           int nthreads) {
     if (!x || !q || !scale || !zp || M < 1 || K < 1 || K > BGE_Q8_MAX_K || nthreads < 1)
         return BGE_ERR_ARG;
-    const int Kp = BGE_Q8_KP(K);
+    const int Kp = BGE_Q8_KP(K), ng = BGE_Q8_NGROUPS(K);
 #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int m = 0; m < M; m++) {
         const float *xr = x + (size_t)m * K;
         uint8_t *qr = q + (size_t)m * Kp;
-        float mn = 0.0f, mx = 0.0f;
-        for (int k = 0; k < K; k++) {
-            const float v = xr[k];
-            mn = v < mn ? v : mn; /* minps(v, mn): a NaN v leaves mn */
-            mx = v > mx ? v : mx;
+        float *sr = scale + (size_t)m * ng;
+        int32_t *zr = zp + (size_t)m * ng;
+        for (int g = 0; g < ng; g++) {
+            const int k0 = g * BGE_Q8_GROUP;
+            const int n = K - k0 < BGE_Q8_GROUP ? K - k0 : BGE_Q8_GROUP;
+            float mn = 0.0f, mx = 0.0f;
+            for (int k = k0; k < k0 + n; k++) {
+                const float v = xr[k];
+                mn = v < mn ? v : mn; /* minps(v, mn): a NaN v leaves mn */
+                mx = v > mx ? v : mx;
+            }
+            float inv;
+            if (bge_q8_row_params(mn, mx, &sr[g], &inv, &zr[g]))
+                bge_q8_quantize_span(xr + k0, n, inv, zr[g], qr + k0);
+            else
+                memset(qr + k0, 0, (size_t)n);
         }
-        float inv;
-        if (bge_q8_row_params(mn, mx, &scale[m], &inv, &zp[m]))
-            bge_q8_quantize_span(xr, K, inv, zp[m], qr);
-        else
-            memset(qr, 0, (size_t)K);
-        memset(qr + K, zp[m], (size_t)(Kp - K));
+        memset(qr + K, zr[ng - 1], (size_t)(Kp - K));
     }
     return BGE_OK;
 }
@@ -114,7 +129,7 @@ int bge_q8_check_header(const void *packed, uint32_t layout, int K, int N) {
     const bge_q8_header *h = (const bge_q8_header *)packed;
     if (h->magic != BGE_Q8_MAGIC || h->layout != layout) return BGE_ERR_PACKING;
     if (h->K != K || h->N != N || h->Kp != BGE_Q8_KP(K) || h->nr < 1 || h->Np < N ||
-        h->Np % h->nr)
+        h->Np % h->nr || h->group != BGE_Q8_GROUP || h->ngroups != BGE_Q8_NGROUPS(K))
         return BGE_ERR_ARG;
     return BGE_OK;
 }
@@ -128,10 +143,11 @@ static int check_weights(const int8_t *w, const float *w_scale, int K, int N,
     return BGE_OK;
 }
 
-/* Header, w_scale (Np) and colsum (Np) of a packing with panels of nr columns. */
+/* Header, w_scale (ngroups, Np) and colsum (ngroups, Np) of a packing with panels of nr
+ * columns; w_scale (N, ngroups) as the caller gives it. */
 static void write_head(const int8_t *w, const float *w_scale, int K, int N, void *packed,
                        uint32_t layout, int nr, int kgroup, int elt) {
-    const int Np = (N + nr - 1) / nr * nr;
+    const int Np = (N + nr - 1) / nr * nr, ng = BGE_Q8_NGROUPS(K);
     bge_q8_header h;
     memset(&h, 0, sizeof h);
     h.magic = BGE_Q8_MAGIC;
@@ -143,33 +159,41 @@ static void write_head(const int8_t *w, const float *w_scale, int K, int N, void
     h.nr = nr;
     h.kgroup = kgroup;
     h.elt = elt;
+    h.group = BGE_Q8_GROUP;
+    h.ngroups = ng;
     memcpy(packed, &h, sizeof h);
     float *ws = (float *)((char *)packed + BGE_Q8_HEADER_BYTES);
-    int32_t *cs = (int32_t *)(ws + Np);
-    for (int n = 0; n < Np; n++) {
-        int32_t s = 0;
-        if (n < N)
-            for (int k = 0; k < K; k++) s += w[(size_t)n * K + k];
-        ws[n] = n < N ? w_scale[n] : 0.0f;
-        cs[n] = s;
+    int32_t *cs = (int32_t *)(ws + (size_t)ng * Np);
+    for (int g = 0; g < ng; g++) {
+        const int k0 = g * BGE_Q8_GROUP;
+        const int k1 = K - k0 < BGE_Q8_GROUP ? K : k0 + BGE_Q8_GROUP;
+        for (int n = 0; n < Np; n++) {
+            int32_t s = 0;
+            if (n < N)
+                for (int k = k0; k < k1; k++) s += w[(size_t)n * K + k];
+            ws[(size_t)g * Np + n] = n < N ? w_scale[(size_t)n * ng + g] : 0.0f;
+            cs[(size_t)g * Np + n] = s;
+        }
     }
     /* the gap up to the 64-byte aligned weights */
-    char *end = (char *)(cs + Np), *wt = (char *)packed + bge_q8_weights_offset(Np);
+    char *end = (char *)(cs + (size_t)ng * Np),
+         *wt = (char *)packed + bge_q8_weights_offset(Np, ng);
     memset(end, 0, (size_t)(wt - end));
 }
 
 size_t bge_qs8_packed_size__ref(int K, int N) {
     if (K < 1 || N < 1 || K > BGE_Q8_MAX_K) return 0;
-    return bge_q8_weights_offset(N) + (size_t)N * BGE_Q8_KP(K);
+    return bge_q8_weights_offset(N, BGE_Q8_NGROUPS(K)) + (size_t)N * BGE_Q8_KP(K);
 }
 
-/* w (N, K) s8, w_scale (N) -> packed: header, w_scale, colsum, then (N, Kp) s8 rows. */
+/* w (N, K) s8, w_scale (N, ngroups) -> packed: header, w_scale, colsum, then (N, Kp) s8
+ * rows. */
 int bge_qs8_pack__ref(const int8_t *w, const float *w_scale, int K, int N, void *packed) {
     const int st = check_weights(w, w_scale, K, N, packed);
     if (st != BGE_OK) return st;
     const int Kp = BGE_Q8_KP(K);
     write_head(w, w_scale, K, N, packed, BGE_Q8_LAYOUT_REF, 1, Kp, 1);
-    int8_t *wt = (int8_t *)packed + bge_q8_weights_offset(N);
+    int8_t *wt = (int8_t *)packed + bge_q8_weights_offset(N, BGE_Q8_NGROUPS(K));
     for (int n = 0; n < N; n++) {
         memcpy(wt + (size_t)n * Kp, w + (size_t)n * K, (size_t)K);
         memset(wt + (size_t)n * Kp + K, 0, (size_t)(Kp - K));
@@ -180,7 +204,7 @@ int bge_qs8_pack__ref(const int8_t *w, const float *w_scale, int K, int N, void 
 size_t bge_q8_panels_size(int K, int N, int nr, int kgroup, int elt) {
     if (K < 1 || N < 1 || K > BGE_Q8_MAX_K || nr < 1 || kgroup < 1 || elt < 1) return 0;
     const size_t Np = ((size_t)N + nr - 1) / nr * nr;
-    return bge_q8_weights_offset((int)Np) + Np * BGE_Q8_KP(K) * elt;
+    return bge_q8_weights_offset((int)Np, BGE_Q8_NGROUPS(K)) + Np * BGE_Q8_KP(K) * elt;
 }
 
 int bge_q8_pack_panels(const int8_t *w, const float *w_scale, int K, int N, void *packed,
@@ -192,7 +216,7 @@ int bge_q8_pack_panels(const int8_t *w, const float *w_scale, int K, int N, void
         return BGE_ERR_ARG;
     write_head(w, w_scale, K, N, packed, layout, nr, kgroup, elt);
     const int Kp = BGE_Q8_KP(K), Np = (N + nr - 1) / nr * nr, G = Kp / kgroup;
-    char *wt = (char *)packed + bge_q8_weights_offset(Np);
+    char *wt = (char *)packed + bge_q8_weights_offset(Np, BGE_Q8_NGROUPS(K));
     for (int n = 0; n < Np; n++) {
         const int p = n / nr, j = n % nr;
         for (int k = 0; k < Kp; k++) {
@@ -235,14 +259,29 @@ static int32_t dot_u8s8(const uint8_t *q, const int8_t *w, int Kp) {
     return s;
 }
 
-/* One output element of the scheme from its int32 sum. */
-static inline float q8_out(int32_t acc, float scale, int32_t zp, float wscale, int32_t colsum,
-                           float bias, const float *res, int epilogue) {
-    /* exact in int32 (see above); int64 only to keep the C arithmetic free of overflow */
-    const int32_t d = (int32_t)((int64_t)acc - (int64_t)zp * colsum);
-    const float s = scale * wscale;
-    float v = (float)d * s;
-    v = v + bias;
+/* The fp32 sum over groups of one output (before the bias), the scheme's order:
+ * qr (Kp) u8 and wr (Kp) s8 one row each; sr, zr (ngroups) the row's; ws, cs the column's
+ * group 0 entries, group stride Np. */
+static float q8_dot_groups(const uint8_t *qr, const int8_t *wr, int Kp, const float *sr,
+                           const int32_t *zr, int ngroups, const float *ws, const int32_t *cs,
+                           int Np) {
+    float s = 0.0f;
+    for (int g = 0; g < ngroups; g++) {
+        const int k0 = g * BGE_Q8_GROUP;
+        const int n = Kp - k0 < BGE_Q8_GROUP ? Kp - k0 : BGE_Q8_GROUP;
+        const int32_t acc = dot_u8s8(qr + k0, wr + k0, n);
+        /* exact in int32: |acc|, |zp colsum| <= 64 255 127 */
+        const int32_t d = acc - zr[g] * cs[(size_t)g * Np];
+        const float sc = sr[g] * ws[(size_t)g * Np];
+        const float v = (float)d * sc;
+        s = s + v;
+    }
+    return s;
+}
+
+/* The epilogue of one output from its pre-bias sum. */
+static inline float q8_out(float s, float bias, const float *res, int epilogue) {
+    float v = s + bias;
     if (epilogue == BGE_EPI_BIAS_GELU)
         v = bge_gelu_erf_scalar(v);
     else if (epilogue == BGE_EPI_BIAS_RESIDUAL)
@@ -250,8 +289,9 @@ static inline float q8_out(int32_t acc, float scale, int32_t zp, float wscale, i
     return v;
 }
 
-/* out (M, N) = epi((q - zp) @ w_s8^T * scale w_scale + bias); q (M, Kp); packed by
- * bge_qs8_pack__ref. res (M, N) may equal out: each element reads its res before it writes. */
+/* out (M, N) = epi(sum over groups of (q - zp) @ w_s8^T * scale w_scale + bias); q (M, Kp),
+ * scale, zp (M, ngroups); packed by bge_qs8_pack__ref. res (M, N) may equal out: each
+ * element reads its res before it writes. */
 int bge_qu8s8_gemm__ref(const uint8_t *q, const float *scale, const int32_t *zp, int M, int K,
                         int N, const void *packed, const float *bias, const float *res,
                         float *out, int epilogue, int nthreads) {
@@ -259,18 +299,19 @@ int bge_qu8s8_gemm__ref(const uint8_t *q, const float *scale, const int32_t *zp,
     if (st == BGE_OK) st = check_epi_args(scale, zp, bias, res, out, epilogue);
     if (st == BGE_OK) st = bge_q8_check_header(packed, BGE_Q8_LAYOUT_REF, K, N);
     if (st != BGE_OK) return st;
-    const int Kp = BGE_Q8_KP(K);
+    const int Kp = BGE_Q8_KP(K), ng = BGE_Q8_NGROUPS(K);
     const float *ws = bge_q8_wscale(packed);
     const int32_t *cs = bge_q8_colsum(packed);
-    const int8_t *wt = (const int8_t *)packed + bge_q8_weights_offset(N);
+    const int8_t *wt = (const int8_t *)packed + bge_q8_weights_offset(N, ng);
 #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int m = 0; m < M; m++) {
         const uint8_t *qr = q + (size_t)m * Kp;
         for (int n = 0; n < N; n++) {
             const size_t o = (size_t)m * N + n;
-            const int32_t acc = dot_u8s8(qr, wt + (size_t)n * Kp, Kp);
-            out[o] = q8_out(acc, scale[m], zp[m], ws[n], cs[n], bias[n],
-                            epilogue == BGE_EPI_BIAS_RESIDUAL ? res + o : NULL, epilogue);
+            const float s = q8_dot_groups(qr, wt + (size_t)n * Kp, Kp, scale + (size_t)m * ng,
+                                          zp + (size_t)m * ng, ng, ws + n, cs + n, N);
+            out[o] = q8_out(s, bias[n], epilogue == BGE_EPI_BIAS_RESIDUAL ? res + o : NULL,
+                            epilogue);
         }
     }
     return BGE_OK;
@@ -284,7 +325,7 @@ int bge_qu8s8_gemm_i32__ref(const uint8_t *q, int M, int K, int N, const void *p
     if (st == BGE_OK) st = bge_q8_check_header(packed, BGE_Q8_LAYOUT_REF, K, N);
     if (st != BGE_OK) return st;
     const int Kp = BGE_Q8_KP(K);
-    const int8_t *wt = (const int8_t *)packed + bge_q8_weights_offset(N);
+    const int8_t *wt = (const int8_t *)packed + bge_q8_weights_offset(N, BGE_Q8_NGROUPS(K));
 #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int m = 0; m < M; m++)
         for (int n = 0; n < N; n++)
@@ -321,7 +362,7 @@ typedef struct q8_job {
     const char *weights;
     float *out;
     int32_t *acc;
-    int M, N, Kp, epilogue;
+    int M, N, Kp, Np, ngroups, epilogue;
     size_t panel_bytes;
 } q8_job;
 
@@ -330,7 +371,8 @@ typedef struct q8_job {
 static void q8_block(const q8_job *j, int t0, int t1, int p0, int p1) {
     const bge_q8_gemm_impl *im = j->impl;
     int32_t tile[Q8_TILE_MAX] __attribute__((aligned(64)));
-    const int MR = im->mr, NR = im->nr, Kp = j->Kp, N = j->N;
+    float ftile[Q8_TILE_MAX] __attribute__((aligned(64)));
+    const int MR = im->mr, NR = im->nr, Kp = j->Kp, N = j->N, ng = j->ngroups;
     int mc_tiles = (int)(Q8_MC_BYTES / ((long long)Kp * MR));
     if (mc_tiles < 1) mc_tiles = 1;
     for (int tb = t0; tb < t1; tb += mc_tiles) {
@@ -340,15 +382,17 @@ static void q8_block(const q8_job *j, int t0, int t1, int p0, int p1) {
             const void *panel = j->weights + (size_t)p * j->panel_bytes;
             for (int t = tb; t < te; t++) {
                 const int m0 = t * MR, mr = j->M - m0 < MR ? j->M - m0 : MR;
-                im->tile(j->q + (size_t)m0 * Kp, (size_t)Kp, Kp, panel, mr, nw, tile);
                 const size_t o = (size_t)m0 * N + n0;
                 if (j->acc) {
+                    im->tile(j->q + (size_t)m0 * Kp, (size_t)Kp, Kp, panel, mr, nw, tile);
                     for (int i = 0; i < mr; i++)
                         memcpy(j->acc + o + (size_t)i * N, tile + i * NR,
                                (size_t)nw * sizeof(int32_t));
                 } else {
-                    im->epilogue(tile, mr, nw, j->scale + m0, j->zp + m0, j->wscale + n0,
-                                 j->colsum + n0, j->bias + n0,
+                    im->gtile(j->q + (size_t)m0 * Kp, (size_t)Kp, Kp, panel, mr, nw,
+                              j->scale + (size_t)m0 * ng, j->zp + (size_t)m0 * ng, ng,
+                              j->wscale + n0, j->colsum + n0, j->Np, ftile);
+                    im->epilogue(ftile, mr, nw, j->bias + n0,
                                  j->epilogue == BGE_EPI_BIAS_RESIDUAL ? j->res + o : NULL,
                                  j->out + o, (size_t)N, j->epilogue);
                 }
@@ -372,8 +416,9 @@ int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float 
     q8_job j = {
         .impl = impl, .q = q, .scale = scale, .wscale = bge_q8_wscale(packed), .bias = bias,
         .res = res, .zp = zp, .colsum = bge_q8_colsum(packed),
-        .weights = (const char *)packed + bge_q8_weights_offset(h->Np), .out = out,
-        .acc = acc, .M = M, .N = N, .Kp = h->Kp, .epilogue = epilogue,
+        .weights = (const char *)packed + bge_q8_weights_offset(h->Np, h->ngroups),
+        .out = out, .acc = acc, .M = M, .N = N, .Kp = h->Kp, .Np = h->Np,
+        .ngroups = h->ngroups, .epilogue = epilogue,
         .panel_bytes = (size_t)h->Kp * impl->nr * impl->elt,
     };
     const int MR = impl->mr, NR = impl->nr;

@@ -2,7 +2,8 @@
  * x86/avx2/qgemm.c: the int8 GEMM for AVX2 without VNNI (u8 x s8 -> int32 through vpmaddwd),
  * its fp32 epilogues and packing, the AVX2 activation quantiser and the vpmaddwd peak loop.
  *
- *   out (M, N) = epi((q - zp) @ w_s8^T * scale w_scale + bias),  the scheme of bge.h and
+ *   out (M, N) = epi(sum_g (q - zp) @ w_s8^T * scale w_scale + bias), per group g of 64 k,
+ *   the scheme of bge.h and
  *   ref/qgemm.c, bit-identical to the reference except GELU (vector GELU, 1.5e-7 |v|).
  *
  * Design
@@ -19,8 +20,12 @@
  *     each k-pair is 12 vpmaddwd + 12 vpaddd. Measured on Zen 4, 1 thread, at 128 x 384 x
  *     1152: 4 x 24 runs at ~80 % of the vpmaddwd peak (dot_loop), 4 x 16 at 74 %, 6 x 16
  *     (spills) at 57 %, 4 x 24 with the q pair built in scalar registers at 69 %. 24 divides
- *     every model width. Integer sums are exact, so no order matters; the epilogue is the
- *     same ops for every element.
+ *     every model width. Integer sums are exact, so no order matters; the fp32 ops are the
+ *     same for every element, groups in ascending order.
+ *   - Groups (bge.h): per group of 64 k the plain kernel sums in the 12 ymm and stores to
+ *     an L1 tile; then vpmaddwd adds the zero-point term and the fp32 ops of the scheme add
+ *     the group into an fp32 tile in L1, in group order. qu8s8_gemm_i32 runs the plain
+ *     kernel over all k at once.
  *   - Tails: mr < 4 and nv < 3 variants; stores through vmaskmovps: nothing outside out.
  *   - Blocking and threads: the shared driver bge_q8_gemm_run (ref/qgemm.c).
  */
@@ -56,52 +61,62 @@ static inline float hmax8(__m256 v) {
     return _mm_cvtss_f32(m);
 }
 
-/* One row: x (K) -> q (Kp), *scale, *zp, as bge_qu8_quantize__ref, byte for byte: min/max
- * by minps/maxps(x, acc), order-independent (no NaN or -0 enters the accumulators, which
- * start at +0); rounding by cvtps2dq; the last K % 8 elements by the shared scalar code,
- * which does the same float ops.                                                        */
-static void quantize_row(const float *x, int K, uint8_t *q, float *scale, int32_t *zp) {
+/* One group: x (n), n <= 64 -> q (n), *scale, *zp, as bge_qu8_quantize__ref, byte for
+ * byte: min/max by minps/maxps(x, acc), order-independent (no NaN or -0 enters the
+ * accumulators, which start at +0); rounding by cvtps2dq; the last n % 8 elements by the
+ * shared scalar code, which does the same float ops.                                    */
+static inline void quantize_group(const float *x, int n, uint8_t *q, float *scale, int32_t *zp) {
     __m256 vmn = _mm256_setzero_ps(), vmx = _mm256_setzero_ps();
-    const int K8 = K & ~7;
-    for (int k = 0; k < K8; k += 8) {
+    const int n8 = n & ~7;
+    for (int k = 0; k < n8; k += 8) {
         const __m256 v = _mm256_loadu_ps(x + k);
         vmn = _mm256_min_ps(v, vmn);
         vmx = _mm256_max_ps(v, vmx);
     }
     float mn = hmin8(vmn), mx = hmax8(vmx);
-    for (int k = K8; k < K; k++) {
+    for (int k = n8; k < n; k++) {
         const float v = x[k];
         mn = v < mn ? v : mn;
         mx = v > mx ? v : mx;
     }
     float inv;
-    const int Kp = BGE_Q8_KP(K);
     if (!bge_q8_row_params(mn, mx, scale, &inv, zp)) {
-        memset(q, 0, (size_t)Kp);
+        memset(q, 0, (size_t)n);
         return;
     }
     const __m256 vinv = _mm256_set1_ps(inv);
     const __m256i vzp = _mm256_set1_epi32(*zp), zero = _mm256_setzero_si256(),
                   top = _mm256_set1_epi32(255);
-    for (int k = 0; k < K8; k += 8) {
+    for (int k = 0; k < n8; k += 8) {
         __m256i r = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k), vinv)),
                                      vzp);
         r = _mm256_min_epi32(_mm256_max_epi32(r, zero), top);
         const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
         _mm_storel_epi64((__m128i *)(q + k), _mm_packus_epi16(w, w));
     }
-    bge_q8_quantize_span(x + K8, K - K8, inv, *zp, q + K8);
-    memset(q + K, *zp, (size_t)(Kp - K));
+    bge_q8_quantize_span(x + n8, n - n8, inv, *zp, q + n8);
+}
+
+/* One row: x (K) -> q (Kp), scale (ngroups), zp (ngroups), group by group. */
+static void quantize_row(const float *x, int K, uint8_t *q, float *scale, int32_t *zp) {
+    const int ng = BGE_Q8_NGROUPS(K);
+    for (int g = 0; g < ng; g++) {
+        const int k0 = g * BGE_Q8_GROUP;
+        const int n = K - k0 < BGE_Q8_GROUP ? K - k0 : BGE_Q8_GROUP;
+        quantize_group(x + k0, n, q + k0, scale + g, zp + g);
+    }
+    memset(q + K, zp[ng - 1], (size_t)(BGE_Q8_KP(K) - K));
 }
 
 static int bge_qu8_quantize__avx2(const float *x, int M, int K, uint8_t *q, float *scale,
                                   int32_t *zp, int nthreads) {
     if (!x || !q || !scale || !zp || M < 1 || K < 1 || K > BGE_Q8_MAX_K || nthreads < 1)
         return BGE_ERR_ARG;
-    const int Kp = BGE_Q8_KP(K);
+    const int Kp = BGE_Q8_KP(K), ng = BGE_Q8_NGROUPS(K);
 #pragma omp parallel for if (nthreads > 1) num_threads(nthreads) schedule(static)
     for (int m = 0; m < M; m++)
-        quantize_row(x + (size_t)m * K, K, q + (size_t)m * Kp, scale + m, zp + m);
+        quantize_row(x + (size_t)m * K, K, q + (size_t)m * Kp, scale + (size_t)m * ng,
+                     zp + (size_t)m * ng);
     return BGE_OK;
 }
 
@@ -109,8 +124,8 @@ static int bge_qu8_quantize__avx2(const float *x, int M, int K, uint8_t *q, floa
  * Packing
  * ------------------------------------------------------------------------------------- */
 
-/* Bytes of w_s8 (N, K) packed: header, scales and sums of ceil(N/24)*24 columns, then
- * ceil(N/24) panels of Kp x 24 int16. */
+/* Bytes of w_s8 (N, K) packed: header, scales and sums of ceil(N/24)*24 columns per group,
+ * then ceil(N/24) panels of Kp x 24 int16. */
 static size_t bge_qs8_packed_size__avx2(int K, int N) {
     return bge_q8_panels_size(K, N, NR, 2, 2);
 }
@@ -126,7 +141,8 @@ static int bge_qs8_pack__avx2(const int8_t *w, const float *w_scale, int K, int 
  * Microkernel
  * ------------------------------------------------------------------------------------- */
 
-/* tile[i][8j .. 8j+7] = sum_{k < Kp} q[i, k] * panel column (8j ..), i < mr, j < nv.
+/* The raw microkernel (the qu8s8_gemm_i32 slot): tile[i][8j .. 8j+7] = sum_{k < Kp} q[i, k]
+ * * panel column (8j ..), i < mr, j < nv, over every k at once.
  *   q     (mr, Kp) u8 rows, row stride ldq bytes (even)
  *   panel (Kp/2, 24, 2) s16, one packed panel
  *   tile  (MR, NR) int32, 32-byte aligned; rows >= mr and vectors >= nv are not written */
@@ -165,7 +181,7 @@ typedef void (*uk_fn)(const uint8_t *q, size_t ldq, int Kp, const int16_t *panel
                       int32_t *tile);
 
 #define UK(mr, nv)                                                                          \
-    static void uk_##mr##_##nv(const uint8_t *q, size_t ldq, int Kp, const int16_t *panel,  \
+    static __attribute__((noinline)) void uk_##mr##_##nv(const uint8_t *q, size_t ldq, int Kp, const int16_t *panel,  \
                                int32_t *tile) {                                             \
         ukernel(q, ldq, Kp, panel, tile, mr, nv);                                           \
     }
@@ -180,27 +196,90 @@ static void tile_avx2(const uint8_t *q, size_t ldq, int Kp, const void *panel, i
     uk_table[mr - 1][(nw + 7) / 8 - 1](q, ldq, Kp, (const int16_t *)panel, tile);
 }
 
+/* The grouped microkernel (the qu8s8_gemm slot): ftile[i][8j .. 8j+7] = the fp32 sum over
+ * groups of the scheme, before the bias, i < mr, j < nv. Per group of 64 k the plain
+ * kernel sums in the 12 ymm accumulators and stores them to itile; then the zero-point
+ * term is added in with vpmaddwd
+ * (colsum fits in int16, and (-zp) & 0xFFFF in the low half of each int32 lane with 0 in
+ * the high half multiplies it exactly: acc + (-zp) colsum, as int32), converted, scaled
+ * and added into ftile (L1: the 16 ymm registers are taken), in group order.
+ *   scale, zp: row 0 of the tile, row stride ngroups; ws, cs: the panel's column 0 in
+ *   group 0, group stride Np; ftile (MR, NR) fp32, 32-byte aligned.                       */
+static inline __attribute__((always_inline)) void gukernel(const uint8_t *q, size_t ldq, int Kp,
+                                                           const int16_t *panel,
+                                                           const float *scale,
+                                                           const int32_t *zp, int ngroups,
+                                                           const float *ws, const int32_t *cs,
+                                                           int Np, float *ftile, const uk_fn uk,
+                                                           const int mr, const int nv) {
+    const int16_t *b = panel;
+    int32_t itile[MR * NR] __attribute__((aligned(64)));
+    for (int g = 0; g < ngroups; g++) {
+        const int k0 = g * BGE_Q8_GROUP;
+        const int kn = Kp - k0 < BGE_Q8_GROUP ? Kp - k0 : BGE_Q8_GROUP;
+        /* the group's int32 sums: the plain kernel over its kn k, stored to L1; called, not
+         * inlined (inlined, GCC keeps itile in registers across the fp32 step below and
+         * spills inside the k loop) */
+        uk(q + k0, ldq, kn, b, itile);
+        b += (size_t)kn * NR;
+        const float *wsg = ws + (size_t)g * Np;
+        const int32_t *csg = cs + (size_t)g * Np;
+#pragma GCC unroll 4
+        for (int i = 0; i < mr; i++) {
+            const __m256i nzp = _mm256_set1_epi32((int32_t)(uint16_t)(-zp[(size_t)i * ngroups + g]));
+            const __m256 sv = _mm256_set1_ps(scale[(size_t)i * ngroups + g]);
+#pragma GCC unroll 3
+            for (int j = 0; j < nv; j++) {
+                /* d = acc - zp colsum, exact */
+                const __m256i d = _mm256_add_epi32(
+                    _mm256_load_si256((const __m256i *)(itile + i * NR + 8 * j)),
+                    _mm256_madd_epi16(nzp, _mm256_loadu_si256((const __m256i *)(csg + 8 * j))));
+                const __m256 s = _mm256_mul_ps(sv, _mm256_loadu_ps(wsg + 8 * j));
+                const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(d), s);
+                float *f = ftile + i * NR + 8 * j;
+                const __m256 prev = g ? _mm256_load_ps(f) : _mm256_setzero_ps();
+                _mm256_store_ps(f, _mm256_add_ps(prev, v));
+            }
+        }
+    }
+}
+
+typedef void (*guk_fn)(const uint8_t *q, size_t ldq, int Kp, const int16_t *panel,
+                       const float *scale, const int32_t *zp, int ngroups, const float *ws,
+                       const int32_t *cs, int Np, float *ftile);
+
+#define GUK(mr, nv)                                                                          \
+    static void guk_##mr##_##nv(const uint8_t *q, size_t ldq, int Kp, const int16_t *panel,  \
+                                const float *scale, const int32_t *zp, int ngroups,          \
+                                const float *ws, const int32_t *cs, int Np, float *ftile) {  \
+        gukernel(q, ldq, Kp, panel, scale, zp, ngroups, ws, cs, Np, ftile, uk_##mr##_##nv,   \
+                 mr, nv);                                                                    \
+    }
+#define GUK_MR(mr) GUK(mr, 1) GUK(mr, 2) GUK(mr, 3)
+GUK_MR(1) GUK_MR(2) GUK_MR(3) GUK_MR(4)
+#define GUK_ROW(mr) {guk_##mr##_1, guk_##mr##_2, guk_##mr##_3}
+/* guk_table[mr - 1][nv - 1] */
+static const guk_fn guk_table[MR][NV] = {GUK_ROW(1), GUK_ROW(2), GUK_ROW(3), GUK_ROW(4)};
+
+static void gtile_avx2(const uint8_t *q, size_t ldq, int Kp, const void *panel, int mr, int nw,
+                       const float *scale, const int32_t *zp, int ngroups, const float *wscale,
+                       const int32_t *colsum, int Np, float *ftile) {
+    guk_table[mr - 1][(nw + 7) / 8 - 1](q, ldq, Kp, (const int16_t *)panel, scale, zp,
+                                        ngroups, wscale, colsum, Np, ftile);
+}
+
 /* ---------------------------------------------------------------------------------------
  * Epilogue: the same ops on every lane of every tile (bge.h), stores masked to nw columns.
- * wscale and colsum hold the panel's NR columns (packed up to Np), bias only N.
  * ------------------------------------------------------------------------------------- */
 
-static void epilogue_avx2(const int32_t *tile, int mr, int nw, const float *scale,
-                          const int32_t *zp, const float *wscale, const int32_t *colsum,
-                          const float *bias, const float *res, float *out, size_t ldo,
-                          int epilogue) {
+static void epilogue_avx2(const float *ftile, int mr, int nw, const float *bias,
+                          const float *res, float *out, size_t ldo, int epilogue) {
     const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (int j = 0; j < nw; j += 8) {
         const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(nw - j), lanes);
-        const __m256 ws = _mm256_loadu_ps(wscale + j);
-        const __m256i cs = _mm256_loadu_si256((const __m256i *)(colsum + j));
         const __m256 bv = _mm256_maskload_ps(bias + j, mask);
         for (int i = 0; i < mr; i++) {
-            /* d = acc - zp colsum: wrap-around int32, exact (|d| < 2^31) */
-            const __m256i d = _mm256_sub_epi32(_mm256_load_si256((const __m256i *)(tile + i * NR + j)),
-                                               _mm256_mullo_epi32(_mm256_set1_epi32(zp[i]), cs));
-            const __m256 s = _mm256_mul_ps(_mm256_set1_ps(scale[i]), ws);
-            __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(d), s), bv);
+            __m256 v = _mm256_add_ps(_mm256_load_ps(ftile + i * NR + j), bv);
             if (epilogue == BGE_EPI_BIAS_GELU)
                 v = bge_avx2_gelu_ps(v);
             else if (epilogue == BGE_EPI_BIAS_RESIDUAL)
@@ -212,10 +291,10 @@ static void epilogue_avx2(const int32_t *tile, int mr, int nw, const float *scal
 
 static const bge_q8_gemm_impl impl = {
     .layout = BGE_Q8_LAYOUT_AVX2, .mr = MR, .nr = NR, .kgroup = 2, .elt = 2,
-    .tile = tile_avx2, .epilogue = epilogue_avx2,
+    .tile = tile_avx2, .gtile = gtile_avx2, .epilogue = epilogue_avx2,
 };
 
-/* out (M, N) = epi(...) from q (M, Kp), scale (M), zp (M) and W packed by
+/* out (M, N) = epi(...) from q (M, Kp), scale, zp (M, ngroups) and W packed by
  * bge_qs8_pack__avx2; bias (N); res (M, N) may equal out.                                 */
 static int bge_qu8s8_gemm__avx2(const uint8_t *q, const float *scale, const int32_t *zp, int M,
                                 int K, int N, const void *packed, const float *bias,

@@ -1,0 +1,67 @@
+"""Engine(dtype="int8") end to end: quality against the fp32 engine on real weights and on the
+synthetic bge-small checkpoint, and the same bit-for-bit batch and thread invariance as fp32.
+The kernels themselves are checked exactly against the reference in test_kernels_qgemm.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bge_engine
+from bge_engine import bench
+
+MIN_COSINE = 0.999  # the int8 bar against our own fp32, on every text
+
+
+@pytest.fixture(scope="module")
+def sentences():
+    return bench.sentences()[:96]
+
+
+@pytest.fixture(scope="module")
+def minilm_int8(minilm_path):
+    return bge_engine.Engine(str(minilm_path), dtype="int8")
+
+
+@pytest.fixture(scope="module")
+def bge_int8(synthetic_path):
+    return bge_engine.Engine(str(synthetic_path), dtype="int8")
+
+
+@pytest.mark.parametrize("which", ["minilm", "bge"])
+def test_int8_keeps_the_model_quality(which, minilm, bge, minilm_int8, bge_int8, sentences):
+    fp32, int8 = (minilm, minilm_int8) if which == "minilm" else (bge, bge_int8)
+    ref = fp32.encode(sentences)
+    got = int8.encode(sentences)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    cos = (got.astype(np.float64) * ref).sum(1)
+    assert cos.min() >= MIN_COSINE, f"min cosine {cos.min():.5f}"
+    assert not np.array_equal(got, ref)  # it really ran the int8 path
+
+
+def test_int8_batch_and_order_invariance(minilm_int8, sentences):
+    batch = minilm_int8.encode(sentences, batch_size=96)
+    for i in (0, 13, 95):
+        np.testing.assert_array_equal(minilm_int8.encode(sentences[i])[0], batch[i])
+    perm = np.random.default_rng(11).permutation(40)
+    np.testing.assert_array_equal(
+        minilm_int8.encode([sentences[i] for i in perm], batch_size=7), batch[:40][perm])
+
+
+def test_int8_thread_count_invariance(minilm_path, sentences):
+    one = bge_engine.Engine(str(minilm_path), dtype="int8", threads=1)
+    two = bge_engine.Engine(str(minilm_path), dtype="int8", threads=2)
+    np.testing.assert_array_equal(one.encode(sentences[:32]), two.encode(sentences[:32]))
+
+
+def test_int8_embed_contract(bge_int8):
+    reply = bge_int8.embed({"text": ["a story", "an orange cloud"], "pooling": "cls"})
+    assert reply["shape"] == [2, 384] and reply["pooling"] == "cls"
+    norms = np.linalg.norm(np.array(reply["data"]), axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+    assert bge_int8.dtype == "int8"
+
+
+def test_unknown_dtype_is_refused(minilm_path):
+    with pytest.raises(ValueError, match="dtype"):
+        bge_engine.Engine(str(minilm_path), dtype="int4")

@@ -84,6 +84,21 @@ cdef int _threads(object threads) except -1:
     return threads
 
 
+cdef int _epilogue(object epilogue, object bias, object res, object out, int M, int N) except -1:
+    """Checks a GEMM's epilogue arguments: bias (N), out (M, N) writable, res (M, N) with
+    "residual" and None otherwise; returns the epilogue's code."""
+    if epilogue not in _EPILOGUES:
+        raise ValueError(f"epilogue: expected one of {list(_EPILOGUES)}, got {epilogue!r}")
+    _check(bias, "bias", (N,))
+    _writable(_check(out, "out", (M, N)), "out")
+    cdef int epi = _EPILOGUES[epilogue]
+    if epi == BGE_EPI_BIAS_RESIDUAL:
+        _check(res, "res", (M, N))
+    elif res is not None:
+        raise ValueError("res: only the 'residual' epilogue takes it")
+    return epi
+
+
 cdef int _check_status(int status, str what) except -1:
     if status == BGE_OK:
         return 0
@@ -232,20 +247,12 @@ cdef class Kernels:
             raise ValueError("packed: expected the PackedF32 that Kernels.pack returned")
         if packed.isa != self.isa:
             raise ValueError(f"packed: made for the {packed.isa!r} table, used with {self.isa!r}")
-        if epilogue not in _EPILOGUES:
-            raise ValueError(f"epilogue: expected one of {list(_EPILOGUES)}, got {epilogue!r}")
         if not isinstance(x, np.ndarray) or x.ndim != 2:
             raise ValueError(f"x: expected a float32 array of shape (M, {packed.K})")
         cdef int M = x.shape[0], K = packed.K, N = packed.N
         _check(x, "x", (M, K))
-        _check(bias, "bias", (N,))
-        _writable(_check(out, "out", (M, N)), "out")
-        cdef int epi = _EPILOGUES[epilogue]
+        cdef int epi = _epilogue(epilogue, bias, res, out, M, N)
         cdef int nt = _threads(threads)
-        if epi == BGE_EPI_BIAS_RESIDUAL:
-            _check(res, "res", (M, N))
-        elif res is not None:
-            raise ValueError("res: only the 'residual' epilogue takes it")
         if M == 0:
             return out
         if np.may_share_memory(x, out):
@@ -513,19 +520,11 @@ cdef class Kernels:
         G = q8_groups(K); packed from this table's qpack."""
         cdef int M = self._q_rows(q, packed)
         cdef int K = packed.K, N = packed.N
-        if epilogue not in _EPILOGUES:
-            raise ValueError(f"epilogue: expected one of {list(_EPILOGUES)}, got {epilogue!r}")
         cdef int G = q8_groups(K)
         _check(scale, "scale", (M, G))
         _check(zp, "zp", (M, G), np.int32)
-        _check(bias, "bias", (N,))
-        _writable(_check(out, "out", (M, N)), "out")
-        cdef int epi = _EPILOGUES[epilogue]
+        cdef int epi = _epilogue(epilogue, bias, res, out, M, N)
         cdef int nt = _threads(threads)
-        if epi == BGE_EPI_BIAS_RESIDUAL:
-            _check(res, "res", (M, N))
-        elif res is not None:
-            raise ValueError("res: only the 'residual' epilogue takes it")
         if M == 0:
             return out
         if np.may_share_memory(q, out):

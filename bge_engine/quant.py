@@ -22,11 +22,15 @@ def quantize_weight(w: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     N, K = w.shape
     G = _kernels.Q8_GROUP
     ng = _kernels.q8_groups(K)
-    wp = np.zeros((N, ng * G), dtype=np.float32)  # the last group padded with zeros
-    wp[:, :K] = w
+    if K % G:  # pad the last group with zeros; the model's widths need no copy
+        wp = np.zeros((N, ng * G), dtype=np.float32)
+        wp[:, :K] = w
+    else:
+        wp = np.asarray(w, dtype=np.float32)
     wg = wp.reshape(N, ng, G)
-    amax = np.abs(wg).max(axis=2)
+    amax = np.maximum(wg.max(axis=2), -wg.min(axis=2))  # max |w| without an |w| temporary
     scale = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
-    q = np.rint(wg / scale[:, :, None])
+    q = np.divide(wg, scale[:, :, None])
+    np.rint(q, out=q)
     np.clip(q, -127, 127, out=q)
-    return np.ascontiguousarray(q.reshape(N, ng * G)[:, :K]).astype(np.int8), scale
+    return q.reshape(N, ng * G)[:, :K].astype(np.int8), scale

@@ -65,3 +65,27 @@ def test_int8_embed_contract(bge_int8):
 def test_unknown_dtype_is_refused(minilm_path):
     with pytest.raises(ValueError, match="dtype"):
         bge_engine.Engine(str(minilm_path), dtype="int4")
+
+
+@pytest.mark.parametrize("N,K", [(7, 1), (5, 63), (9, 64), (3, 65), (16, 384), (4, 1537)])
+def test_quantize_weight_per_channel_and_group(N, K):
+    from bge_engine import _kernels
+    from bge_engine.quant import quantize_weight
+
+    rng = np.random.default_rng(N * 1000 + K)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    w[0, : min(K, 64)] = 0  # an all-zero group gets scale 1
+    w[-1, -1] = 50.0  # an outlier only moves its own group's scale
+    q, scale = quantize_weight(w)
+    G = _kernels.Q8_GROUP
+    assert q.dtype == np.int8 and q.shape == (N, K) and q.flags.c_contiguous
+    assert scale.shape == (N, -(-K // G)) and scale.dtype == np.float32
+    for n in range(N):
+        for g in range(scale.shape[1]):
+            seg = w[n, G * g:G * g + G]
+            amax = np.abs(seg).max()
+            want = np.float32(amax / np.float32(127)) if amax > 0 else np.float32(1)
+            assert scale[n, g] == want
+            np.testing.assert_array_equal(q[n, G * g:G * g + G],
+                                          np.clip(np.rint(seg / want), -127, 127))
+    assert q.min() >= -127 and q.max() <= 127

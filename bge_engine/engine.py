@@ -81,7 +81,7 @@ class Engine:
         self.dtype, self.threads, self.truncate = dtype, threads, truncate
         self._pooling = ckpt.pooling
         self._model = BertModel(ckpt, _kernels.Kernels(),
-                                int8=INT8_MATMULS if dtype == "int8" else ())
+                                int8=INT8_MATMULS if dtype == "int8" else (), threads=threads)
         # Concurrent calls: each takes a workspace from the pool, and at most
         # cores // threads of them compute at once, so threads never oversubscribe the cores.
         self._workspaces: List = []

@@ -8,6 +8,7 @@ workspace's buffers, so a forward pass allocates nothing beyond the pooled outpu
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional
 
 import numpy as np
@@ -91,9 +92,10 @@ class BertModel:
         ckpt: the opened checkpoint; each layer is read, packed and dropped in turn.
         kernels: a `_kernels.Kernels` table.
         int8: the Linear layers to run in int8 (names from MATMULS); the rest run in fp32.
+        threads: threads to pack the weights with at load.
     """
 
-    def __init__(self, ckpt: Checkpoint, kernels, int8=()):
+    def __init__(self, ckpt: Checkpoint, kernels, int8=(), threads: int = 1):
         unknown = set(int8) - set(MATMULS)
         if unknown:
             raise ValueError(f"int8: unknown matmuls {sorted(unknown)}; expected {MATMULS}")
@@ -101,8 +103,12 @@ class BertModel:
         self.kernels = kernels
         self.word, self.pos, self.type = ckpt.word, ckpt.pos, ckpt.type
         self.emb_ln_g, self.emb_ln_b = ckpt.emb_ln_g, ckpt.emb_ln_b
-        self.layers = [PackedLayer(kernels, ckpt.layer(i), frozenset(int8))
-                       for i in range(self.config.layers)]
+        # Layers are read, checked and packed on `threads` threads at once: the numpy checks
+        # and the C packers release the GIL, and the cold start is mostly this loop.
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            self.layers = list(pool.map(
+                lambda i: PackedLayer(kernels, ckpt.layer(i), frozenset(int8)),
+                range(self.config.layers)))
         self.scale = 1.0 / math.sqrt(self.config.head_dim)
 
     def new_workspace(self) -> Workspace:

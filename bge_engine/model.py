@@ -135,8 +135,10 @@ class BertModel:
         ws.ensure(T, k.attention_scratch_size(max_len, cfg.head_dim, threads))
         h, qkv, ctx, up = ws.h[:T], ws.qkv[:T], ws.ctx[:T], ws.up[:T]
 
-        # embeddings: word + token type 0 + position, then LayerNorm
-        k.embed(ids, offsets, self.word, self.pos, self.type, h)
+        # embeddings: word + token type 0 + position, then LayerNorm (the word rows the
+        # batch uses are read from the checkpoint, and ids renumbered into them)
+        used, local_ids = np.unique(ids, return_inverse=True)
+        k.embed(local_ids.astype(np.int32), offsets, self.word.rows(used), self.pos, self.type, h)
         k.layernorm(h, self.emb_ln_g, self.emb_ln_b, cfg.eps, h, threads)
         if hidden_states is not None:
             hidden_states.append(h.copy())

@@ -8,7 +8,8 @@ Every failure is a `ModelFormatError` naming the file and, where one is at fault
 from __future__ import annotations
 
 import json
-import mmap
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,7 @@ class Checkpoint:
     folder: Path
     config: BertConfig
     pooling: str  # the checkpoint's own: "cls" or "mean"
-    word: np.ndarray  # (vocab, H), memory-mapped from the file when it is float32
+    word: "WordTable"  # (vocab, H), read row by row
     pos: np.ndarray  # (max_positions, H)
     type: np.ndarray  # (type_vocab, H)
     emb_ln_g: np.ndarray
@@ -174,6 +175,46 @@ def load_pooling(folder: Path) -> str:
         "pooling_mode_cls_token or pooling_mode_mean_tokens")
 
 
+class WordTable:
+    """The word-embedding table (vocab, H), of which a batch needs only a few rows.
+
+    Stored as float32, it stays in the file: `rows` reads the rows a batch uses with pread
+    into a fresh buffer. Mapping the table instead would make every row read resident, and
+    more: the kernel maps whole page-cache folios around each fault, which cost 30-50 MB of
+    resident memory for a few hundred distinct tokens. Stored otherwise (float16), it is
+    held in memory as float32.
+    """
+
+    def __init__(self, path: Path, offset: int, shape: tuple, table: np.ndarray = None):
+        self.shape = shape
+        self._table = table
+        self._fd = None if table is not None else os.open(path, os.O_RDONLY)
+        self._offset = offset
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """(len(ids), H) float32: the rows of `ids`, each in [0, vocab)."""
+        vocab, H = self.shape
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise ValueError(f"ids: every id must be in [0, {vocab})")
+        if self._table is not None:
+            return self._table[ids]
+        out = np.empty((ids.shape[0], H), dtype=np.float32)
+        flat = out.reshape(-1).view(np.uint8)
+        row_bytes = 4 * H
+        for j, i in enumerate(ids.tolist()):
+            got = os.preadv(self._fd, [flat[j * row_bytes:(j + 1) * row_bytes]],
+                            self._offset + i * row_bytes)
+            if got != row_bytes:
+                raise ModelFormatError(f"word embeddings: short read at row {i}")
+        if sys.byteorder != "little":
+            out.byteswap(inplace=True)
+        return out
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
+
 # safetensors' dtype codes, named as numpy names them
 _DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
                 "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
@@ -208,10 +249,19 @@ class _TensorReader:
         self._prefix = ("bert." if prefixed and "embeddings.word_embeddings.weight"
                         not in self._names else "")
 
-    def get(self, name: str, shape: tuple, *, lazy: bool = False) -> np.ndarray:
-        """Tensor `name` as float32 (N, ...) checked for presence, dtype and shape, and for
-        NaN/infinity unless `lazy`. A float32 tensor of 1 MiB or more (or any, if lazy)
-        comes back as a read-only memory map; smaller ones as copies."""
+    def word_table(self, name: str, shape: tuple) -> WordTable:
+        """The table `name` (vocab, H), left in the file when it is float32."""
+        full = self._prefix + name
+        info = self._header.get(full)
+        if isinstance(info, dict) and info.get("dtype") == "F32" and \
+                tuple(info.get("shape", ())) == shape:
+            return WordTable(self.path, self._data_start + info["data_offsets"][0], shape)
+        return WordTable(self.path, 0, shape, table=self.get(name, shape))
+
+    def get(self, name: str, shape: tuple) -> np.ndarray:
+        """Tensor `name` as float32 (N, ...) checked for presence, dtype, shape and NaN or
+        infinity. A float32 tensor of 1 MiB or more comes back as a read-only memory map
+        (packed from it, then dropped); smaller ones as copies."""
         full = self._prefix + name
         info = self._header.get(full)
         if full not in self._names or not isinstance(info, dict):
@@ -224,9 +274,7 @@ class _TensorReader:
             start, end = info["data_offsets"]
             a = np.memmap(self.path, dtype="<f4", mode="r", shape=shape,
                           offset=self._data_start + start)
-            if lazy and hasattr(mmap, "MADV_RANDOM"):  # rows read one by one: no read-ahead
-                a._mmap.madvise(mmap.MADV_RANDOM)
-            if not lazy and a.nbytes < (1 << 20):
+            if a.nbytes < (1 << 20):
                 a = np.array(a)
         elif info.get("dtype") == "F16":
             from safetensors import safe_open
@@ -238,7 +286,7 @@ class _TensorReader:
             raise ModelFormatError(
                 f"{self.path}: tensor {full!r} has dtype {_DTYPE_NAMES.get(code, code)} "
                 f"({code}); expected float32 or float16")
-        if not lazy and not np.all(np.isfinite(a)):
+        if not np.all(np.isfinite(a)):
             raise ModelFormatError(f"{self.path}: tensor {full!r} holds NaN or infinity")
         return a
 
@@ -255,7 +303,7 @@ def load_checkpoint(folder: Path) -> Checkpoint:
         folder=folder,
         config=cfg,
         pooling=pooling,
-        word=r.get("embeddings.word_embeddings.weight", (cfg.vocab, H), lazy=True),
+        word=r.word_table("embeddings.word_embeddings.weight", (cfg.vocab, H)),
         pos=r.get("embeddings.position_embeddings.weight", (cfg.max_positions, H)),
         type=r.get("embeddings.token_type_embeddings.weight", (cfg.type_vocab, H)),
         emb_ln_g=r.get("embeddings.LayerNorm.weight", (H,)),

@@ -43,6 +43,30 @@ int bge_check_gemm_args(const float *x, int M, int K, int N, const float *packed
 /* Packs w (N, K) into column panels of width nr (layout: csrc/ref/gemm.c). */
 void bge_f32_pack_panels(const float *w, int K, int N, int nr, float *packed);
 
+/* One SIMD fp32 GEMM for the shared driver (bge_f32_gemm_run, csrc/ref/gemm.c):
+ *   tile(x, ldx, K, panel, mr, nw, tile): tile[i*nr + j] = sum_k x[i*ldx + k] * panel[k*nr + j]
+ *     for i < mr, j < nw (one FMA chain per element over k ascending; entries past nw may be
+ *     written too); tile is 64-byte aligned, mr x nr floats;
+ *   epilogue(tile, mr, nw, bias, res, out, ldo, epilogue): out[i*ldo + j] = epi(tile[i*nr + j]
+ *     + bias[j]) for i < mr, j < nw; bias at the tile's column 0; res (NULL unless
+ *     BGE_EPI_BIAS_RESIDUAL) and out at element (0, 0); res may equal out.
+ * mr x nr must be at most BGE_F32_TILE_FLOATS; panels are packed by bge_f32_pack_panels. */
+#define BGE_F32_TILE_FLOATS (8 * 64)
+typedef struct bge_f32_gemm_impl {
+    int mr, nr;
+    void (*tile)(const float *x, size_t ldx, int K, const float *panel, int mr, int nw,
+                 float *tile);
+    void (*epilogue)(const float *tile, int mr, int nw, const float *bias, const float *res,
+                     float *out, size_t ldo, int epilogue);
+} bge_f32_gemm_impl;
+
+/* Checks the arguments, then runs the tiles: rows in blocks that keep x in L2, panel by
+ * panel inside a block; threads take rectangles of (row tiles) x (panels), never a part of
+ * k. The contract is the f32_gemm slot's (bge.h). */
+int bge_f32_gemm_run(const bge_f32_gemm_impl *impl, const float *x, int M, int K, int N,
+                     const float *packed, const float *bias, const float *res, float *out,
+                     int epilogue, int nthreads);
+
 /* The scalar GELU every kernel agrees on at the reference level: 0.5 x (1 + erf(x / sqrt 2)). */
 float bge_gelu_erf_scalar(float x);
 

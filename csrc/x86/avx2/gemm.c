@@ -34,7 +34,6 @@
 #define MR 4                  /* rows of x per microkernel tile                     */
 #define NV 3                  /* ymm vectors of 8 columns per panel                 */
 #define NR (8 * NV)           /* panel width in columns (floats)                    */
-#define MC_FLOATS (96 * 1024) /* x floats of one row block (384 KB, half of L2)    */
 
 #define GEMM_NAME "bge_f32_gemm_4x24__avx2" /* MR x NR */
 _Static_assert(MR == 4 && NR == 24, "GEMM_NAME, the pack comment and uk_table follow MR, NR");
@@ -149,73 +148,24 @@ static __attribute__((noinline)) void epilogue_tile(const float *tile, int mr, i
 }
 
 /* ---------------------------------------------------------------------------------------
- * Driver
+ * The GEMM: this folder's tiles run by the shared driver (csrc/ref/gemm.c)
  * ------------------------------------------------------------------------------------- */
 
-/* Row tiles [t0, t1) x panels [p0, p1) of the whole problem (see bge_f32_gemm below). */
-static void gemm_block(const float *x, int M, int K, int N, const float *packed,
-                       const float *bias, const float *res, float *out, int epilogue, int t0,
-                       int t1, int p0, int p1) {
-    float tile[MR * NR] __attribute__((aligned(32)));
-    int mc_tiles = (int)(MC_FLOATS / ((long long)K * MR));
-    if (mc_tiles < 1) mc_tiles = 1;
-    for (int tb = t0; tb < t1; tb += mc_tiles) {
-        const int te = tb + mc_tiles < t1 ? tb + mc_tiles : t1;
-        for (int p = p0; p < p1; p++) {
-            const int n0 = p * NR, nw = N - n0 < NR ? N - n0 : NR;
-            const int nv = (nw + 7) / 8;
-            const float *panel = packed + (size_t)p * K * NR;
-            for (int t = tb; t < te; t++) {
-                const int m0 = t * MR, mr = M - m0 < MR ? M - m0 : MR;
-                const float *xt = x + (size_t)m0 * K;
-                uk_table[mr - 1][nv - 1](xt, (size_t)K, K, panel, tile);
-                const size_t o = (size_t)m0 * N + n0;
-                epilogue_tile(tile, mr, nw, bias + n0,
-                              epilogue == BGE_EPI_BIAS_RESIDUAL ? res + o : NULL, out + o,
-                              (size_t)N, epilogue);
-            }
-        }
-    }
+/* The tile of the driver's contract: nw columns need ceil(nw / 8) vectors. */
+static void tile_avx2(const float *x, size_t ldx, int K, const float *panel, int mr, int nw,
+                       float *tile) {
+    uk_table[mr - 1][(nw + 7) / 8 - 1](x, ldx, K, panel, tile);
 }
 
-/* out = epilogue(x @ W^T + bias).
- *   x      (M, K) row-major
- *   packed W (N, K) packed by bge_f32_pack__avx2: ceil(N/24) panels of (K, 24)
- *   bias   (N)
- *   res    (M, N) with BGE_EPI_BIAS_RESIDUAL, else ignored; may equal out
- *   out    (M, N) row-major; must not overlap x
- * Threads: the grid of (row tiles) x (panels) is cut into rectangles, panels first, until
- * there are about 4 per thread; threads take them dynamically, so a thread the OS delays does
- * not hold the others back. Each element's sum over k is never split.                   */
+static const bge_f32_gemm_impl impl_avx2 = {MR, NR, tile_avx2, epilogue_tile};
+_Static_assert(MR * NR <= BGE_F32_TILE_FLOATS, "the driver's tile buffer holds MR x NR");
+
+/* out = epilogue(x @ W^T + bias): the f32_gemm slot (bge.h), packed by bge_f32_pack__avx2. */
 static int bge_f32_gemm__avx2(const float *x, int M, int K, int N, const float *packed,
                               const float *bias, const float *res, float *out, int epilogue,
                               int nthreads) {
-    int st = bge_check_gemm_args(x, M, K, N, packed, bias, res, out, epilogue, nthreads);
-    if (st != BGE_OK) return st;
-    const int mt = (M - 1) / MR + 1, np = (N - 1) / NR + 1; /* M, N >= 1: no overflow */
-    if (nthreads == 1) {
-        gemm_block(x, M, K, N, packed, bias, res, out, epilogue, 0, mt, 0, np);
-        return BGE_OK;
-    }
-    /* rectangles of rc row tiles x pc panels: halve pc, then rc, until 4 per thread */
-    int rc = mt, pc = np;
-    const long long want = 4LL * nthreads;
-    while ((long long)((mt + rc - 1) / rc) * ((np + pc - 1) / pc) < want && (pc > 1 || rc > 1)) {
-        if (pc > 1)
-            pc = (pc + 1) / 2;
-        else
-            rc = (rc + 1) / 2;
-    }
-    const int nr = (mt + rc - 1) / rc, npc = (np + pc - 1) / pc, items = nr * npc;
-    const int nt = nthreads < items ? nthreads : items;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-    for (int it = 0; it < items; it++) {
-        const int r = it / npc, c = it % npc;
-        const int t0 = r * rc, t1 = t0 + rc < mt ? t0 + rc : mt;
-        const int p0 = c * pc, p1 = p0 + pc < np ? p0 + pc : np;
-        gemm_block(x, M, K, N, packed, bias, res, out, epilogue, t0, t1, p0, p1);
-    }
-    return BGE_OK;
+    return bge_f32_gemm_run(&impl_avx2, x, M, K, N, packed, bias, res, out, epilogue,
+                            nthreads);
 }
 
 /* ---------------------------------------------------------------------------------------

@@ -36,6 +36,8 @@ double bge_f32_fma_loop__ref(long iters);
 /* Checks shared by every implementation of a slot, so that the SIMD kernels reject exactly
  * what the reference rejects. Return BGE_OK or BGE_ERR_ARG. */
 int bge_check_offsets(const int32_t *offsets, int n, int T_expected);
+int bge_check_pool_args(const float *h, const int32_t *offsets, int n, int C, int mode,
+                        const float *out);
 int bge_check_gemm_args(const float *x, int M, int K, int N, const float *packed,
                         const float *bias, const float *res, const float *out, int epilogue,
                         int nthreads);

@@ -19,6 +19,16 @@ int bge_check_offsets(const int32_t *offsets, int n, int T_expected) {
     return BGE_OK;
 }
 
+int bge_check_pool_args(const float *h, const int32_t *offsets, int n, int C, int mode,
+                        const float *out) {
+    if (!h || !out || n < 1 || C < 1) return BGE_ERR_ARG;
+    if (mode != BGE_POOL_CLS && mode != BGE_POOL_MEAN) return BGE_ERR_ARG;
+    if (bge_check_offsets(offsets, n, -1) != BGE_OK) return BGE_ERR_ARG;
+    for (int i = 0; i < n; i++)
+        if (offsets[i + 1] == offsets[i]) return BGE_ERR_ARG; /* a text with no row to pool */
+    return BGE_OK;
+}
+
 static int max_text_len(const int32_t *offsets, int n) {
     int mx = 0;
     for (int i = 0; i < n; i++)
@@ -108,11 +118,7 @@ int bge_f32_embed__ref(const int32_t *ids, const int32_t *offsets, int n, const 
 
 int bge_f32_pool__ref(const float *h, const int32_t *offsets, int n, int C, int mode,
                       float *out) {
-    if (!h || !out || n < 1 || C < 1) return BGE_ERR_ARG;
-    if (mode != BGE_POOL_CLS && mode != BGE_POOL_MEAN) return BGE_ERR_ARG;
-    if (bge_check_offsets(offsets, n, -1) != BGE_OK) return BGE_ERR_ARG;
-    for (int i = 0; i < n; i++)
-        if (offsets[i + 1] == offsets[i]) return BGE_ERR_ARG;
+    if (bge_check_pool_args(h, offsets, n, C, mode, out) != BGE_OK) return BGE_ERR_ARG;
     for (int i = 0; i < n; i++) {
         const int t0 = offsets[i], L = offsets[i + 1] - offsets[i];
         float *o = out + (size_t)i * C;

@@ -527,11 +527,7 @@ static int bge_f32_embed__avx512(const int32_t *ids, const int32_t *offsets, int
  * (double sum in token order, divided by L in double, as the reference: bit-identical). */
 static int bge_f32_pool__avx512(const float *h, const int32_t *offsets, int n, int C, int mode,
                                 float *out) {
-    if (!h || !out || n < 1 || C < 1) return BGE_ERR_ARG;
-    if (mode != BGE_POOL_CLS && mode != BGE_POOL_MEAN) return BGE_ERR_ARG;
-    if (bge_check_offsets(offsets, n, -1) != BGE_OK) return BGE_ERR_ARG;
-    for (int i = 0; i < n; i++)
-        if (offsets[i + 1] == offsets[i]) return BGE_ERR_ARG;
+    if (bge_check_pool_args(h, offsets, n, C, mode, out) != BGE_OK) return BGE_ERR_ARG;
     for (int i = 0; i < n; i++) {
         const int t0 = offsets[i], L = offsets[i + 1] - offsets[i];
         float *o = out + (size_t)i * C;

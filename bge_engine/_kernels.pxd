@@ -88,3 +88,5 @@ cdef extern from "bge.h" nogil:
     int bge_isa_built(int isa)
     const char *bge_isa_name(int isa)
     int bge_isa_cap()
+    int bge_qs8_quantize_weights(const float *w, int N, int K, int8_t *w_s8, float *w_scale,
+                                 int nthreads)

@@ -162,11 +162,48 @@ def q8_groups(int K):
     return (K + BGE_Q8_GROUP - 1) // BGE_Q8_GROUP
 
 
+def quantize_weight(w, threads=1, q=None, scale=None):
+    """Quantises a torch Linear weight w (N, K) float32 at load: returns (w_s8 (N, K) int8
+    in [-127, 127], w_scale (N, q8_groups(K)) float32), symmetric per output channel and
+    group of Q8_GROUP k (bge.h, bge_qs8_quantize_weights), written into q and scale when
+    given. Raises ValueError on NaN or infinity."""
+    if not isinstance(w, np.ndarray) or w.ndim != 2:
+        raise ValueError("w: expected a float32 array of shape (N, K)")
+    cdef int N = w.shape[0], K = w.shape[1]
+    _check(w, "w", (N, K))
+    if N < 1 or K < 1 or K > BGE_Q8_MAX_K:
+        raise ValueError(f"w: cannot quantise shape {(N, K)} (1 <= K <= {BGE_Q8_MAX_K})")
+    cdef int nt = _threads(threads)
+    q = np.empty((N, K), dtype=np.int8) if q is None else _writable(_check(q, "q", (N, K), np.int8), "q")
+    scale = (np.empty((N, q8_groups(K)), dtype=np.float32) if scale is None
+             else _writable(_check(scale, "scale", (N, q8_groups(K))), "scale"))
+    cdef const float[:, ::1] wv = w
+    cdef int8_t[:, ::1] qv = q
+    cdef float[:, ::1] sv = scale
+    cdef int st
+    with nogil:
+        st = bge_qs8_quantize_weights(&wv[0, 0], N, K, &qv[0, 0], &sv[0, 0], nt)
+    if st != BGE_OK:
+        raise ValueError("w: holds NaN or infinity")
+    return q, scale
+
+
 def _aligned_bytes(size_t n):
     """A uint8 array of n bytes starting on a 64-byte boundary."""
     buf = np.empty(n + 64, dtype=np.uint8)
     off = (-buf.ctypes.data) % 64
     return buf[off:off + n]
+
+
+def _out_bytes(out, size_t n):
+    """`out` checked as the destination of a packing: uint8 (n,), C-contiguous, writable,
+    64-byte aligned (the kernels' aligned loads)."""
+    if not isinstance(out, np.ndarray) or out.ndim != 1:
+        raise ValueError(f"out: expected a uint8 array of shape ({n},)")
+    _writable(_check(out, "out", (n,), np.uint8), "out")
+    if out.ctypes.data % 64:
+        raise ValueError("out: must start on a 64-byte boundary")
+    return out
 
 
 class PackedQ8:
@@ -223,8 +260,13 @@ cdef class Kernels:
             "qu8s8_gemm_i32": t.qu8s8_gemm_i32_name.decode(),
         }
 
-    def pack(self, w):
-        """Packs a torch Linear weight w (N, K) float32 for this table's gemm."""
+    def packed_bytes(self, int K, int N):
+        """Bytes pack() needs for a weight (N, K) (an `out` buffer's size); 0 on bad sizes."""
+        return 4 * self.t.f32_packed_size(K, N)
+
+    def pack(self, w, out=None):
+        """Packs a torch Linear weight w (N, K) float32 for this table's gemm, into `out`
+        (a C-contiguous uint8 array of packed_bytes(K, N), 64-byte aligned) or new memory."""
         if not isinstance(w, np.ndarray) or w.ndim != 2:
             raise ValueError("w: expected a float32 array of shape (N, K)")
         cdef int N = w.shape[0], K = w.shape[1]
@@ -232,7 +274,8 @@ cdef class Kernels:
         cdef size_t size = self.t.f32_packed_size(K, N)
         if size == 0:
             raise ValueError(f"w: cannot pack shape {(N, K)}")
-        data = np.empty(size, dtype=np.float32)
+        data = _aligned_bytes(4 * size) if out is None else _out_bytes(out, 4 * size)
+        data = data.view(np.float32)
         cdef const float[:, ::1] wv = w
         cdef float[::1] dv = data
         cdef int st
@@ -449,10 +492,15 @@ cdef class Kernels:
     # per group, fp32 sum over groups and epilogue)
     # ------------------------------------------------------------------------------------
 
-    def qpack(self, w_s8, w_scale):
+    def qpacked_bytes(self, int K, int N):
+        """Bytes qpack() needs for a weight (N, K) (an `out` buffer's size); 0 on bad sizes."""
+        return self.t.qs8_packed_size(K, N)
+
+    def qpack(self, w_s8, w_scale, out=None):
         """Packs int8 weights w_s8 (N, K) int8 in [-127, 127] with w_scale (N, q8_groups(K))
         float32 (one scale per output channel and group of Q8_GROUP k) for this table's
-        qgemm; returns a PackedQ8."""
+        qgemm, into `out` (a C-contiguous uint8 array of qpacked_bytes(K, N), 64-byte
+        aligned) or new memory; returns a PackedQ8."""
         if not isinstance(w_s8, np.ndarray) or w_s8.ndim != 2:
             raise ValueError("w_s8: expected an int8 array of shape (N, K)")
         cdef int N = w_s8.shape[0], K = w_s8.shape[1]
@@ -460,12 +508,12 @@ cdef class Kernels:
         _check(w_scale, "w_scale", (N, q8_groups(K)))
         if N < 1 or K < 1 or K > BGE_Q8_MAX_K:
             raise ValueError(f"w_s8: cannot pack shape {(N, K)} (1 <= K <= {BGE_Q8_MAX_K})")
-        if np.any(w_s8 == -128):
+        if w_s8.min() == -128:
             raise ValueError("w_s8: values must be in [-127, 127] (symmetric s8); got -128")
         cdef size_t size = self.t.qs8_packed_size(K, N)
         if size == 0:
             raise ValueError(f"w_s8: cannot pack shape {(N, K)}")
-        data = _aligned_bytes(size)
+        data = _aligned_bytes(size) if out is None else _out_bytes(out, size)
         cdef const int8_t[:, ::1] wv = w_s8
         cdef const float[:, ::1] sv = w_scale
         cdef uint8_t[::1] dv = data

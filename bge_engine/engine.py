@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
@@ -77,11 +78,16 @@ class Engine:
         self.folder = hub.resolve(model)
         ckpt = load_checkpoint(self.folder)
         self.config = ckpt.config
-        self.tokenizer = Tokenizer(self.folder / "tokenizer.json", ckpt.config.vocab)
         self.dtype, self.threads, self.truncate = dtype, threads, truncate
         self._pooling = ckpt.pooling
-        self._model = BertModel(ckpt, _kernels.Kernels(),
-                                int8=INT8_MATMULS if dtype == "int8" else (), threads=threads)
+        # The tokenizer is built on a thread of its own while the layers are packed: building
+        # it holds the GIL for ~20 ms, and packing mostly runs in C without it.
+        with ThreadPoolExecutor(max_workers=1) as side:
+            tokenizer = side.submit(Tokenizer, self.folder / "tokenizer.json", ckpt.config.vocab)
+            self._model = BertModel(ckpt, _kernels.Kernels(),
+                                    int8=INT8_MATMULS if dtype == "int8" else (),
+                                    threads=threads)
+            self.tokenizer = tokenizer.result()
         # Concurrent calls: each takes a workspace from the pool, and at most
         # cores // threads of them compute at once, so threads never oversubscribe the cores.
         self._workspaces: List = []

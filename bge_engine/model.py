@@ -8,6 +8,7 @@ workspace's buffers, so a forward pass allocates nothing beyond the pooled outpu
 from __future__ import annotations
 
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional
 
@@ -51,14 +52,49 @@ class Workspace:
             self.scratch = np.empty(scratch_floats, dtype=np.float32)
 
 
+class LoadScratch:
+    """The buffers one loading thread reuses layer after layer: the layer's fp32 matrices as
+    read from the file, and an int8 weight with its scales on their way to being packed."""
+
+    def __init__(self, ckpt: Checkpoint):
+        H, F = ckpt.config.hidden, ckpt.config.intermediate
+        rows, cols = max(3 * H, F), max(H, F)  # bounds every matrix of a layer
+        self.floats = np.empty(ckpt.layer_floats(), dtype=np.float32)
+        self.w_s8 = np.empty(rows * cols, dtype=np.int8)
+        self.w_scale = np.empty(rows * _kernels.q8_groups(cols), dtype=np.float32)
+
+    def int8(self, N: int, K: int):
+        """(N, K) int8 and (N, groups) float32 views for quantize_weight to write."""
+        ng = _kernels.q8_groups(K)
+        return self.w_s8[:N * K].reshape(N, K), self.w_scale[:N * ng].reshape(N, ng)
+
+
 class Linear:
     """y = x W^T + b with W packed once for the kernel table: fp32, or int8 (s8 weights with a
     scale per output channel and group of 64 k; the input quantised per token and group when
-    it runs, with a zero point)."""
+    it runs, with a zero point).
 
-    def __init__(self, kernels, w: np.ndarray, b: np.ndarray, int8: bool):
+    Args:
+        kernels: the kernel table to pack for.
+        w: (N, K) float32, the torch Linear weight; b: (N,) its bias.
+        int8: quantise and pack for the int8 GEMM.
+        out: a uint8 slot of packed_bytes(...) to pack into (an arena's), or None.
+        scratch: the loading thread's buffers, or None to allocate.
+    """
+
+    def __init__(self, kernels, w: np.ndarray, b: np.ndarray, int8: bool,
+                 out: Optional[np.ndarray] = None, scratch: Optional[LoadScratch] = None):
         self.b, self.int8 = b, int8
-        self.w = kernels.qpack(*quantize_weight(w)) if int8 else kernels.pack(w)
+        if int8:
+            q, scale = scratch.int8(*w.shape) if scratch is not None else (None, None)
+            self.w = kernels.qpack(*quantize_weight(w, q=q, scale=scale), out=out)
+        else:
+            self.w = kernels.pack(w, out=out)
+
+    @staticmethod
+    def packed_bytes(kernels, N: int, K: int, int8: bool) -> int:
+        """Bytes the packed weight (N, K) needs."""
+        return kernels.qpacked_bytes(K, N) if int8 else kernels.packed_bytes(K, N)
 
     def __call__(self, k, x: np.ndarray, out: np.ndarray, ws: "Workspace", threads: int,
                  epilogue: str = "bias", res: Optional[np.ndarray] = None) -> None:
@@ -74,15 +110,60 @@ class Linear:
 
 
 class PackedLayer:
-    """One encoder layer, its four Linear layers packed for the kernel table."""
+    """One encoder layer, its four Linear layers packed for the kernel table, into `arena`
+    (a uint8 buffer of arena_bytes(...), 64-byte aligned) when one is given."""
 
-    def __init__(self, kernels, w, int8: frozenset):
-        self.qkv = Linear(kernels, w.qkv_w, w.qkv_b, "qkv" in int8)
-        self.out = Linear(kernels, w.out_w, w.out_b, "out" in int8)
+    def __init__(self, kernels, w, int8: frozenset, arena: Optional[np.ndarray] = None,
+                 scratch: Optional[LoadScratch] = None):
+        H, F = w.qkv_w.shape[1], w.up_w.shape[0]
+        slots = iter(_slots(kernels, H, F, int8, arena))
+
+        def linear(name, weight, bias):
+            return Linear(kernels, weight, bias, name in int8, next(slots), scratch)
+
+        self.qkv = linear("qkv", w.qkv_w, w.qkv_b)
+        self.out = linear("out", w.out_w, w.out_b)
         self.ln1_g, self.ln1_b = w.ln1_g, w.ln1_b
-        self.up = Linear(kernels, w.up_w, w.up_b, "up" in int8)
-        self.down = Linear(kernels, w.down_w, w.down_b, "down" in int8)
+        self.up = linear("up", w.up_w, w.up_b)
+        self.down = linear("down", w.down_w, w.down_b)
         self.ln2_g, self.ln2_b = w.ln2_g, w.ln2_b
+
+    @staticmethod
+    def arena_bytes(kernels, H: int, F: int, int8: frozenset) -> int:
+        """Bytes of one layer's packed weights, each slot rounded up to 64."""
+        return sum(_slot_sizes(kernels, H, F, int8))
+
+
+def _shapes(H: int, F: int) -> List[tuple]:
+    """The (N, K) of each matmul of a layer, in MATMULS order."""
+    return [(3 * H, H), (H, H), (F, H), (H, F)]
+
+
+def _slot_sizes(kernels, H: int, F: int, int8: frozenset) -> List[int]:
+    return [-(-Linear.packed_bytes(kernels, N, K, m in int8) // 64) * 64
+            for m, (N, K) in zip(MATMULS, _shapes(H, F))]
+
+
+def _slots(kernels, H: int, F: int, int8: frozenset, arena: Optional[np.ndarray]) -> list:
+    """Each matmul's slice of the layer's arena, in MATMULS order (None each without one)."""
+    if arena is None:
+        return [None] * len(MATMULS)
+    slots, at = [], 0
+    for m, (N, K), size in zip(MATMULS, _shapes(H, F), _slot_sizes(kernels, H, F, int8)):
+        slots.append(arena[at:at + Linear.packed_bytes(kernels, N, K, m in int8)])
+        at += size
+    return slots
+
+
+def weight_arena(nbytes: int) -> np.ndarray:
+    """One buffer for every packed weight, starting on a 2 MiB boundary: numpy asks the
+    kernel for transparent huge pages on allocations this large (madvise), and with 2 MiB
+    pages packing 85 MB of weights takes ~40 page faults instead of ~20,000, each of which
+    costs microseconds in a VM: most of the fp32 load time."""
+    huge = 2 << 20
+    buf = np.empty(nbytes + huge, dtype=np.uint8)
+    start = (-buf.ctypes.data) % huge
+    return buf[start:start + nbytes]
 
 
 class BertModel:
@@ -99,17 +180,28 @@ class BertModel:
         unknown = set(int8) - set(MATMULS)
         if unknown:
             raise ValueError(f"int8: unknown matmuls {sorted(unknown)}; expected {MATMULS}")
-        self.config = ckpt.config
+        cfg = self.config = ckpt.config
         self.kernels = kernels
         self.word, self.pos, self.type = ckpt.word, ckpt.pos, ckpt.type
         self.emb_ln_g, self.emb_ln_b = ckpt.emb_ln_g, ckpt.emb_ln_b
-        # Layers are read, checked and packed on `threads` threads at once: the numpy checks
-        # and the C packers release the GIL, and the cold start is mostly this loop.
+        int8 = frozenset(int8)
+        # Layers are read, checked and packed on `threads` threads at once (the C readers,
+        # quantiser and packers release the GIL; the cold start is mostly this loop), each
+        # thread with its own scratch buffers, reused layer after layer, so the raw weights
+        # are never all in memory at once; the packed ones go to one arena.
+        per_layer = PackedLayer.arena_bytes(kernels, cfg.hidden, cfg.intermediate, int8)
+        arena = weight_arena(per_layer * cfg.layers)
+        local = threading.local()
+
+        def load(i: int) -> PackedLayer:
+            if not hasattr(local, "scratch"):
+                local.scratch = LoadScratch(ckpt)
+            return PackedLayer(kernels, ckpt.layer(i, local.scratch.floats), int8,
+                               arena[i * per_layer:(i + 1) * per_layer], local.scratch)
+
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            self.layers = list(pool.map(
-                lambda i: PackedLayer(kernels, ckpt.layer(i), frozenset(int8)),
-                range(self.config.layers)))
-        self.scale = 1.0 / math.sqrt(self.config.head_dim)
+            self.layers = list(pool.map(load, range(cfg.layers)))
+        self.scale = 1.0 / math.sqrt(cfg.head_dim)
 
     def new_workspace(self) -> Workspace:
         return Workspace(self.config.hidden, self.config.intermediate)

@@ -12,6 +12,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -72,26 +73,48 @@ class Checkpoint:
     emb_ln_b: np.ndarray
     reader: "_TensorReader"
 
-    def layer(self, i: int) -> LayerWeights:
-        """Reads encoder layer i from model.safetensors."""
+    def layer_floats(self) -> int:
+        """Floats of one layer's four weight matrices: the size of a `layer` staging buffer."""
+        H, F = self.config.hidden, self.config.intermediate
+        return 4 * H * H + 2 * F * H
+
+    def layer(self, i: int, staging: Optional[np.ndarray] = None) -> LayerWeights:
+        """Reads encoder layer i from model.safetensors.
+
+        Args:
+            i: the layer.
+            staging: a float32 buffer of at least `layer_floats()` to read the four weight
+                matrices into (the result's matrices are views of it, valid until the buffer
+                is reused); None reads them into new arrays.
+        """
         H, F = self.config.hidden, self.config.intermediate
         p = f"encoder.layer.{i}."
+        if staging is None:
+            staging = np.empty(self.layer_floats(), dtype=np.float32)
+        elif staging.dtype != np.float32 or staging.size < self.layer_floats():
+            raise ValueError(f"staging: expected at least {self.layer_floats()} float32")
+        views, at = [], 0
+        for rows, cols in ((3 * H, H), (H, H), (F, H), (H, F)):
+            views.append(staging[at:at + rows * cols].reshape(rows, cols))
+            at += rows * cols
+        qkv_w, out_w, up_w, down_w = views
 
-        def get(name, shape):
-            return self.reader.get(p + name, shape)
+        def get(name, shape, out=None):
+            return self.reader.get(p + name, shape, out)
 
-        qkv = [get(f"attention.self.{n}.weight", (H, H)) for n in ("query", "key", "value")]
+        for j, n in enumerate(("query", "key", "value")):
+            get(f"attention.self.{n}.weight", (H, H), qkv_w[j * H:(j + 1) * H])
         qkv_b = [get(f"attention.self.{n}.bias", (H,)) for n in ("query", "key", "value")]
         return LayerWeights(
-            qkv_w=np.concatenate(qkv, axis=0),
+            qkv_w=qkv_w,
             qkv_b=np.concatenate(qkv_b),
-            out_w=get("attention.output.dense.weight", (H, H)),
+            out_w=get("attention.output.dense.weight", (H, H), out_w),
             out_b=get("attention.output.dense.bias", (H,)),
             ln1_g=get("attention.output.LayerNorm.weight", (H,)),
             ln1_b=get("attention.output.LayerNorm.bias", (H,)),
-            up_w=get("intermediate.dense.weight", (F, H)),
+            up_w=get("intermediate.dense.weight", (F, H), up_w),
             up_b=get("intermediate.dense.bias", (F,)),
-            down_w=get("output.dense.weight", (H, F)),
+            down_w=get("output.dense.weight", (H, F), down_w),
             down_b=get("output.dense.bias", (H,)),
             ln2_g=get("output.LayerNorm.weight", (H,)),
             ln2_b=get("output.LayerNorm.bias", (H,)),
@@ -225,11 +248,12 @@ class _TensorReader:
     """Reads named tensors from model.safetensors, with or without the 'bert.' prefix.
 
     `safetensors` opens the file once to validate it and list its tensors. Float32 tensors are
-    then read through memory maps of their own byte ranges (the header gives them: an 8-byte
-    little-endian length, then that much JSON with each tensor's dtype, shape and offsets):
-    a large matrix is packed straight from the page cache, with no intermediate copy, and its
-    mapping is released once it is packed, so the peak stays near one copy of the weights.
-    Other dtypes (float16) go through safetensors' own reader.
+    then read with pread from their own byte ranges (the header gives them: an 8-byte
+    little-endian length, then that much JSON with each tensor's dtype, shape and offsets)
+    straight into the caller's buffer: a layer's matrices go into one staging buffer that the
+    loader reuses layer after layer, so loading neither maps the file (no page faults, no file
+    pages left resident) nor holds more than a layer beyond the packed weights. Other dtypes
+    (float16) go through safetensors' own reader.
     """
 
     def __init__(self, path: Path):
@@ -245,6 +269,7 @@ class _TensorReader:
         except Exception as exc:  # safetensors raises its own error types
             raise ModelFormatError(f"{path}: not a readable safetensors file ({exc})") from None
         self._data_start = 8 + header_len
+        self._fd = None
         prefixed = any(n.startswith("bert.") for n in self._names)
         self._prefix = ("bert." if prefixed and "embeddings.word_embeddings.weight"
                         not in self._names else "")
@@ -258,10 +283,11 @@ class _TensorReader:
             return WordTable(self.path, self._data_start + info["data_offsets"][0], shape)
         return WordTable(self.path, 0, shape, table=self.get(name, shape))
 
-    def get(self, name: str, shape: tuple) -> np.ndarray:
-        """Tensor `name` as float32 (N, ...) checked for presence, dtype, shape and NaN or
-        infinity. A float32 tensor of 1 MiB or more comes back as a read-only memory map
-        (packed from it, then dropped); smaller ones as copies."""
+    def get(self, name: str, shape: tuple, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Tensor `name` as float32 `shape`, checked for presence, dtype, shape and NaN or
+        infinity; read into `out` (C-contiguous float32 `shape`) when given, else into a new
+        array. Float32 tensors are read with one pread from their byte range: no mapping, so
+        no page faults on the file and nothing of it left resident."""
         full = self._prefix + name
         info = self._header.get(full)
         if full not in self._names or not isinstance(info, dict):
@@ -270,25 +296,35 @@ class _TensorReader:
             raise ModelFormatError(
                 f"{self.path}: tensor {full!r} has shape {tuple(info.get('shape', ()))}; "
                 f"expected {shape}")
+        a = np.empty(shape, dtype=np.float32) if out is None else out
         if info.get("dtype") == "F32":
             start, end = info["data_offsets"]
-            a = np.memmap(self.path, dtype="<f4", mode="r", shape=shape,
-                          offset=self._data_start + start)
-            if a.nbytes < (1 << 20):
-                a = np.array(a)
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            flat = a.reshape(-1).view(np.uint8)
+            got = os.preadv(self._fd, [flat], self._data_start + start)
+            if got != flat.nbytes or end - start != flat.nbytes:
+                raise ModelFormatError(f"{self.path}: tensor {full!r} is cut short")
+            if sys.byteorder != "little":
+                a.byteswap(inplace=True)
         elif info.get("dtype") == "F16":
             from safetensors import safe_open
 
             with safe_open(str(self.path), framework="numpy") as f:
-                a = f.get_tensor(full).astype(np.float32)
+                a[...] = f.get_tensor(full)
         else:
             code = str(info.get("dtype"))
             raise ModelFormatError(
                 f"{self.path}: tensor {full!r} has dtype {_DTYPE_NAMES.get(code, code)} "
                 f"({code}); expected float32 or float16")
-        if not np.all(np.isfinite(a)):
+        # min and max carry any NaN or infinity, in two passes with no temporary
+        if a.size and not (np.isfinite(a.min()) and np.isfinite(a.max())):
             raise ModelFormatError(f"{self.path}: tensor {full!r} holds NaN or infinity")
         return a
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
 
 def load_checkpoint(folder: Path) -> Checkpoint:

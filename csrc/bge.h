@@ -178,6 +178,18 @@ typedef double (*bge_f32_fma_loop_fn)(long iters);
 typedef int (*bge_qu8_quantize_fn)(const float *x, int M, int K, uint8_t *q, float *scale,
                                    int32_t *zp, int nthreads);
 
+/* Quantises weights at load (the weight scheme above; one function for every level, plain
+ * C, no dispatch):
+ *   w       (N, K) fp32, finite (BGE_ERR_ARG otherwise)
+ *   w_s8    (N, K) int8, w_scale (N, ngroups) fp32, ngroups = BGE_Q8_NGROUPS(K):
+ *           per row n and group g: amax = max_{k in g} |w[n, k]|,
+ *           w_scale[n, g] = amax / 127.0f (1.0f when amax == 0),
+ *           w_s8[n, k] = clamp(rint(w[n, k] / w_scale[n, g]), -127, 127), rint rounding
+ *           half to even, each division a correctly rounded fp32 one.
+ * K <= BGE_Q8_MAX_K. Rows are independent; the bytes never depend on nthreads.          */
+int bge_qs8_quantize_weights(const float *w, int N, int K, int8_t *w_s8, float *w_scale,
+                             int nthreads);
+
 /* Bytes needed to hold w_s8 (N, K) packed for this table's int8 GEMM; 0 on bad sizes
  * (K < 1, N < 1, K > BGE_Q8_MAX_K).                                                      */
 typedef size_t (*bge_qs8_packed_size_fn)(int K, int N);

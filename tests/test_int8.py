@@ -89,3 +89,28 @@ def test_quantize_weight_per_channel_and_group(N, K):
             np.testing.assert_array_equal(q[n, G * g:G * g + G],
                                           np.clip(np.rint(seg / want), -127, 127))
     assert q.min() >= -127 and q.max() <= 127
+
+
+def test_quantize_weight_rounds_half_to_even_and_refuses_non_finite():
+    from bge_engine.quant import quantize_weight
+
+    # amax 127 gives scale exactly 1, so w / scale lands on the halves themselves
+    w = np.array([[127.0, 2.5, 3.5, -2.5, -3.5, 0.5, -0.5, 126.5]], dtype=np.float32)
+    q, scale = quantize_weight(w)
+    assert scale[0, 0] == 1.0
+    np.testing.assert_array_equal(q[0], [127, 2, 4, -2, -4, 0, 0, 126])
+    for bad in (np.nan, np.inf, -np.inf):
+        w2 = w.copy()
+        w2[0, 3] = bad
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            quantize_weight(w2)
+
+
+def test_quantize_weight_is_the_same_for_any_thread_count():
+    from bge_engine.quant import quantize_weight
+
+    w = np.random.default_rng(3).standard_normal((1537, 385)).astype(np.float32)
+    q1, s1 = quantize_weight(w, threads=1)
+    q2, s2 = quantize_weight(w, threads=2)
+    np.testing.assert_array_equal(q1, q2)
+    np.testing.assert_array_equal(s1, s2)

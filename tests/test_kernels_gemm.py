@@ -259,3 +259,22 @@ def test_name_and_fma_loop(kern):
     assert f1 > 0 and f2 == 2 * f1
     lanes = 16 if kern.isa == "avx512" else 8
     assert f1 % (2 * lanes * 1000) == 0  # 2 flops per lane per FMA, whole chains
+
+
+@pytest.mark.parametrize("isa", ("ref",) + SIMD)
+def test_pack_into_a_given_buffer(isa):
+    """pack(out=) (the loader's arena) gives the bytes pack() gives in fresh memory, and
+    refuses a buffer of the wrong size, type or alignment."""
+    if isa not in _kernels.usable_isas():
+        pytest.skip(f"gemm {isa}: host lacks {isa} (usable: {_kernels.usable_isas()})")
+    k = _kernels.Kernels(isa)
+    w = np.random.default_rng(5).standard_normal((385, 17)).astype(np.float32)
+    n = k.packed_bytes(17, 385)
+    buf = np.full(n + 128, 0xAB, dtype=np.uint8)
+    at = (-buf.ctypes.data) % 64
+    p = k.pack(w, out=buf[at:at + n])
+    np.testing.assert_array_equal(p.data, k.pack(w).data)
+    assert np.all(buf[at + n:] == 0xAB) and np.all(buf[:at] == 0xAB)
+    for bad in (buf[at:at + n - 4], buf[at + 4:at + n + 4], np.empty(n // 4, np.float32)):
+        with pytest.raises(ValueError, match="out"):
+            k.pack(w, out=bad)

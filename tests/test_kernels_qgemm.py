@@ -563,3 +563,22 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="threads"):
         k.quantize(x, q.copy(), scale.copy(), zp.copy(), threads=0)
     assert k.dot_loop(1000) > 0 and _kernels.q8_row_bytes(17) == 20
+
+
+@pytest.mark.parametrize("isa", ("ref",) + tuple(INT8_LEVELS))
+def test_qpack_into_a_given_buffer(isa):
+    """qpack(out=) (the loader's arena) gives the bytes qpack() gives in fresh memory, and
+    refuses a buffer of the wrong size or alignment."""
+    k = level(isa)
+    rng = np.random.default_rng(6)
+    w = rng.integers(-127, 128, size=(49, 65), dtype=np.int8)
+    s = rng.uniform(0.01, 1, size=(49, ng(65))).astype(np.float32)
+    n = k.qpacked_bytes(65, 49)
+    buf = np.full(n + 128, 0xAB, dtype=np.uint8)
+    at = (-buf.ctypes.data) % 64
+    p = k.qpack(w, s, out=buf[at:at + n])
+    np.testing.assert_array_equal(p.data, k.qpack(w, s).data)
+    assert np.all(buf[at + n:] == 0xAB) and np.all(buf[:at] == 0xAB)
+    for bad in (buf[at:at + n - 1], buf[at + 4:at + n + 4]):
+        with pytest.raises(ValueError, match="out"):
+            k.qpack(w, s, out=bad)

@@ -122,6 +122,61 @@ int bge_qu8_quantize__ref(const float *x, int M, int K, uint8_t *q, float *scale
 }
 
 /* ---------------------------------------------------------------------------------------
+ * Weight quantisation at load
+ * ------------------------------------------------------------------------------------- */
+
+/* rint for |v| < 2^22, half to even, as a float: adding and subtracting 1.5 * 2^23 leaves
+ * no fraction bits, and the addition rounds in the current (nearest-even) mode. A loop of
+ * these vectorises at any level, where nearbyintf would be a call per element without
+ * SSE4.1. The bound holds here: |w / w_scale| <= 127 (1 + 2^-23).                        */
+static inline float rint_small(float v) {
+    const float magic = 12582912.0f; /* 1.5 * 2^23 */
+    return (v + magic) - magic;
+}
+
+/* One row: w (K) -> w_s8 (K), w_scale (ngroups). Returns 0 on a non-finite value.      */
+static int quantize_weight_row(const float *w, int K, int8_t *q, float *w_scale) {
+    for (int g = 0, k0 = 0; k0 < K; g++, k0 += BGE_Q8_GROUP) {
+        const int n = K - k0 < BGE_Q8_GROUP ? K - k0 : BGE_Q8_GROUP;
+        /* max |w| on the bit patterns: with the sign bit cleared, a float's pattern orders
+         * as its magnitude does, and every inf or NaN pattern is above FLT_MAX's. An
+         * integer max vectorises where a float one would need -ffast-math.             */
+        uint32_t top = 0;
+        for (int k = 0; k < n; k++) {
+            uint32_t b;
+            memcpy(&b, w + k0 + k, sizeof b);
+            b &= 0x7FFFFFFFu;
+            top = b > top ? b : top;
+        }
+        if (top > 0x7F7FFFFFu) return 0; /* inf or NaN */
+        float amax;
+        memcpy(&amax, &top, sizeof amax);
+        const float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+        w_scale[g] = s;
+        for (int k = 0; k < n; k++) {
+            float v = rint_small(w[k0 + k] / s);
+            v = v < -127.0f ? -127.0f : v > 127.0f ? 127.0f : v;
+            q[k0 + k] = (int8_t)v;
+        }
+    }
+    return 1;
+}
+
+int bge_qs8_quantize_weights(const float *w, int N, int K, int8_t *w_s8, float *w_scale,
+                             int nthreads) {
+    if (!w || !w_s8 || !w_scale || N < 1 || K < 1 || K > BGE_Q8_MAX_K || nthreads < 1)
+        return BGE_ERR_ARG;
+    const int ng = BGE_Q8_NGROUPS(K);
+    int bad = 0;
+#pragma omp parallel for if (nthreads > 1) num_threads(nthreads) schedule(static) \
+    reduction(| : bad)
+    for (int n = 0; n < N; n++)
+        bad |= !quantize_weight_row(w + (size_t)n * K, K, w_s8 + (size_t)n * K,
+                                    w_scale + (size_t)n * ng);
+    return bad ? BGE_ERR_ARG : BGE_OK;
+}
+
+/* ---------------------------------------------------------------------------------------
  * Packing: header, scales, column sums, weights
  * ------------------------------------------------------------------------------------- */
 
@@ -217,16 +272,33 @@ int bge_q8_pack_panels(const int8_t *w, const float *w_scale, int K, int N, void
     write_head(w, w_scale, K, N, packed, layout, nr, kgroup, elt);
     const int Kp = BGE_Q8_KP(K), Np = (N + nr - 1) / nr * nr, G = Kp / kgroup;
     char *wt = (char *)packed + bge_q8_weights_offset(Np, BGE_Q8_NGROUPS(K));
+    /* row by row (the source is read in order), one k-group of kgroup bytes at a time */
+    const size_t gstride = (size_t)nr * kgroup; /* elements from one k-group to the next */
+    const int full = N > 0 ? K / kgroup : 0; /* k-groups wholly inside K */
     for (int n = 0; n < Np; n++) {
         const int p = n / nr, j = n % nr;
-        for (int k = 0; k < Kp; k++) {
-            const int g = k / kgroup, r = k % kgroup;
-            const int v = (n < N && k < K) ? w[(size_t)n * K + k] : 0;
-            const size_t i = (((size_t)p * G + g) * nr + j) * kgroup + r;
-            if (elt == 1)
-                ((int8_t *)wt)[i] = (int8_t)v;
-            else
-                ((int16_t *)wt)[i] = (int16_t)v;
+        const int8_t *src = n < N ? w + (size_t)n * K : NULL;
+        const size_t i0 = ((size_t)p * G * nr + j) * kgroup;
+        int g = 0;
+        if (src && elt == 1) {
+            for (; g < full; g++)
+                memcpy((int8_t *)wt + i0 + (size_t)g * gstride, src + g * kgroup,
+                       (size_t)kgroup);
+        } else if (src) {
+            for (; g < full; g++)
+                for (int r = 0; r < kgroup; r++)
+                    ((int16_t *)wt)[i0 + (size_t)g * gstride + r] = src[g * kgroup + r];
+        }
+        for (; g < G; g++) { /* the k-groups that reach past K, and padding columns */
+            const size_t i = i0 + (size_t)g * gstride;
+            for (int r = 0; r < kgroup; r++) {
+                const int k = g * kgroup + r;
+                const int v = (src && k < K) ? src[k] : 0;
+                if (elt == 1)
+                    ((int8_t *)wt)[i + r] = (int8_t)v;
+                else
+                    ((int16_t *)wt)[i + r] = (int16_t)v;
+            }
         }
     }
     return BGE_OK;

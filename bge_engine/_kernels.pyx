@@ -595,6 +595,55 @@ cdef class Kernels:
         _check_status(st, "qgemm")
         return out
 
+    def qlinear(self, x, packed, bias, out, q, scale, zp, epilogue="bias", res=None,
+                threads=1):
+        """out (M, N) = epilogue(x (M, K) @ W^T + bias) [+ res] in int8: quantise() then
+        qgemm() in one call, with the GIL released once (the int8 Linear of the forward
+        pass). q, scale and zp are flat workspace buffers of at least M * q8_row_bytes(K)
+        uint8, M * q8_groups(K) float32 and M * q8_groups(K) int32; they receive the
+        quantised x."""
+        if not isinstance(packed, PackedQ8):
+            raise ValueError("packed: expected the PackedQ8 that Kernels.qpack returned")
+        if not isinstance(x, np.ndarray) or x.ndim != 2:
+            raise ValueError(f"x: expected a float32 array of shape (M, {packed.K})")
+        cdef int M = x.shape[0], K = packed.K, N = packed.N
+        cdef int Kp = q8_row_bytes(K), G = q8_groups(K)
+        _check(x, "x", (M, K))
+        cdef int epi = _epilogue(epilogue, bias, res, out, M, N)
+        cdef int nt = _threads(threads)
+        for a, name, dt, n in ((q, "q", np.uint8, M * Kp), (scale, "scale", np.float32, M * G),
+                               (zp, "zp", np.int32, M * G)):
+            if not isinstance(a, np.ndarray) or a.ndim != 1 or a.shape[0] < n:
+                raise ValueError(f"{name}: expected a flat {np.dtype(dt).name} array of at "
+                                 f"least {n} elements")
+            _writable(_check(a, name, (a.shape[0],), dt), name)
+        if M == 0:
+            return out
+        if packed.data.nbytes < 64:
+            raise ValueError("packed: too short to hold a packed int8 weight")
+        if np.may_share_memory(q, out) or np.may_share_memory(q, x):
+            raise ValueError("q: must not overlap x or out")
+        cdef const float[:, ::1] xv = x
+        cdef uint8_t[::1] qv = q
+        cdef float[::1] sv = scale
+        cdef int32_t[::1] zv = zp
+        cdef const uint8_t[::1] pv = packed.data
+        cdef const float[::1] bv = bias
+        cdef float[:, ::1] ov = out
+        cdef const float[:, ::1] rv
+        cdef const float *rp = NULL
+        if epi == BGE_EPI_BIAS_RESIDUAL:
+            rv = res
+            rp = &rv[0, 0]
+        cdef int st
+        with nogil:
+            st = self.t.qu8_quantize(&xv[0, 0], M, K, &qv[0], &sv[0], &zv[0], nt)
+            if st == BGE_OK:
+                st = self.t.qu8s8_gemm(&qv[0], &sv[0], &zv[0], M, K, N,
+                                       <const void *>&pv[0], &bv[0], rp, &ov[0, 0], epi, nt)
+        _check_status(st, "qlinear")
+        return out
+
     def qgemm_i32(self, q, packed, acc, threads=1):
         """acc (M, N) int32 = q (M, Kp) @ w_s8^T, the raw sums (no zero-point term)."""
         cdef int M = self._q_rows(q, packed)

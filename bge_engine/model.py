@@ -101,12 +101,9 @@ class Linear:
         if not self.int8:
             k.gemm(x, self.w, self.b, out, epilogue, res=res, threads=threads)
             return
-        T, K = x.shape
-        q = ws.q[:T * _kernels.q8_row_bytes(K)].reshape(T, -1)
-        ng = _kernels.q8_groups(K)
-        scale, zp = ws.q_scale[:T * ng].reshape(T, ng), ws.q_zp[:T * ng].reshape(T, ng)
-        k.quantize(x, q, scale, zp, threads)
-        k.qgemm(q, scale, zp, self.w, self.b, out, epilogue, res=res, threads=threads)
+        # x quantised per token and group into the workspace, then the int8 GEMM: one call
+        k.qlinear(x, self.w, self.b, out, ws.q, ws.q_scale, ws.q_zp, epilogue, res=res,
+                  threads=threads)
 
 
 class PackedLayer:

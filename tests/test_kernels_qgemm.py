@@ -582,3 +582,49 @@ def test_qpack_into_a_given_buffer(isa):
     for bad in (buf[at:at + n - 1], buf[at + 4:at + n + 4]):
         with pytest.raises(ValueError, match="out"):
             k.qpack(w, s, out=bad)
+
+
+@pytest.mark.parametrize("isa", ("ref",) + tuple(INT8_LEVELS))
+@pytest.mark.parametrize("M,K,N,epilogue", [(1, 7, 17, "bias"), (17, 385, 49, "gelu"),
+                                            (33, 384, 1152, "residual"), (9, 1537, 7, "bias")])
+def test_qlinear_is_quantize_then_qgemm(isa, M, K, N, epilogue):
+    """qlinear (the forward pass's int8 Linear) gives the bits of quantize + qgemm, and
+    leaves the quantised x in the flat workspace buffers."""
+    k = level(isa)
+    rng = np.random.default_rng(M * 7 + K)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    w = rng.integers(-127, 128, size=(N, K), dtype=np.int8)
+    s = rng.uniform(0.001, 0.01, size=(N, ng(K))).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    res = rng.standard_normal((M, N)).astype(np.float32) if epilogue == "residual" else None
+    p = k.qpack(w, s)
+    q, sc, zp = (np.empty((M, kp(K)), np.uint8), np.empty((M, ng(K)), np.float32),
+                 np.empty((M, ng(K)), np.int32))
+    k.quantize(x, q, sc, zp, threads=2)
+    want = k.qgemm(q, sc, zp, p, b, np.empty((M, N), np.float32), epilogue, res=res)
+    fq = np.zeros(M * kp(K) + 5, np.uint8)
+    fs, fz = np.zeros(M * ng(K) + 3, np.float32), np.zeros(M * ng(K) + 3, np.int32)
+    out = np.full((M, N), F_SENT, np.float32)
+    k.qlinear(x, p, b, out, fq, fs, fz, epilogue, res=res, threads=2)
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(fq[:M * kp(K)].reshape(M, -1), q)
+    np.testing.assert_array_equal(fs[:M * ng(K)].reshape(M, -1), sc)
+    np.testing.assert_array_equal(fz[:M * ng(K)].reshape(M, -1), zp)
+
+
+def test_qlinear_bad_arguments():
+    k = _kernels.Kernels("ref")
+    p = k.qpack(np.ones((5, 9), np.int8), np.ones((5, 1), np.float32))
+    x, b, out = np.ones((3, 9), np.float32), np.zeros(5, np.float32), np.empty((3, 5), np.float32)
+    q, s, z = np.empty(36, np.uint8), np.empty(3, np.float32), np.empty(3, np.int32)
+    k.qlinear(x, p, b, out, q, s, z)
+    with pytest.raises(ValueError, match="q: expected a flat uint8 array of at least 36"):
+        k.qlinear(x, p, b, out, q[:35], s, z)
+    with pytest.raises(ValueError, match="zp"):
+        k.qlinear(x, p, b, out, q, s, z.astype(np.int64))
+    with pytest.raises(ValueError, match="x"):
+        k.qlinear(np.ones((3, 8), np.float32), p, b, out, q, s, z)
+    with pytest.raises(ValueError, match="packed"):
+        k.qlinear(x, "w", b, out, q, s, z)
+    with pytest.raises(ValueError, match="res"):
+        k.qlinear(x, p, b, out, q, s, z, "residual")

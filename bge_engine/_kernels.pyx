@@ -636,8 +636,11 @@ cdef class Kernels:
             rv = res
             rp = &rv[0, 0]
         cdef int st
+        # a short x is quantised on one thread: waking the others costs more than the work
+        # (each row's bytes are the same on any number of threads)
+        cdef int nq = nt if <long long>M * K >= 32768 else 1
         with nogil:
-            st = self.t.qu8_quantize(&xv[0, 0], M, K, &qv[0], &sv[0], &zv[0], nt)
+            st = self.t.qu8_quantize(&xv[0, 0], M, K, &qv[0], &sv[0], &zv[0], nq)
             if st == BGE_OK:
                 st = self.t.qu8s8_gemm(&qv[0], &sv[0], &zv[0], M, K, N,
                                        <const void *>&pv[0], &bv[0], rp, &ov[0, 0], epi, nt)

@@ -134,32 +134,41 @@ static inline float rint_small(float v) {
     return (v + magic) - magic;
 }
 
-/* One row: w (K) -> w_s8 (K), w_scale (ngroups). Returns 0 on a non-finite value.      */
-static int quantize_weight_row(const float *w, int K, int8_t *q, float *w_scale) {
-    for (int g = 0, k0 = 0; k0 < K; g++, k0 += BGE_Q8_GROUP) {
-        const int n = K - k0 < BGE_Q8_GROUP ? K - k0 : BGE_Q8_GROUP;
-        /* max |w| on the bit patterns: with the sign bit cleared, a float's pattern orders
-         * as its magnitude does, and every inf or NaN pattern is above FLT_MAX's. An
-         * integer max vectorises where a float one would need -ffast-math.             */
-        uint32_t top = 0;
-        for (int k = 0; k < n; k++) {
-            uint32_t b;
-            memcpy(&b, w + k0 + k, sizeof b);
-            b &= 0x7FFFFFFFu;
-            top = b > top ? b : top;
-        }
-        if (top > 0x7F7FFFFFu) return 0; /* inf or NaN */
-        float amax;
-        memcpy(&amax, &top, sizeof amax);
-        const float s = amax > 0.0f ? amax / 127.0f : 1.0f;
-        w_scale[g] = s;
-        for (int k = 0; k < n; k++) {
-            float v = rint_small(w[k0 + k] / s);
-            v = v < -127.0f ? -127.0f : v > 127.0f ? 127.0f : v;
-            q[k0 + k] = (int8_t)v;
-        }
+/* One group of n <= 64 weights: w (n) -> q (n), *scale. Returns 0 on a non-finite value.
+ * Inlined with n = 64 for the full groups, so both loops vectorise with no peeling and no
+ * aliasing checks (q is int8, w float: they can't alias).                               */
+static inline __attribute__((always_inline)) int quantize_weight_group(
+    const float *restrict w, const int n, int8_t *restrict q, float *restrict scale) {
+    /* max |w| on the bit patterns: with the sign bit cleared, a float's pattern orders as its
+     * magnitude does, and every inf or NaN pattern is above FLT_MAX's. An integer max
+     * vectorises where a float one would need -ffast-math.                               */
+    int32_t top = 0; /* the patterns are below 2^31 once the sign is cleared */
+    for (int k = 0; k < n; k++) {
+        int32_t b;
+        memcpy(&b, w + k, sizeof b);
+        b &= 0x7FFFFFFF;
+        top = b > top ? b : top;
+    }
+    if (top > 0x7F7FFFFF) return 0; /* inf or NaN */
+    float amax;
+    memcpy(&amax, &top, sizeof amax);
+    const float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+    *scale = s;
+    for (int k = 0; k < n; k++) {
+        float v = rint_small(w[k] / s);
+        v = v < -127.0f ? -127.0f : v > 127.0f ? 127.0f : v;
+        q[k] = (int8_t)v;
     }
     return 1;
+}
+
+/* One row: w (K) -> w_s8 (K), w_scale (ngroups). Returns 0 on a non-finite value.      */
+static int quantize_weight_row(const float *w, int K, int8_t *q, float *w_scale) {
+    int ok = 1, g = 0, k0 = 0;
+    for (; k0 + BGE_Q8_GROUP <= K; g++, k0 += BGE_Q8_GROUP)
+        ok &= quantize_weight_group(w + k0, BGE_Q8_GROUP, q + k0, w_scale + g);
+    if (k0 < K) ok &= quantize_weight_group(w + k0, K - k0, q + k0, w_scale + g);
+    return ok;
 }
 
 int bge_qs8_quantize_weights(const float *w, int N, int K, int8_t *w_s8, float *w_scale,
@@ -193,9 +202,9 @@ static int check_weights(const int8_t *w, const float *w_scale, int K, int N,
                          const void *packed) {
     if (!w || !w_scale || !packed || K < 1 || N < 1 || K > BGE_Q8_MAX_K) return BGE_ERR_ARG;
     const size_t n = (size_t)N * K;
-    for (size_t i = 0; i < n; i++)
-        if (w[i] == -128) return BGE_ERR_ARG;
-    return BGE_OK;
+    int bad = 0; /* no early exit: the scan vectorises */
+    for (size_t i = 0; i < n; i++) bad |= w[i] == -128;
+    return bad ? BGE_ERR_ARG : BGE_OK;
 }
 
 /* Header, w_scale (ngroups, Np) and colsum (ngroups, Np) of a packing with panels of nr
@@ -280,7 +289,9 @@ int bge_q8_pack_panels(const int8_t *w, const float *w_scale, int K, int N, void
         const int8_t *src = n < N ? w + (size_t)n * K : NULL;
         const size_t i0 = ((size_t)p * G * nr + j) * kgroup;
         int g = 0;
-        if (src && elt == 1) {
+        if (src && elt == 1 && kgroup == 4) { /* a constant-size copy: one 4-byte move */
+            for (; g < full; g++) memcpy((int8_t *)wt + i0 + (size_t)g * gstride, src + 4 * g, 4);
+        } else if (src && elt == 1) {
             for (; g < full; g++)
                 memcpy((int8_t *)wt + i0 + (size_t)g * gstride, src + g * kgroup,
                        (size_t)kgroup);

@@ -236,7 +236,8 @@ class _ComputeSlot:
         e = self.engine
         e._slots.acquire()
         with e._ws_lock:
-            self.ws = e._workspaces.pop() if e._workspaces else e._model.new_workspace()
+            self.ws = (e._workspaces.pop() if e._workspaces
+                       else e._model.new_workspace(max(TOKEN_BUDGET, e.max_tokens)))
         return self.ws
 
     def __exit__(self, *exc):

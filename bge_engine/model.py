@@ -8,6 +8,7 @@ workspace's buffers, so a forward pass allocates nothing beyond the pooled outpu
 from __future__ import annotations
 
 import math
+import mmap
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional
@@ -26,40 +27,62 @@ class Workspace:
     """The activation buffers of one forward pass, grown when a batch needs more.
 
     One workspace serves one call at a time; the engine keeps a pool of them so that
-    concurrent calls never share buffers.
+    concurrent calls never share buffers. The buffers are views of one anonymous memory
+    mapping reserved for at least `reserve` tokens: pages the batches never touch cost no
+    memory, and growing unmaps the old mapping at once, where freed numpy buffers would
+    linger in the C heap (measured: ~9 MB of a run's peak RSS).
     """
 
-    def __init__(self, hidden: int, intermediate: int):
+    def __init__(self, hidden: int, intermediate: int, reserve: int = 0):
         self.hidden, self.intermediate = hidden, intermediate
         self.tokens = 0
+        self.reserve = reserve
         self.scratch = np.empty(0, dtype=np.float32)
         self.row_bytes = _kernels.q8_row_bytes(max(hidden, intermediate))
 
     def ensure(self, tokens: int, scratch_floats: int) -> None:
         """Makes room for `tokens` rows and `scratch_floats` floats of attention scratch."""
         if tokens > self.tokens:
-            cap = -(-tokens // 64) * 64
+            cap = -(-max(tokens, self.reserve) // 64) * 64
             H, F = self.hidden, self.intermediate
-            self.h = np.empty((cap, H), dtype=np.float32)  # hidden states
-            self.qkv = np.empty((cap, 3 * H), dtype=np.float32)  # Q | K | V
-            self.ctx = np.empty((cap, H), dtype=np.float32)  # attention output
-            self.up = np.empty((cap, F), dtype=np.float32)  # FFN intermediate
-            self.q = np.empty(cap * self.row_bytes, dtype=np.uint8)  # int8: quantised input
-            self.q_scale = np.empty(cap * _kernels.q8_groups(max(H, F)), np.float32)  # int8
-            self.q_zp = np.empty(cap * _kernels.q8_groups(max(H, F)), np.int32)  # (T, groups)
+            G = _kernels.q8_groups(max(H, F))
+            layout = (("h", (cap, H), np.float32),  # hidden states
+                      ("qkv", (cap, 3 * H), np.float32),  # Q | K | V
+                      ("ctx", (cap, H), np.float32),  # attention output
+                      ("up", (cap, F), np.float32),  # FFN intermediate
+                      ("q", (cap * self.row_bytes,), np.uint8),  # int8: quantised input
+                      ("q_scale", (cap * G,), np.float32),  # int8: (T, groups)
+                      ("q_zp", (cap * G,), np.int32))
+            sizes = [-(-int(np.prod(shape)) * np.dtype(dt).itemsize // 64) * 64
+                     for _, shape, dt in layout]
+            buf = _anonymous(sum(sizes))
+            at = 0
+            for (name, shape, dt), size in zip(layout, sizes):
+                n = int(np.prod(shape))
+                setattr(self, name, np.frombuffer(buf, dtype=dt, count=n, offset=at).reshape(shape))
+                at += size
             self.tokens = cap
         if scratch_floats > self.scratch.shape[0]:
             self.scratch = np.empty(scratch_floats, dtype=np.float32)
 
 
+def _anonymous(nbytes: int):
+    """A writable buffer of nbytes of zero pages, mapped privately where mmap can (its pages
+    cost memory only once written, and go back to the OS when the last view is dropped)."""
+    flags = getattr(mmap, "MAP_PRIVATE", None), getattr(mmap, "MAP_ANONYMOUS", None)
+    if None in flags:
+        return np.empty(nbytes, dtype=np.uint8)
+    return mmap.mmap(-1, max(1, nbytes), flags=flags[0] | flags[1])
+
+
 class LoadScratch:
-    """The buffers one loading thread reuses layer after layer: the layer's fp32 matrices as
-    read from the file, and an int8 weight with its scales on their way to being packed."""
+    """The buffers one loading thread reuses matrix after matrix: a weight as read from the
+    file, and its int8 form with scales on their way to being packed."""
 
     def __init__(self, ckpt: Checkpoint):
         H, F = ckpt.config.hidden, ckpt.config.intermediate
         rows, cols = max(3 * H, F), max(H, F)  # bounds every matrix of a layer
-        self.floats = np.empty(ckpt.layer_floats(), dtype=np.float32)
+        self.floats = np.empty(ckpt.matrix_floats(), dtype=np.float32)
         self.w_s8 = np.empty(rows * cols, dtype=np.int8)
         self.w_scale = np.empty(rows * _kernels.q8_groups(cols), dtype=np.float32)
 
@@ -107,23 +130,33 @@ class Linear:
 
 
 class PackedLayer:
-    """One encoder layer, its four Linear layers packed for the kernel table, into `arena`
-    (a uint8 buffer of arena_bytes(...), 64-byte aligned) when one is given."""
+    """One encoder layer, its four Linear layers packed for the kernel table.
 
-    def __init__(self, kernels, w, int8: frozenset, arena: Optional[np.ndarray] = None,
-                 scratch: Optional[LoadScratch] = None):
-        H, F = w.qkv_w.shape[1], w.up_w.shape[0]
-        slots = iter(_slots(kernels, H, F, int8, arena))
+    Args:
+        kernels: the table to pack for.
+        ckpt, i: the checkpoint and the layer; each weight is read, packed and dropped in
+            turn.
+        int8: the matmuls to pack for int8 (names from MATMULS).
+        arena: a uint8 buffer of arena_bytes(...), 64-byte aligned, to pack into, or None.
+        scratch: the loading thread's buffers, or None.
+    """
 
-        def linear(name, weight, bias):
-            return Linear(kernels, weight, bias, name in int8, next(slots), scratch)
+    def __init__(self, kernels, ckpt: Checkpoint, i: int, int8: frozenset,
+                 arena: Optional[np.ndarray] = None, scratch: Optional[LoadScratch] = None):
+        cfg = ckpt.config
+        slots = dict(zip(MATMULS, _slots(kernels, cfg.hidden, cfg.intermediate, int8, arena)))
+        v = ckpt.biases(i)
 
-        self.qkv = linear("qkv", w.qkv_w, w.qkv_b)
-        self.out = linear("out", w.out_w, w.out_b)
-        self.ln1_g, self.ln1_b = w.ln1_g, w.ln1_b
-        self.up = linear("up", w.up_w, w.up_b)
-        self.down = linear("down", w.down_w, w.down_b)
-        self.ln2_g, self.ln2_b = w.ln2_g, w.ln2_b
+        def linear(name):
+            w = ckpt.matrix(i, name, None if scratch is None else scratch.floats)
+            return Linear(kernels, w, v[name + "_b"], name in int8, slots[name], scratch)
+
+        self.qkv = linear("qkv")
+        self.out = linear("out")
+        self.ln1_g, self.ln1_b = v["ln1_g"], v["ln1_b"]
+        self.up = linear("up")
+        self.down = linear("down")
+        self.ln2_g, self.ln2_b = v["ln2_g"], v["ln2_b"]
 
     @staticmethod
     def arena_bytes(kernels, H: int, F: int, int8: frozenset) -> int:
@@ -182,10 +215,10 @@ class BertModel:
         self.word, self.pos, self.type = ckpt.word, ckpt.pos, ckpt.type
         self.emb_ln_g, self.emb_ln_b = ckpt.emb_ln_g, ckpt.emb_ln_b
         int8 = frozenset(int8)
-        # Layers are read, checked and packed on `threads` threads at once (the C readers,
+        # Layers are read, checked and packed on `threads` threads at once (pread, the C
         # quantiser and packers release the GIL; the cold start is mostly this loop), each
-        # thread with its own scratch buffers, reused layer after layer, so the raw weights
-        # are never all in memory at once; the packed ones go to one arena.
+        # thread with its own scratch buffers, reused matrix after matrix, so at most one raw
+        # weight per thread is in memory beside the packed ones, which go to one arena.
         per_layer = PackedLayer.arena_bytes(kernels, cfg.hidden, cfg.intermediate, int8)
         arena = weight_arena(per_layer * cfg.layers)
         local = threading.local()
@@ -193,15 +226,17 @@ class BertModel:
         def load(i: int) -> PackedLayer:
             if not hasattr(local, "scratch"):
                 local.scratch = LoadScratch(ckpt)
-            return PackedLayer(kernels, ckpt.layer(i, local.scratch.floats), int8,
-                               arena[i * per_layer:(i + 1) * per_layer], local.scratch)
+            return PackedLayer(kernels, ckpt, i, int8, arena[i * per_layer:(i + 1) * per_layer],
+                               local.scratch)
 
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             self.layers = list(pool.map(load, range(cfg.layers)))
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
 
-    def new_workspace(self) -> Workspace:
-        return Workspace(self.config.hidden, self.config.intermediate)
+    def new_workspace(self, reserve: int = 0) -> Workspace:
+        """A workspace; `reserve` tokens of address space are set aside up front (see
+        Workspace), so that batches up to that size never re-allocate."""
+        return Workspace(self.config.hidden, self.config.intermediate, reserve)
 
     def forward(self, ids: np.ndarray, offsets: np.ndarray, ws: Workspace, threads: int,
                 hidden_states: Optional[List[np.ndarray]] = None) -> np.ndarray:

@@ -73,52 +73,67 @@ class Checkpoint:
     emb_ln_b: np.ndarray
     reader: "_TensorReader"
 
-    def layer_floats(self) -> int:
-        """Floats of one layer's four weight matrices: the size of a `layer` staging buffer."""
+    # Each matmul of a layer: its (N, K) and the tensors it is read from, stacked by rows
+    # (Q, K and V make one (3H, H) weight).
+    def _matrix_parts(self, name: str):
         H, F = self.config.hidden, self.config.intermediate
-        return 4 * H * H + 2 * F * H
+        parts = {
+            "qkv": [(f"attention.self.{n}", (H, H)) for n in ("query", "key", "value")],
+            "out": [("attention.output.dense", (H, H))],
+            "up": [("intermediate.dense", (F, H))],
+            "down": [("output.dense", (H, F))],
+        }
+        if name not in parts:
+            raise ValueError(f"matrix: expected one of {list(parts)}, got {name!r}")
+        return parts[name]
 
-    def layer(self, i: int, staging: Optional[np.ndarray] = None) -> LayerWeights:
-        """Reads encoder layer i from model.safetensors.
+    def matrix_floats(self) -> int:
+        """Floats of the largest matmul weight of a layer: the size of a `matrix` buffer."""
+        return max(sum(r * c for _, (r, c) in self._matrix_parts(m))
+                   for m in ("qkv", "out", "up", "down"))
 
-        Args:
-            i: the layer.
-            staging: a float32 buffer of at least `layer_floats()` to read the four weight
-                matrices into (the result's matrices are views of it, valid until the buffer
-                is reused); None reads them into new arrays.
-        """
+    def matrix(self, i: int, name: str, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Weight `name` ("qkv", "out", "up" or "down") of encoder layer i, (N, K) float32
+        in torch Linear layout, read into the start of `out` (a float32 buffer of at least
+        `matrix_floats()`; the result is a view of it) or into a new array."""
+        parts = self._matrix_parts(name)
+        N, K = sum(r for _, (r, _c) in parts), parts[0][1][1]
+        if out is None:
+            out = np.empty(N * K, dtype=np.float32)
+        elif out.dtype != np.float32 or out.ndim != 1 or out.size < N * K:
+            raise ValueError(f"out: expected a flat float32 buffer of at least {N * K}")
+        w = out[:N * K].reshape(N, K)
+        row = 0
+        for tensor, (r, c) in parts:
+            self.reader.get(f"encoder.layer.{i}.{tensor}.weight", (r, c), w[row:row + r])
+            row += r
+        return w
+
+    def biases(self, i: int) -> dict:
+        """Encoder layer i's biases and LayerNorm vectors, by LayerWeights field name."""
         H, F = self.config.hidden, self.config.intermediate
         p = f"encoder.layer.{i}."
-        if staging is None:
-            staging = np.empty(self.layer_floats(), dtype=np.float32)
-        elif staging.dtype != np.float32 or staging.size < self.layer_floats():
-            raise ValueError(f"staging: expected at least {self.layer_floats()} float32")
-        views, at = [], 0
-        for rows, cols in ((3 * H, H), (H, H), (F, H), (H, F)):
-            views.append(staging[at:at + rows * cols].reshape(rows, cols))
-            at += rows * cols
-        qkv_w, out_w, up_w, down_w = views
 
-        def get(name, shape, out=None):
-            return self.reader.get(p + name, shape, out)
+        def get(name, n):
+            return self.reader.get(p + name, (n,))
 
-        for j, n in enumerate(("query", "key", "value")):
-            get(f"attention.self.{n}.weight", (H, H), qkv_w[j * H:(j + 1) * H])
-        qkv_b = [get(f"attention.self.{n}.bias", (H,)) for n in ("query", "key", "value")]
-        return LayerWeights(
-            qkv_w=qkv_w,
-            qkv_b=np.concatenate(qkv_b),
-            out_w=get("attention.output.dense.weight", (H, H), out_w),
-            out_b=get("attention.output.dense.bias", (H,)),
-            ln1_g=get("attention.output.LayerNorm.weight", (H,)),
-            ln1_b=get("attention.output.LayerNorm.bias", (H,)),
-            up_w=get("intermediate.dense.weight", (F, H), up_w),
-            up_b=get("intermediate.dense.bias", (F,)),
-            down_w=get("output.dense.weight", (H, F), down_w),
-            down_b=get("output.dense.bias", (H,)),
-            ln2_g=get("output.LayerNorm.weight", (H,)),
-            ln2_b=get("output.LayerNorm.bias", (H,)),
+        return dict(
+            qkv_b=np.concatenate([get(f"attention.self.{n}.bias", H)
+                                  for n in ("query", "key", "value")]),
+            out_b=get("attention.output.dense.bias", H),
+            ln1_g=get("attention.output.LayerNorm.weight", H),
+            ln1_b=get("attention.output.LayerNorm.bias", H),
+            up_b=get("intermediate.dense.bias", F),
+            down_b=get("output.dense.bias", H),
+            ln2_g=get("output.LayerNorm.weight", H),
+            ln2_b=get("output.LayerNorm.bias", H),
         )
+
+    def layer(self, i: int) -> LayerWeights:
+        """Encoder layer i, every tensor in new arrays."""
+        return LayerWeights(qkv_w=self.matrix(i, "qkv"), out_w=self.matrix(i, "out"),
+                            up_w=self.matrix(i, "up"), down_w=self.matrix(i, "down"),
+                            **self.biases(i))
 
 
 def _read_json(path: Path) -> dict:

@@ -8,21 +8,25 @@ batching never changes a bit of the result.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _kernels, hub, schema
 from .errors import InputTooLong, InvalidInput
-from .model import BertModel
+from .model import BertModel, run_on_threads
 from .tokenizer import Tokenizer
 from .weights import load_checkpoint
 
-log = logging.getLogger("bge_engine")
+
+
+def _log():
+    """The "bge_engine" logger (logging is imported on first use: ~4 ms of cold start)."""
+    import logging
+
+    return logging.getLogger("bge_engine")
 
 # The most tokens one forward pass holds: bounds the workspace (about 14 MB for bge-small)
 # while keeping batches large enough for the GEMMs (M = 1024 runs them at full speed).
@@ -80,14 +84,15 @@ class Engine:
         self.config = ckpt.config
         self.dtype, self.threads, self.truncate = dtype, threads, truncate
         self._pooling = ckpt.pooling
-        # The tokenizer is built on a thread of its own while the layers are packed: building
-        # it holds the GIL for ~20 ms, and packing mostly runs in C without it.
-        with ThreadPoolExecutor(max_workers=1) as side:
-            tokenizer = side.submit(Tokenizer, self.folder / "tokenizer.json", ckpt.config.vocab)
-            self._model = BertModel(ckpt, _kernels.Kernels(),
-                                    int8=INT8_MATMULS if dtype == "int8" else (),
-                                    threads=threads)
-            self.tokenizer = tokenizer.result()
+        # The model and the tokenizer are built on two threads at once: building the
+        # tokenizer holds the GIL for ~20 ms, and packing the layers mostly runs without it.
+        def build(i):
+            if i == 0:
+                return BertModel(ckpt, _kernels.Kernels(),
+                                 int8=INT8_MATMULS if dtype == "int8" else (), threads=threads)
+            return Tokenizer(self.folder / "tokenizer.json", ckpt.config.vocab)
+
+        self._model, self.tokenizer = run_on_threads(build, 2, 2)
         # Concurrent calls: each takes a workspace from the pool, and at most
         # cores // threads of them compute at once, so threads never oversubscribe the cores.
         self._workspaces: List = []
@@ -194,7 +199,7 @@ class Engine:
             all_ids[i] = self.tokenizer.truncate(ids, limit)
             cut += 1
         if cut:
-            log.warning("truncated %d of %d texts to the model's %d tokens", cut, len(texts),
+            _log().warning("truncated %d of %d texts to the model's %d tokens", cut, len(texts),
                         limit)
         return all_ids
 

@@ -66,3 +66,18 @@ def test_workspace_reserves_then_grows_with_separate_buffers():
     assert ws.tokens == 640 and ws.qkv.shape == (640, 1152) and ws.scratch.shape == (10,)
     ws.ensure(100, 20)  # never shrinks
     assert ws.tokens == 640 and ws.scratch.shape == (20,)
+
+
+def test_run_on_threads_keeps_order_and_raises_the_error():
+    from bge_engine.model import run_on_threads
+
+    assert run_on_threads(lambda i: i * i, 9, 3) == [i * i for i in range(9)]
+    assert run_on_threads(lambda i: i, 0, 4) == []
+
+    def boom(i):
+        if i == 5:
+            raise KeyError("layer 5")
+        return i
+
+    with pytest.raises(KeyError, match="layer 5"):
+        run_on_threads(boom, 12, 2)

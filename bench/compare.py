@@ -9,12 +9,14 @@ Each engine runs in its own process (thread pools of different libraries never s
 with the same thread count. Measured: batch-1 latency at 8, 16, 32, 128 and 512 tokens;
 throughput on the 256 sentences of bench/sentences.txt in batches of 32, fed in the caller's
 order (as fastembed feeds them) and, for the peers, length-sorted; peak RSS; cold start
-(process start to first vector). Medians over repeats. Results go to bench/results/ as JSON
-and a markdown table, with the ratios against each peer.
+(process start to first vector). Medians over repeats; with --rounds N the whole lineup is
+measured N times back to back and the table gives medians over rounds and the median (and
+range) of each round's ratios, which shared, noisy machines need. Results go to
+bench/results/ as JSON and a markdown table, with the ratios against each peer.
 
     pip install -e ".[bench]"
     python bench/compare.py                     # the synthetic bge-small checkpoint, 1 and 2 threads
-    python bench/compare.py --model DIR --threads 2
+    python bench/compare.py --model DIR --threads 2 --rounds 3
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -205,33 +208,45 @@ def run_worker(engine, folder, onnx_path, threads, pooling):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def _measures(lineup):
+    """(label, fmt, higher_is_better, value of one engine's result) for each table row."""
+    rows = [(f"latency {n} tokens (ms)", "{:.2f}", False,
+             lambda r, n=n: r["latency_s"][str(n)] * 1e3) for n in bench.LENGTHS]
+    rows += [(f"throughput, {label} (sent/s)", "{:.1f}", True, lambda r, k=key: r[k])
+             for key, label in (("throughput_caller", "caller's order"),
+                                ("throughput_sorted", "length-sorted"))]
+    rows += [("peak RSS (MB)", "{:.0f}", False, lambda r: r["peak_rss_mb"]),
+             ("cold start (ms)", "{:.0f}", False, lambda r: r["cold_start_s"] * 1e3)]
+    return rows
+
+
 def table(results, threads_list, lineup):
-    """The markdown table, with ratios of each peer to ours (> 1: ours is faster, smaller)."""
+    """The markdown table, with ratios of each peer to ours (> 1: ours is faster, smaller).
+
+    With several rounds, each value is the median over rounds, and each ratio the median of
+    the rounds' own ratios (each round measures every engine back to back), with the range
+    of those ratios in brackets."""
     peers = lineup[1:]
+    rounds = results["rounds"]
     lines = []
-
-    def row(label, values, fmt, higher_is_better):
-        ratios = [(values[0] / v if higher_is_better else v / values[0]) for v in values[1:]]
-        return (f"| {label} | " + " | ".join(fmt.format(v) for v in values) + " | "
-                + " | ".join(f"{x:.2f}x" for x in ratios) + " |")
-
     for t in threads_list:
-        r = {e: results[f"{e}/{t}"] for e in lineup}
         head = " | ".join(LABELS[e] for e in lineup)
         ratio_head = " | ".join(f"{LABELS[p]} / ours" for p in peers)
         lines += [f"### {t} thread{'s' if t > 1 else ''}", "",
                   f"| measure | {head} | {ratio_head} |",
                   "|---" * (1 + len(lineup) + len(peers)) + "|"]
-        for n in bench.LENGTHS:
-            lines.append(row(f"latency {n} tokens (ms)",
-                             [r[e]["latency_s"][str(n)] * 1e3 for e in lineup], "{:.2f}", False))
-        for key, label in (("throughput_caller", "caller's order"),
-                           ("throughput_sorted", "length-sorted")):
-            lines.append(row(f"throughput, {label} (sent/s)", [r[e][key] for e in lineup],
-                             "{:.1f}", True))
-        lines.append(row("peak RSS (MB)", [r[e]["peak_rss_mb"] for e in lineup], "{:.0f}", False))
-        lines.append(row("cold start (ms)", [r[e]["cold_start_s"] * 1e3 for e in lineup],
-                         "{:.0f}", False))
+        for label, fmt, higher, value in _measures(lineup):
+            per_round = [[value(rd[f"{e}/{t}"]) for e in lineup] for rd in rounds]
+            medians = [statistics.median(v[i] for v in per_round) for i in range(len(lineup))]
+            cells = []
+            for i in range(1, len(lineup)):
+                ratios = [(v[0] / v[i] if higher else v[i] / v[0]) for v in per_round]
+                cell = f"{statistics.median(ratios):.2f}x"
+                if len(ratios) > 1:
+                    cell += f" ({min(ratios):.2f}-{max(ratios):.2f})"
+                cells.append(cell)
+            lines.append(f"| {label} | " + " | ".join(fmt.format(v) for v in medians) + " | "
+                         + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -245,6 +260,9 @@ def main(argv=None):
     p.add_argument("--dtype", choices=tuple(LINEUPS), default="fp32",
                    help="fp32: vs ONNX Runtime and PyTorch fp32; int8: vs ONNX Runtime int8 "
                         "(quantize_dynamic, QInt8, per channel) and our own fp32")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure the whole lineup this many times, back to back; the table "
+                        "gives medians and the median (and range) of each round's ratios")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     p.add_argument("--onnx", help=argparse.SUPPRESS)
@@ -273,12 +291,17 @@ def main(argv=None):
     results = {"model": folder, "date": time.strftime("%Y-%m-%d %H:%M"),
                "cpu": __import__("bge_engine").cpu_info()["cpu"],
                "isa": __import__("bge_engine").cpu_info()["isa"]}
-    for t in args.threads:
-        for e in lineup:
-            print(f"measuring {e}, {t} threads ...", file=sys.stderr)
-            r = run_worker(e, folder, onnx_path, t, args.pooling)
-            r["cold_start_s"] = cold_start(e, folder, onnx_path, t, args.pooling)
-            results[f"{e}/{t}"] = r
+    results["rounds"] = []
+    for k in range(args.rounds):
+        rd = {}
+        for t in args.threads:
+            for e in lineup:
+                print(f"round {k + 1}/{args.rounds}: measuring {e}, {t} threads ...",
+                      file=sys.stderr)
+                r = run_worker(e, folder, onnx_path, t, args.pooling)
+                r["cold_start_s"] = cold_start(e, folder, onnx_path, t, args.pooling)
+                rd[f"{e}/{t}"] = r
+        results["rounds"].append(rd)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"compare-{args.dtype}.json").write_text(json.dumps(results, indent=2))

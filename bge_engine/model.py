@@ -162,27 +162,24 @@ class PackedLayer:
     @staticmethod
     def arena_bytes(kernels, H: int, F: int, int8: frozenset) -> int:
         """Bytes of one layer's packed weights, each slot rounded up to 64."""
-        return sum(_slot_sizes(kernels, H, F, int8))
+        return sum(-(-n // 64) * 64 for n in _slot_bytes(kernels, H, F, int8))
 
 
-def _shapes(H: int, F: int) -> List[tuple]:
-    """The (N, K) of each matmul of a layer, in MATMULS order."""
-    return [(3 * H, H), (H, H), (F, H), (H, F)]
-
-
-def _slot_sizes(kernels, H: int, F: int, int8: frozenset) -> List[int]:
-    return [-(-Linear.packed_bytes(kernels, N, K, m in int8) // 64) * 64
-            for m, (N, K) in zip(MATMULS, _shapes(H, F))]
+def _slot_bytes(kernels, H: int, F: int, int8: frozenset) -> List[int]:
+    """Bytes of each matmul's packed weight in a layer, in MATMULS order."""
+    shapes = ((3 * H, H), (H, H), (F, H), (H, F))  # (N, K) of qkv, out, up, down
+    return [Linear.packed_bytes(kernels, N, K, m in int8) for m, (N, K) in zip(MATMULS, shapes)]
 
 
 def _slots(kernels, H: int, F: int, int8: frozenset, arena: Optional[np.ndarray]) -> list:
-    """Each matmul's slice of the layer's arena, in MATMULS order (None each without one)."""
+    """Each matmul's slice of the layer's arena, in MATMULS order, each starting on 64 bytes
+    (None each without an arena)."""
     if arena is None:
         return [None] * len(MATMULS)
     slots, at = [], 0
-    for m, (N, K), size in zip(MATMULS, _shapes(H, F), _slot_sizes(kernels, H, F, int8)):
-        slots.append(arena[at:at + Linear.packed_bytes(kernels, N, K, m in int8)])
-        at += size
+    for n in _slot_bytes(kernels, H, F, int8):
+        slots.append(arena[at:at + n])
+        at += -(-n // 64) * 64
     return slots
 
 

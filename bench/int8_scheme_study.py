@@ -599,7 +599,7 @@ class SimModel:
         word, pos, typ, g, b = self.emb
         positions = np.concatenate([np.arange(offsets[j + 1] - offsets[j])
                                     for j in range(len(offsets) - 1)])
-        h = _layernorm(word[ids] + typ[0] + pos[positions], g, b, c.eps)
+        h = _layernorm(word.rows(ids) + typ[0] + pos[positions], g, b, c.eps)
         d = c.head_dim
         scale = np.float32(1.0 / math.sqrt(d))
         for i, L in enumerate(self.layers):

@@ -8,6 +8,8 @@
 #ifndef BGE_INTERNAL_H
 #define BGE_INTERNAL_H
 
+#include <math.h>
+
 #include "bge.h"
 
 /* The plain-C references (csrc/ref/). They are the truth the tests compare against and the
@@ -140,9 +142,31 @@ int bge_q8_check_header(const void *packed, uint32_t layout, int K, int N);
  *   group is 0), else 1.
  * bge_q8_quantize_span: q[k] = clamp(cvt(x[k] * inv) + zp, 0, 255) for k < n.
  * bge_q8_cvt: nearbyintf, then INT32_MIN outside the int32 range or for NaN (cvtps2dq). */
-int bge_q8_row_params(float mn, float mx, float *scale, float *inv, int32_t *zp);
+/* cvt and row_params are inline, so that each folder compiles them with its own flags (with
+ * SSE4.1 nearbyintf is one roundss; the reference's baseline flags make it a libm call,
+ * which cost the SIMD quantisers a call per group). The same IEEE ops everywhere.        */
+static inline int32_t bge_q8_cvt(float v) {
+    const float r = nearbyintf(v);
+    return (r >= -2147483648.0f && r < 2147483648.0f) ? (int32_t)r : INT32_MIN;
+}
+
+static inline int bge_q8_row_params(float mn, float mx, float *scale, float *inv,
+                                    int32_t *zp) {
+    if (mx == mn) {
+        *scale = 1.0f;
+        *inv = 0.0f;
+        *zp = 0;
+        return 0;
+    }
+    const float range = mx - mn;
+    *scale = range / 255.0f;
+    *inv = 255.0f / range;
+    const int32_t z = bge_q8_cvt(-mn * *inv);
+    *zp = z < 0 ? 0 : z > 255 ? 255 : z;
+    return 1;
+}
+
 void bge_q8_quantize_span(const float *x, int n, float inv, int32_t zp, uint8_t *q);
-int32_t bge_q8_cvt(float v);
 
 /* Packed size and packing of the panel layouts (every SIMD level): see ref/qgemm.c. */
 size_t bge_q8_panels_size(int K, int N, int nr, int kgroup, int elt);

@@ -61,26 +61,7 @@
  * Quantisation steps (shared with the SIMD quantisers)
  * ------------------------------------------------------------------------------------- */
 
-int32_t bge_q8_cvt(float v) {
-    const float r = nearbyintf(v);
-    return (r >= -2147483648.0f && r < 2147483648.0f) ? (int32_t)r : INT32_MIN;
-}
-
 static inline int32_t clamp_u8(int32_t v) { return v < 0 ? 0 : v > 255 ? 255 : v; }
-
-int bge_q8_row_params(float mn, float mx, float *scale, float *inv, int32_t *zp) {
-    if (mx == mn) {
-        *scale = 1.0f;
-        *inv = 0.0f;
-        *zp = 0;
-        return 0;
-    }
-    const float range = mx - mn;
-    *scale = range / 255.0f;
-    *inv = 255.0f / range;
-    *zp = clamp_u8(bge_q8_cvt(-mn * *inv));
-    return 1;
-}
 
 void bge_q8_quantize_span(const float *x, int n, float inv, int32_t zp, uint8_t *q) {
     for (int k = 0; k < n; k++) {

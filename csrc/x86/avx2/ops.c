@@ -75,7 +75,8 @@ static int bge_f32_layernorm__avx2(const float *x, const float *gamma, const flo
     /* the tail's masked-off lanes: zeroed in (x - mean)^2 */
     const __m256d m0 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(mt)));
     const __m256d m1 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_extracti128_si256(mt, 1)));
-#pragma omp parallel for num_threads(nthreads) schedule(static)
+/* rows in chunks taken dynamically (see the AVX-512 LayerNorm) */
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16)
     for (int t = 0; t < T; t++) {
         const float *xr = x + (size_t)t * C;
         float *yr = out + (size_t)t * C;

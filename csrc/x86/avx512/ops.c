@@ -64,7 +64,9 @@ static int bge_f32_layernorm__avx512(const float *x, const float *gamma, const f
     const int Cv = C & ~15;
     const __mmask16 mt = tail_mask(C - Cv);
     const __mmask8 mt0 = (__mmask8)(mt & 0xFF), mt1 = (__mmask8)(mt >> 8);
-#pragma omp parallel for num_threads(nthreads) schedule(static)
+/* rows in chunks taken dynamically: a thread the OS delays does not hold the others back
+ * (rows are independent: the bytes never depend on who computes them) */
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16)
     for (int t = 0; t < T; t++) {
         const float *xr = x + (size_t)t * C;
         float *yr = out + (size_t)t * C;

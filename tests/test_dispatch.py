@@ -81,3 +81,15 @@ def test_kernels_for_a_level_the_host_lacks_is_refused():
         _kernels.Kernels(missing[0])
     with pytest.raises(ValueError, match="expected one of"):
         _kernels.Kernels("sse9")
+
+
+def test_import_sets_a_short_openmp_spin_unless_the_user_chose_one():
+    code = "import os, bge_engine; print(os.environ['GOMP_SPINCOUNT'])"
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "10000"
+    env["GOMP_SPINCOUNT"] = "123"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "123"

@@ -42,7 +42,9 @@ class Tokenizer:
 
     def encode(self, texts: List[str]) -> List[np.ndarray]:
         """Returns each text's ids as int32, specials included, untruncated."""
-        encodings = self._tok.encode_batch(texts, add_special_tokens=True)
+        # encode_batch_fast (tokenizers >= 0.20) skips the character offsets we never use
+        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+        encodings = encode(texts, add_special_tokens=True)
         out = [np.asarray(e.ids, dtype=np.int32) for e in encodings]
         for ids in out:
             if ids.size and int(ids.max()) >= self._vocab_size:

@@ -73,9 +73,9 @@ class Checkpoint:
     emb_ln_b: np.ndarray
     reader: "_TensorReader"
 
-    # Each matmul of a layer: its (N, K) and the tensors it is read from, stacked by rows
-    # (Q, K and V make one (3H, H) weight).
     def _matrix_parts(self, name: str):
+        """The tensors matmul `name` is read from, each with its (rows, K), stacked by rows
+        (Q, K and V make one (3H, H) weight)."""
         H, F = self.config.hidden, self.config.intermediate
         parts = {
             "qkv": [(f"attention.self.{n}", (H, H)) for n in ("query", "key", "value")],
@@ -265,10 +265,10 @@ class _TensorReader:
     `safetensors` opens the file once to validate it and list its tensors. Float32 tensors are
     then read with pread from their own byte ranges (the header gives them: an 8-byte
     little-endian length, then that much JSON with each tensor's dtype, shape and offsets)
-    straight into the caller's buffer: a layer's matrices go into one staging buffer that the
-    loader reuses layer after layer, so loading neither maps the file (no page faults, no file
-    pages left resident) nor holds more than a layer beyond the packed weights. Other dtypes
-    (float16) go through safetensors' own reader.
+    straight into the caller's buffer: the loader reads each weight into a buffer of its
+    thread's, reused matrix after matrix, so loading neither maps the file (no page faults, no
+    file pages left resident) nor holds more than a matrix per thread beyond the packed
+    weights. Other dtypes (float16) go through safetensors' own reader.
     """
 
     def __init__(self, path: Path):
@@ -284,7 +284,7 @@ class _TensorReader:
         except Exception as exc:  # safetensors raises its own error types
             raise ModelFormatError(f"{path}: not a readable safetensors file ({exc})") from None
         self._data_start = 8 + header_len
-        self._fd = None
+        self._fd = os.open(path, os.O_RDONLY)  # shared by the loading threads (pread)
         prefixed = any(n.startswith("bert.") for n in self._names)
         self._prefix = ("bert." if prefixed and "embeddings.word_embeddings.weight"
                         not in self._names else "")
@@ -314,8 +314,6 @@ class _TensorReader:
         a = np.empty(shape, dtype=np.float32) if out is None else out
         if info.get("dtype") == "F32":
             start, end = info["data_offsets"]
-            if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDONLY)
             flat = a.reshape(-1).view(np.uint8)
             got = os.preadv(self._fd, [flat], self._data_start + start)
             if got != flat.nbytes or end - start != flat.nbytes:

@@ -264,7 +264,7 @@ int bge_q8_pack_panels(const int8_t *w, const float *w_scale, int K, int N, void
     char *wt = (char *)packed + bge_q8_weights_offset(Np, BGE_Q8_NGROUPS(K));
     /* row by row (the source is read in order), one k-group of kgroup bytes at a time */
     const size_t gstride = (size_t)nr * kgroup; /* elements from one k-group to the next */
-    const int full = N > 0 ? K / kgroup : 0; /* k-groups wholly inside K */
+    const int full = K / kgroup; /* k-groups wholly inside K */
     for (int n = 0; n < Np; n++) {
         const int p = n / nr, j = n % nr;
         const int8_t *src = n < N ? w + (size_t)n * K : NULL;

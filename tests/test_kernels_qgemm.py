@@ -628,3 +628,31 @@ def test_qlinear_bad_arguments():
         k.qlinear(x, "w", b, out, q, s, z)
     with pytest.raises(ValueError, match="res"):
         k.qlinear(x, p, b, out, q, s, z, "residual")
+
+
+def test_quantize_special_values_in_whole_groups():
+    """The same special values in whole 64-wide groups (the SIMD quantisers' packed path):
+    NaN, +-inf, a tiny range (inv overflows to inf), halfway cases, both zero-point ends."""
+    rng = np.random.default_rng(11)
+    rows = [rng.standard_normal(128).astype(np.float32) for _ in range(9)]
+    rows[0][3], rows[0][70] = np.nan, np.nan
+    rows[1][5] = np.inf
+    rows[2][0], rows[2][99] = -np.inf, np.inf
+    rows[3][:] = 0
+    rows[3][10], rows[3][20] = 1e-45, -1e-45  # subnormal range: 255 / range is inf
+    rows[4][:64] = np.arange(64) * 4.0 + 0.5  # halfway cases after scaling
+    rows[5] = np.abs(rows[5])  # zp 0
+    rows[6] = -np.abs(rows[6])  # zp 255
+    rows[7][:] = 3.0  # flat positive group: mx = 3, mn = 0
+    rows[8][:] = np.nan
+    x = np.stack(rows)
+    q, scale, zp = np_quantize(x)
+    for isa in ("ref",) + INT8_LEVELS:
+        if isa not in _kernels.usable_isas():
+            continue
+        k = _kernels.Kernels(isa)
+        got = np.empty_like(q), np.empty_like(scale), np.empty_like(zp)
+        k.quantize(x, *got, threads=2)
+        assert np.array_equal(got[0], q), isa
+        assert np.array_equal(got[1].view(np.int32), scale.view(np.int32)), isa
+        assert np.array_equal(got[2], zp), isa

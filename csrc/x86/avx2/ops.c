@@ -223,7 +223,7 @@ static int bge_f32_gelu__avx2(float *x, size_t n) {
  * sets. Measured on Zen 3 against the single-tile version (calls interleaved in one
  * process): 1.10x at 512 tokens, 1.03x at 128, the same at 32; bit-identical results.
  * What is left at 512 tokens (1 thread: ~10 ms against ~5 ms of FMAs at the peak): the
- * exp (12-15 %) and the short d loop of the scores (D = 32 FMAs per tile, then a
+ * exp (11-13 %) and the short d loop of the scores (D = 32 FMAs per tile, then a
  * 12-vector epilogue).
  * The arithmetic of a row depends only on its text (L, D): not on the block it falls in, the
  * batch, nor the thread that runs it.

@@ -375,7 +375,8 @@ BGE_INLINE void pv_tile(const int R, const int NV, const int MASKED, const float
         }
     }
     for (int r = 0; r < R; r++)
-        for (int c = 0; c < NV; c++) _mm256_store_ps(acc_mem + (size_t)r * lda + 8 * c, acc[r][c]);
+        for (int c = 0; c < NV; c++)
+            _mm256_store_ps(acc_mem + (size_t)r * lda + 8 * c, acc[r][c]);
 }
 
 /* Step 3 for one tile of R rows (a constant after inlining): acc (R rows, lda apart) +=
@@ -388,7 +389,8 @@ BGE_INLINE void pv_rows(const int R, const float *e, int lds, const float *v, in
         if (w == 16)
             pv_tile(R, 2, 0, e, lds, v + d0, D, n, acc + d0, lda, first, all, all);
         else if (w > 8)
-            pv_tile(R, 2, 1, e, lds, v + d0, D, n, acc + d0, lda, first, all, tail_mask(w - 8));
+            pv_tile(R, 2, 1, e, lds, v + d0, D, n, acc + d0, lda, first, all,
+                    tail_mask(w - 8));
         else if (w == 8)
             pv_tile(R, 1, 0, e, lds, v + d0, D, n, acc + d0, lda, first, all, none);
         else
@@ -461,9 +463,11 @@ static void attend_block(const float *q, int ld, int B, int L, int D, float scal
         const float *a = acc + (size_t)r * lda;
         float *o = out + (size_t)r * ldo;
         int d = 0;
-        for (; d + 8 <= D; d += 8) _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_load_ps(a + d), vi));
+        for (; d + 8 <= D; d += 8)
+            _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_load_ps(a + d), vi));
         if (d < D)
-            _mm256_maskstore_ps(o + d, tail_mask(D - d), _mm256_mul_ps(_mm256_load_ps(a + d), vi));
+            _mm256_maskstore_ps(o + d, tail_mask(D - d),
+                                _mm256_mul_ps(_mm256_load_ps(a + d), vi));
     }
 }
 

@@ -16,7 +16,7 @@
  *     int32 lane.
  *     Tried on Zen 3 and not kept: s8 weights sign-extended as loaded (vpmovsxbw m128,
  *     shared by the tile's 4 rows) saved 21 MB of bge-small's int8 weights (peak RSS 116
- *     -> 88 MB) but made the GEMM 4-17 % slower with its weights in cache and the whole
+ *     -> 88 MB) but made the GEMM 5-13 % slower with its weights in cache and the whole
  *     engine ~20 % slower from 32 tokens up, below our own fp32; pre-widening the
  *     activations per tile (vpbroadcastd m32 instead of vpbroadcastw + vpunpcklbw) was
  *     0-3 % slower.

@@ -110,7 +110,7 @@ _Static_assert(sizeof(bge_q8_header) == BGE_Q8_HEADER_BYTES, "the header is 64 b
 /* Layout ids: each packing's id names the kernel family that reads it. */
 enum {
     BGE_Q8_LAYOUT_REF = 1,     /* ref: one panel, rows of Kp s8 (W itself, padded)    */
-    BGE_Q8_LAYOUT_AVX2 = 2,    /* avx2: 24-column panels, k pairs, s16                */
+    BGE_Q8_LAYOUT_AVX2 = 2,    /* avx2: 24-column panels, k pairs, s8                 */
     BGE_Q8_LAYOUT_AVXVNNI = 3, /* avxvnni: 24-column panels, k quads, s8              */
     BGE_Q8_LAYOUT_VNNI = 4,    /* avx512vnni: 48-column panels, k quads, s8           */
 };

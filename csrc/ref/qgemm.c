@@ -46,9 +46,10 @@
  *   itself, (N, Kp) row-major s8. For the SIMD levels (bge_q8_pack_panels) one k-group of
  *   a panel is nr * kgroup * elt contiguous bytes: for
  *   vpdpbusd (kgroup 4, s8) one 64-byte zmm holds 16 columns x 4 k, one 32-byte ymm 8 x 4;
- *   for vpmaddwd (kgroup 2, s16) one ymm holds 8 columns x 2 k. (These k-groups of the
+ *   for vpmaddwd (kgroup 2, s8) 16 bytes hold 8 columns x 2 k, one ymm once sign-extended
+ *   as loaded. (These k-groups of the
  *   layout are the instruction's; the quantisation groups of 64 k are whole runs of them.)
- *   Layout ids and tiles: AVX2 nr 24 kgroup 2 elt 2; AVXVNNI nr 24 kgroup 4 elt 1;
+ *   Layout ids and tiles: AVX2 nr 24 kgroup 2 elt 1; AVXVNNI nr 24 kgroup 4 elt 1;
  *   VNNI nr 48 kgroup 4 elt 1.
  * A GEMM given another layout's bytes (another table's packing) returns BGE_ERR_PACKING.
  */

@@ -10,18 +10,21 @@
  *   - No int16 saturation anywhere. vpmaddubsw (u8 x s8, pairs summed into s16) would
  *     saturate: 2 x 255 x 127 = 64770 > 32767. Instead both operands are widened to s16 and
  *     multiplied with vpmaddwd, which sums each pair into an int32: |q w + q' w'| <= 64770,
- *     exact. The weights are widened once, at packing (s16 in the packed buffer, twice the
- *     bytes of s8); the activations per use: 2 bytes of q broadcast (vpbroadcastw) and
- *     zero-extended in lane (vpunpcklbw with 0) give the (q[k], q[k+1]) s16 pair in every
- *     int32 lane.
- *     Tried on Zen 3 and not kept: s8 weights sign-extended as loaded (vpmovsxbw m128,
- *     shared by the tile's 4 rows) saved 21 MB of bge-small's int8 weights (peak RSS 116
- *     -> 88 MB) but made the GEMM 5-13 % slower with its weights in cache and the whole
- *     engine ~20 % slower from 32 tokens up, below our own fp32; pre-widening the
- *     activations per tile (vpbroadcastd m32 instead of vpbroadcastw + vpunpcklbw) was
- *     0-3 % slower.
- *   - Packing: bge_q8_pack_panels (ref/qgemm.c) with nr = 24, kgroup = 2, s16 (layout
- *     AVX2): one k-pair of a panel is 96 bytes = 3 ymm, each 8 columns x (k, k+1).
+ *     exact. The weights stay s8 in memory and are sign-extended as they are loaded
+ *     (vpmovsxbw m128: 8 columns x (k, k+1), one instruction per 16 weights, shared by
+ *     the tile's 4 rows); the activations per use: 2 bytes of q broadcast (vpbroadcastw)
+ *     and zero-extended in lane (vpunpcklbw with 0) give the (q[k], q[k+1]) s16 pair in
+ *     every int32 lane.
+ *     Why s8 in memory: weights widened at packing (s16) took twice the bytes: 42 MB
+ *     instead of 21 MB for bge-small, which put the int8 engine's peak RSS at 116 MB
+ *     against 95 MB, and doubled the weight stream at small batches. Measured on Zen 3
+ *     (calls interleaved in one process), the extra vpmovsxbw costs the GEMM 4-13 % when
+ *     its weights sit in cache, and nothing measurable in a whole forward pass, where
+ *     they come from L3 or memory.
+ *     Not taken: pre-widening the activations per tile (vpbroadcastd m32 instead of
+ *     vpbroadcastw + vpunpcklbw): 0-3 % slower on Zen 3.
+ *   - Packing: bge_q8_pack_panels (ref/qgemm.c) with nr = 24, kgroup = 2, s8 (layout
+ *     AVX2): one k-pair of a panel is 48 bytes = 3 x 16, each 8 columns x (k, k+1).
  *   - Microkernel MR x NR = 4 x 24: 4 x 3 = 12 ymm accumulators, 3 ymm of panel, 1 of q;
  *     each k-pair is 12 vpmaddwd + 12 vpaddd. Measured on Zen 4, 1 thread, at 128 x 384 x
  *     1152: 4 x 24 runs at ~80 % of the vpmaddwd peak (dot_loop), 4 x 16 at 74 %, 6 x 16
@@ -132,16 +135,16 @@ static int bge_qu8_quantize__avx2(const float *x, int M, int K, uint8_t *q, floa
  * ------------------------------------------------------------------------------------- */
 
 /* Bytes of w_s8 (N, K) packed: header, scales and sums of ceil(N/24)*24 columns per group,
- * then ceil(N/24) panels of Kp x 24 int16. */
+ * then ceil(N/24) panels of Kp x 24 int8. */
 static size_t bge_qs8_packed_size__avx2(int K, int N) {
-    return bge_q8_panels_size(K, N, NR, 2, 2);
+    return bge_q8_panels_size(K, N, NR, 2, 1);
 }
 
-/* The layout of ref/qgemm.c with nr = 24, kgroup = 2, s16: panel p, k-pair g, column j,
- * element r (int16) at weights[((p * Kp/2 + g) * 24 + j) * 2 + r] = w_s8[24p + j, 2g + r]. */
+/* The layout of ref/qgemm.c with nr = 24, kgroup = 2, s8: panel p, k-pair g, column j,
+ * element r (int8) at weights[((p * Kp/2 + g) * 24 + j) * 2 + r] = w_s8[24p + j, 2g + r]. */
 static int bge_qs8_pack__avx2(const int8_t *w, const float *w_scale, int K, int N,
                               void *packed) {
-    return bge_q8_pack_panels(w, w_scale, K, N, packed, BGE_Q8_LAYOUT_AVX2, NR, 2, 2);
+    return bge_q8_pack_panels(w, w_scale, K, N, packed, BGE_Q8_LAYOUT_AVX2, NR, 2, 1);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -151,10 +154,10 @@ static int bge_qs8_pack__avx2(const int8_t *w, const float *w_scale, int K, int 
 /* The raw microkernel (the qu8s8_gemm_i32 slot): tile[i][8j .. 8j+7] = sum_{k < Kp} q[i, k]
  * * panel column (8j ..), i < mr, j < nv, over every k at once.
  *   q     (mr, Kp) u8 rows, row stride ldq bytes (even)
- *   panel (Kp/2, 24, 2) s16, one packed panel
+ *   panel (Kp/2, 24, 2) s8, one packed panel
  *   tile  (MR, NR) int32, 32-byte aligned; rows >= mr and vectors >= nv are not written */
 static inline __attribute__((always_inline)) void ukernel(const uint8_t *q, size_t ldq, int Kp,
-                                                          const int16_t *panel, int32_t *tile,
+                                                          const int8_t *panel, int32_t *tile,
                                                           const int mr, const int nv) {
     __m256i acc[MR][NV];
 #pragma GCC unroll 4
@@ -162,11 +165,12 @@ static inline __attribute__((always_inline)) void ukernel(const uint8_t *q, size
 #pragma GCC unroll 3
         for (int j = 0; j < nv; j++) acc[i][j] = _mm256_setzero_si256();
     const __m256i zero = _mm256_setzero_si256();
-    const int16_t *b = panel;
+    const int8_t *b = panel;
     for (int k = 0; k < Kp; k += 2, b += 2 * NR) {
-        __m256i bv[NV];
+        __m256i bv[NV]; /* 8 columns x (k, k+1), sign-extended to s16 as they are loaded */
 #pragma GCC unroll 3
-        for (int j = 0; j < nv; j++) bv[j] = _mm256_loadu_si256((const __m256i *)(b + 16 * j));
+        for (int j = 0; j < nv; j++)
+            bv[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 16 * j)));
 #pragma GCC unroll 4
         for (int i = 0; i < mr; i++) {
             int16_t a2;
@@ -184,11 +188,11 @@ static inline __attribute__((always_inline)) void ukernel(const uint8_t *q, size
             _mm256_store_si256((__m256i *)(tile + i * NR + 8 * j), acc[i][j]);
 }
 
-typedef void (*uk_fn)(const uint8_t *q, size_t ldq, int Kp, const int16_t *panel,
+typedef void (*uk_fn)(const uint8_t *q, size_t ldq, int Kp, const int8_t *panel,
                       int32_t *tile);
 
 #define UK(mr, nv)                                                                          \
-    static __attribute__((noinline)) void uk_##mr##_##nv(const uint8_t *q, size_t ldq, int Kp, const int16_t *panel,  \
+    static __attribute__((noinline)) void uk_##mr##_##nv(const uint8_t *q, size_t ldq, int Kp, const int8_t *panel,  \
                                int32_t *tile) {                                             \
         ukernel(q, ldq, Kp, panel, tile, mr, nv);                                           \
     }
@@ -200,7 +204,7 @@ static const uk_fn uk_table[MR][NV] = {UK_ROW(1), UK_ROW(2), UK_ROW(3), UK_ROW(4
 
 static void tile_avx2(const uint8_t *q, size_t ldq, int Kp, const void *panel, int mr, int nw,
                       int32_t *tile) {
-    uk_table[mr - 1][(nw + 7) / 8 - 1](q, ldq, Kp, (const int16_t *)panel, tile);
+    uk_table[mr - 1][(nw + 7) / 8 - 1](q, ldq, Kp, (const int8_t *)panel, tile);
 }
 
 /* The grouped microkernel (the qu8s8_gemm slot): ftile[i][8j .. 8j+7] = the fp32 sum over
@@ -213,13 +217,13 @@ static void tile_avx2(const uint8_t *q, size_t ldq, int Kp, const void *panel, i
  *   scale, zp: row 0 of the tile, row stride ngroups; ws, cs: the panel's column 0 in
  *   group 0, group stride Np; ftile (MR, NR) fp32, 32-byte aligned.                       */
 static inline __attribute__((always_inline)) void gukernel(const uint8_t *q, size_t ldq, int Kp,
-                                                           const int16_t *panel,
+                                                           const int8_t *panel,
                                                            const float *scale,
                                                            const int32_t *zp, int ngroups,
                                                            const float *ws, const int32_t *cs,
                                                            int Np, float *ftile, const uk_fn uk,
                                                            const int mr, const int nv) {
-    const int16_t *b = panel;
+    const int8_t *b = panel;
     int32_t itile[MR * NR] __attribute__((aligned(64)));
     for (int g = 0; g < ngroups; g++) {
         const int k0 = g * BGE_Q8_GROUP;
@@ -251,12 +255,12 @@ static inline __attribute__((always_inline)) void gukernel(const uint8_t *q, siz
     }
 }
 
-typedef void (*guk_fn)(const uint8_t *q, size_t ldq, int Kp, const int16_t *panel,
+typedef void (*guk_fn)(const uint8_t *q, size_t ldq, int Kp, const int8_t *panel,
                        const float *scale, const int32_t *zp, int ngroups, const float *ws,
                        const int32_t *cs, int Np, float *ftile);
 
 #define GUK(mr, nv)                                                                          \
-    static void guk_##mr##_##nv(const uint8_t *q, size_t ldq, int Kp, const int16_t *panel,  \
+    static void guk_##mr##_##nv(const uint8_t *q, size_t ldq, int Kp, const int8_t *panel,  \
                                 const float *scale, const int32_t *zp, int ngroups,          \
                                 const float *ws, const int32_t *cs, int Np, float *ftile) {  \
         gukernel(q, ldq, Kp, panel, scale, zp, ngroups, ws, cs, Np, ftile, uk_##mr##_##nv,   \
@@ -271,7 +275,7 @@ static const guk_fn guk_table[MR][NV] = {GUK_ROW(1), GUK_ROW(2), GUK_ROW(3), GUK
 static void gtile_avx2(const uint8_t *q, size_t ldq, int Kp, const void *panel, int mr, int nw,
                        const float *scale, const int32_t *zp, int ngroups, const float *wscale,
                        const int32_t *colsum, int Np, float *ftile) {
-    guk_table[mr - 1][(nw + 7) / 8 - 1](q, ldq, Kp, (const int16_t *)panel, scale, zp,
+    guk_table[mr - 1][(nw + 7) / 8 - 1](q, ldq, Kp, (const int8_t *)panel, scale, zp,
                                         ngroups, wscale, colsum, Np, ftile);
 }
 
@@ -297,7 +301,7 @@ static void epilogue_avx2(const float *ftile, int mr, int nw, const float *bias,
 }
 
 static const bge_q8_gemm_impl impl = {
-    .layout = BGE_Q8_LAYOUT_AVX2, .mr = MR, .nr = NR, .kgroup = 2, .elt = 2,
+    .layout = BGE_Q8_LAYOUT_AVX2, .mr = MR, .nr = NR, .kgroup = 2, .elt = 1,
     .tile = tile_avx2, .gtile = gtile_avx2, .epilogue = epilogue_avx2,
 };
 

@@ -100,7 +100,7 @@ typedef struct bge_q8_header {
     int32_t Kp, Np;       /* K up to a multiple of 4; N up to a multiple of nr         */
     int32_t nr;           /* columns per panel (1 for the reference)                   */
     int32_t kgroup;       /* k values interleaved per column in a panel (Kp for ref)   */
-    int32_t elt;          /* bytes per packed weight: 1 (s8) or 2 (s16)                 */
+    int32_t elt;          /* bytes per packed weight: 1 (s8; every layout so far)       */
     int32_t group;        /* k per quantisation group: BGE_Q8_GROUP                    */
     int32_t ngroups;      /* BGE_Q8_NGROUPS(K)                                         */
     int32_t reserved[5];
@@ -169,9 +169,9 @@ static inline int bge_q8_row_params(float mn, float mx, float *scale, float *inv
 void bge_q8_quantize_span(const float *x, int n, float inv, int32_t zp, uint8_t *q);
 
 /* Packed size and packing of the panel layouts (every SIMD level): see ref/qgemm.c. */
-size_t bge_q8_panels_size(int K, int N, int nr, int kgroup, int elt);
+size_t bge_q8_panels_size(int K, int N, int nr, int kgroup);
 int bge_q8_pack_panels(const int8_t *w, const float *w_scale, int K, int N, void *packed,
-                       uint32_t layout, int nr, int kgroup, int elt);
+                       uint32_t layout, int nr, int kgroup);
 
 /* One SIMD int8 GEMM for the shared driver (bge_q8_gemm_run):
  *   tile(q, ldq, Kp, panel, mr, nw, tile): tile[i*nr + j] = sum_{k < Kp} q[i*ldq + k] *
@@ -188,7 +188,7 @@ int bge_q8_pack_panels(const int8_t *w, const float *w_scale, int K, int N, void
  *     BGE_EPI_BIAS_RESIDUAL) and out at element (0, 0). */
 typedef struct bge_q8_gemm_impl {
     uint32_t layout;
-    int mr, nr, kgroup, elt;
+    int mr, nr, kgroup;
     void (*tile)(const uint8_t *q, size_t ldq, int Kp, const void *panel, int mr, int nw,
                  int32_t *tile);
     void (*gtile)(const uint8_t *q, size_t ldq, int Kp, const void *panel, int mr, int nw,

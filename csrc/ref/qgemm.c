@@ -41,16 +41,15 @@
  *   panel p covers columns n = nr p .. nr p + nr - 1 and holds G = Kp / kgroup groups of
  *   kgroup consecutive k; inside a panel, group g, column j, element r:
  *     weights[((p G + g) nr + j) kgroup + r] = w_s8[nr p + j, kgroup g + r]
- *   (elt = 1: int8; elt = 2: the same value widened to int16), 0 where the column is >= N
+ *   (int8; elt = 1 in the header), 0 where the column is >= N
  *   or k >= K. The reference (layout REF) is the case nr = 1, kgroup = Kp, elt = 1: W
  *   itself, (N, Kp) row-major s8. For the SIMD levels (bge_q8_pack_panels) one k-group of
- *   a panel is nr * kgroup * elt contiguous bytes: for
+ *   a panel is nr * kgroup contiguous bytes: for
  *   vpdpbusd (kgroup 4, s8) one 64-byte zmm holds 16 columns x 4 k, one 32-byte ymm 8 x 4;
  *   for vpmaddwd (kgroup 2, s8) 16 bytes hold 8 columns x 2 k, one ymm once sign-extended
  *   as loaded. (These k-groups of the
  *   layout are the instruction's; the quantisation groups of 64 k are whole runs of them.)
- *   Layout ids and tiles: AVX2 nr 24 kgroup 2 elt 1; AVXVNNI nr 24 kgroup 4 elt 1;
- *   VNNI nr 48 kgroup 4 elt 1.
+ *   Layout ids and tiles: AVX2 nr 24 kgroup 2; AVXVNNI nr 24 kgroup 4; VNNI nr 48 kgroup 4.
  * A GEMM given another layout's bytes (another table's packing) returns BGE_ERR_PACKING.
  */
 #include <math.h>
@@ -192,7 +191,7 @@ static int check_weights(const int8_t *w, const float *w_scale, int K, int N,
 /* Header, w_scale (ngroups, Np) and colsum (ngroups, Np) of a packing with panels of nr
  * columns; w_scale (N, ngroups) as the caller gives it. */
 static void write_head(const int8_t *w, const float *w_scale, int K, int N, void *packed,
-                       uint32_t layout, int nr, int kgroup, int elt) {
+                       uint32_t layout, int nr, int kgroup) {
     const int Np = (N + nr - 1) / nr * nr, ng = BGE_Q8_NGROUPS(K);
     bge_q8_header h;
     memset(&h, 0, sizeof h);
@@ -204,7 +203,7 @@ static void write_head(const int8_t *w, const float *w_scale, int K, int N, void
     h.Np = Np;
     h.nr = nr;
     h.kgroup = kgroup;
-    h.elt = elt;
+    h.elt = 1; /* s8 */
     h.group = BGE_Q8_GROUP;
     h.ngroups = ng;
     memcpy(packed, &h, sizeof h);
@@ -238,7 +237,7 @@ int bge_qs8_pack__ref(const int8_t *w, const float *w_scale, int K, int N, void 
     const int st = check_weights(w, w_scale, K, N, packed);
     if (st != BGE_OK) return st;
     const int Kp = BGE_Q8_KP(K);
-    write_head(w, w_scale, K, N, packed, BGE_Q8_LAYOUT_REF, 1, Kp, 1);
+    write_head(w, w_scale, K, N, packed, BGE_Q8_LAYOUT_REF, 1, Kp);
     int8_t *wt = (int8_t *)packed + bge_q8_weights_offset(N, BGE_Q8_NGROUPS(K));
     for (int n = 0; n < N; n++) {
         memcpy(wt + (size_t)n * Kp, w + (size_t)n * K, (size_t)K);
@@ -247,22 +246,21 @@ int bge_qs8_pack__ref(const int8_t *w, const float *w_scale, int K, int N, void 
     return BGE_OK;
 }
 
-size_t bge_q8_panels_size(int K, int N, int nr, int kgroup, int elt) {
-    if (K < 1 || N < 1 || K > BGE_Q8_MAX_K || nr < 1 || kgroup < 1 || elt < 1) return 0;
+size_t bge_q8_panels_size(int K, int N, int nr, int kgroup) {
+    if (K < 1 || N < 1 || K > BGE_Q8_MAX_K || nr < 1 || kgroup < 1) return 0;
     const size_t Np = ((size_t)N + nr - 1) / nr * nr;
-    return bge_q8_weights_offset((int)Np, BGE_Q8_NGROUPS(K)) + Np * BGE_Q8_KP(K) * elt;
+    return bge_q8_weights_offset((int)Np, BGE_Q8_NGROUPS(K)) + Np * BGE_Q8_KP(K);
 }
 
 int bge_q8_pack_panels(const int8_t *w, const float *w_scale, int K, int N, void *packed,
-                       uint32_t layout, int nr, int kgroup, int elt) {
+                       uint32_t layout, int nr, int kgroup) {
     const int st = check_weights(w, w_scale, K, N, packed);
     if (st != BGE_OK) return st;
-    if (nr < 1 || (kgroup != 1 && kgroup != 2 && kgroup != 4) || (elt != 1 && elt != 2) ||
-        BGE_Q8_KP(K) % kgroup)
+    if (nr < 1 || (kgroup != 1 && kgroup != 2 && kgroup != 4) || BGE_Q8_KP(K) % kgroup)
         return BGE_ERR_ARG;
-    write_head(w, w_scale, K, N, packed, layout, nr, kgroup, elt);
+    write_head(w, w_scale, K, N, packed, layout, nr, kgroup);
     const int Kp = BGE_Q8_KP(K), Np = (N + nr - 1) / nr * nr, G = Kp / kgroup;
-    char *wt = (char *)packed + bge_q8_weights_offset(Np, BGE_Q8_NGROUPS(K));
+    int8_t *wt = (int8_t *)packed + bge_q8_weights_offset(Np, BGE_Q8_NGROUPS(K));
     /* row by row (the source is read in order), one k-group of kgroup bytes at a time */
     const size_t gstride = (size_t)nr * kgroup; /* elements from one k-group to the next */
     const int full = K / kgroup; /* k-groups wholly inside K */
@@ -271,26 +269,17 @@ int bge_q8_pack_panels(const int8_t *w, const float *w_scale, int K, int N, void
         const int8_t *src = n < N ? w + (size_t)n * K : NULL;
         const size_t i0 = ((size_t)p * G * nr + j) * kgroup;
         int g = 0;
-        if (src && elt == 1 && kgroup == 4) { /* a constant-size copy: one 4-byte move */
-            for (; g < full; g++) memcpy((int8_t *)wt + i0 + (size_t)g * gstride, src + 4 * g, 4);
-        } else if (src && elt == 1) {
-            for (; g < full; g++)
-                memcpy((int8_t *)wt + i0 + (size_t)g * gstride, src + g * kgroup,
-                       (size_t)kgroup);
+        if (src && kgroup == 4) { /* a constant-size copy: one 4-byte move */
+            for (; g < full; g++) memcpy(wt + i0 + (size_t)g * gstride, src + 4 * g, 4);
         } else if (src) {
             for (; g < full; g++)
-                for (int r = 0; r < kgroup; r++)
-                    ((int16_t *)wt)[i0 + (size_t)g * gstride + r] = src[g * kgroup + r];
+                memcpy(wt + i0 + (size_t)g * gstride, src + g * kgroup, (size_t)kgroup);
         }
         for (; g < G; g++) { /* the k-groups that reach past K, and padding columns */
             const size_t i = i0 + (size_t)g * gstride;
             for (int r = 0; r < kgroup; r++) {
                 const int k = g * kgroup + r;
-                const int v = (src && k < K) ? src[k] : 0;
-                if (elt == 1)
-                    ((int8_t *)wt)[i + r] = (int8_t)v;
-                else
-                    ((int16_t *)wt)[i + r] = (int16_t)v;
+                wt[i + r] = (src && k < K) ? src[k] : 0;
             }
         }
     }
@@ -475,7 +464,7 @@ int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float 
     if (st == BGE_OK) st = bge_q8_check_header(packed, impl->layout, K, N);
     if (st != BGE_OK) return st;
     const bge_q8_header *h = (const bge_q8_header *)packed;
-    if (h->nr != impl->nr || h->kgroup != impl->kgroup || h->elt != impl->elt ||
+    if (h->nr != impl->nr || h->kgroup != impl->kgroup || h->elt != 1 ||
         impl->mr * impl->nr > Q8_TILE_MAX)
         return BGE_ERR_PACKING;
     q8_job j = {
@@ -484,7 +473,7 @@ int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float 
         .weights = (const char *)packed + bge_q8_weights_offset(h->Np, h->ngroups),
         .out = out, .acc = acc, .M = M, .N = N, .Kp = h->Kp, .Np = h->Np,
         .ngroups = h->ngroups, .epilogue = epilogue,
-        .panel_bytes = (size_t)h->Kp * impl->nr * impl->elt,
+        .panel_bytes = (size_t)h->Kp * impl->nr,
     };
     const int MR = impl->mr, NR = impl->nr;
     const int mt = (M - 1) / MR + 1, np = (N - 1) / NR + 1;

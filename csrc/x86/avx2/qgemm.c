@@ -137,14 +137,14 @@ static int bge_qu8_quantize__avx2(const float *x, int M, int K, uint8_t *q, floa
 /* Bytes of w_s8 (N, K) packed: header, scales and sums of ceil(N/24)*24 columns per group,
  * then ceil(N/24) panels of Kp x 24 int8. */
 static size_t bge_qs8_packed_size__avx2(int K, int N) {
-    return bge_q8_panels_size(K, N, NR, 2, 1);
+    return bge_q8_panels_size(K, N, NR, 2);
 }
 
 /* The layout of ref/qgemm.c with nr = 24, kgroup = 2, s8: panel p, k-pair g, column j,
  * element r (int8) at weights[((p * Kp/2 + g) * 24 + j) * 2 + r] = w_s8[24p + j, 2g + r]. */
 static int bge_qs8_pack__avx2(const int8_t *w, const float *w_scale, int K, int N,
                               void *packed) {
-    return bge_q8_pack_panels(w, w_scale, K, N, packed, BGE_Q8_LAYOUT_AVX2, NR, 2, 1);
+    return bge_q8_pack_panels(w, w_scale, K, N, packed, BGE_Q8_LAYOUT_AVX2, NR, 2);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -301,7 +301,7 @@ static void epilogue_avx2(const float *ftile, int mr, int nw, const float *bias,
 }
 
 static const bge_q8_gemm_impl impl = {
-    .layout = BGE_Q8_LAYOUT_AVX2, .mr = MR, .nr = NR, .kgroup = 2, .elt = 1,
+    .layout = BGE_Q8_LAYOUT_AVX2, .mr = MR, .nr = NR, .kgroup = 2,
     .tile = tile_avx2, .gtile = gtile_avx2, .epilogue = epilogue_avx2,
 };
 

@@ -107,14 +107,14 @@ static int bge_qu8_quantize__avx512vnni(const float *x, int M, int K, uint8_t *q
 /* Bytes of w_s8 (N, K) packed: header, scales and sums of ceil(N/48)*48 columns per group, then
  * ceil(N/48) panels of Kp x 48 bytes. */
 static size_t bge_qs8_packed_size__avx512vnni(int K, int N) {
-    return bge_q8_panels_size(K, N, NR, 4, 1);
+    return bge_q8_panels_size(K, N, NR, 4);
 }
 
 /* The layout of ref/qgemm.c with nr = 48, kgroup = 4, s8: panel p, k-quad g, column j,
  * byte r at weights[((p * Kp/4 + g) * 48 + j) * 4 + r] = w_s8[48p + j, 4g + r].          */
 static int bge_qs8_pack__avx512vnni(const int8_t *w, const float *w_scale, int K, int N,
                                     void *packed) {
-    return bge_q8_pack_panels(w, w_scale, K, N, packed, BGE_Q8_LAYOUT_VNNI, NR, 4, 1);
+    return bge_q8_pack_panels(w, w_scale, K, N, packed, BGE_Q8_LAYOUT_VNNI, NR, 4);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ static void epilogue_vnni(const float *ftile, int mr, int nw, const float *bias,
 }
 
 static const bge_q8_gemm_impl impl = {
-    .layout = BGE_Q8_LAYOUT_VNNI, .mr = MR, .nr = NR, .kgroup = 4, .elt = 1,
+    .layout = BGE_Q8_LAYOUT_VNNI, .mr = MR, .nr = NR, .kgroup = 4,
     .tile = tile_vnni, .gtile = gtile_vnni, .epilogue = epilogue_vnni,
 };
 

@@ -37,14 +37,14 @@ _Static_assert(MR == 4 && NR == 24, "SUFFIX and uk_table follow MR, NR");
 /* Bytes of w_s8 (N, K) packed: header, scales and sums of ceil(N/24)*24 columns per group,
  * then ceil(N/24) panels of Kp x 24 bytes. */
 static size_t bge_qs8_packed_size__avxvnni(int K, int N) {
-    return bge_q8_panels_size(K, N, NR, 4, 1);
+    return bge_q8_panels_size(K, N, NR, 4);
 }
 
 /* The layout of ref/qgemm.c with nr = 24, kgroup = 4, s8: panel p, k-quad g, column j,
  * byte r at weights[((p * Kp/4 + g) * 24 + j) * 4 + r] = w_s8[24p + j, 4g + r].          */
 static int bge_qs8_pack__avxvnni(const int8_t *w, const float *w_scale, int K, int N,
                                  void *packed) {
-    return bge_q8_pack_panels(w, w_scale, K, N, packed, BGE_Q8_LAYOUT_AVXVNNI, NR, 4, 1);
+    return bge_q8_pack_panels(w, w_scale, K, N, packed, BGE_Q8_LAYOUT_AVXVNNI, NR, 4);
 }
 
 /* The raw microkernel (the qu8s8_gemm_i32 slot): tile[i][8j .. 8j+7] = sum_{k < Kp} q[i, k]
@@ -195,7 +195,7 @@ static void epilogue_avxvnni(const float *ftile, int mr, int nw, const float *bi
 }
 
 static const bge_q8_gemm_impl impl = {
-    .layout = BGE_Q8_LAYOUT_AVXVNNI, .mr = MR, .nr = NR, .kgroup = 4, .elt = 1,
+    .layout = BGE_Q8_LAYOUT_AVXVNNI, .mr = MR, .nr = NR, .kgroup = 4,
     .tile = tile_avxvnni, .gtile = gtile_avxvnni, .epilogue = epilogue_avxvnni,
 };
 

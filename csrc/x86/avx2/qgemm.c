@@ -16,13 +16,15 @@
  *     and zero-extended in lane (vpunpcklbw with 0) give the (q[k], q[k+1]) s16 pair in
  *     every int32 lane.
  *     Why s8 in memory: weights widened at packing (s16) took twice the bytes: 42 MB
- *     instead of 21 MB for bge-small, which put the int8 engine's peak RSS at 116 MB
- *     against 95 MB, and doubled the weight stream at small batches. Measured on Zen 3
- *     (calls interleaved in one process), the extra vpmovsxbw costs the GEMM 4-13 % when
- *     its weights sit in cache, and nothing measurable in a whole forward pass, where
- *     they come from L3 or memory.
+ *     instead of 21 MB for bge-small (the int8 engine's peak RSS 109-116 MB against 88),
+ *     more than the L3 of many CPUs, and twice the weight stream per forward pass.
+ *     Measured on Zen 3, 2 threads, calls of the two builds interleaved in one process:
+ *     the 48 GEMMs of a forward pass with 12 layers' own weights run 1.40x faster at 1
+ *     token and 1.22x at 16, 0.96x at 128 and 0.94x at 512; one GEMM whose weights stay
+ *     in cache runs 4-17 % slower (the extra vpmovsxbw).
  *     Not taken: pre-widening the activations per tile (vpbroadcastd m32 instead of
- *     vpbroadcastw + vpunpcklbw): 0-3 % slower on Zen 3.
+ *     vpbroadcastw + vpunpcklbw): 0-3 % slower on Zen 3; unrolling the k loop by 4:
+ *     ~10 % slower.
  *   - Packing: bge_q8_pack_panels (ref/qgemm.c) with nr = 24, kgroup = 2, s8 (layout
  *     AVX2): one k-pair of a panel is 48 bytes = 3 x 16, each 8 columns x (k, k+1).
  *   - Microkernel MR x NR = 4 x 24: 4 x 3 = 12 ymm accumulators, 3 ymm of panel, 1 of q;

@@ -62,6 +62,10 @@ typedef struct bge_f32_gemm_impl {
                  float *tile);
     void (*epilogue)(const float *tile, int mr, int nw, const float *bias, const float *res,
                      float *out, size_t ldo, int epilogue);
+    /* Optional (NULL: the driver calls tile): tile that also prefetches the bytes
+     * [pf, pf + pf_bytes) into L2, spread over its K steps (a slice of the next panel) */
+    void (*tile_pf)(const float *x, size_t ldx, int K, const float *panel, int mr, int nw,
+                    float *tile, const char *pf, int pf_bytes);
 } bge_f32_gemm_impl;
 
 /* Checks the arguments, then runs the tiles: rows in blocks that keep x in L2, panel by

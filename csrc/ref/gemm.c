@@ -6,6 +6,7 @@
  * element keeps its own accumulator: the compiler may vectorise across n without changing
  * any sum. Each out[m, n] is summed in the order k = 0, 1, ..., K-1, starting from 0.0f.
  */
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 
@@ -128,10 +129,21 @@ static void gemm_block(const bge_f32_gemm_impl *impl, const float *x, int M, int
         for (int p = p0; p < p1; p++) {
             const int n0 = p * NR, nw = N - n0 < NR ? N - n0 : NR;
             const float *panel = packed + (size_t)p * K * NR;
+            /* The panel this thread reads next (the rectangle's next one, or its first again
+             * for the next row block): with tile_pf, each tile of this panel prefetches an
+             * equal slice of it, so that it is in L2 when its first tile starts. */
+            const float *next = p + 1 < p1 ? panel + (size_t)K * NR
+                                           : (te < t1 ? packed + (size_t)p0 * K * NR : NULL);
+            const size_t slice = (size_t)K * NR * sizeof(float) / (size_t)(te - tb);
+            const int prefetch = impl->tile_pf && next && M >= 2 && slice <= (size_t)INT_MAX;
             for (int t = tb; t < te; t++) {
                 const int m0 = t * MR, mr = M - m0 < MR ? M - m0 : MR;
                 const float *xt = x + (size_t)m0 * K;
-                impl->tile(xt, (size_t)K, K, panel, mr, nw, tile);
+                if (prefetch)
+                    impl->tile_pf(xt, (size_t)K, K, panel, mr, nw, tile,
+                                  (const char *)next + (size_t)(t - tb) * slice, (int)slice);
+                else
+                    impl->tile(xt, (size_t)K, K, panel, mr, nw, tile);
                 const size_t o = (size_t)m0 * N + n0;
                 impl->epilogue(tile, mr, nw, bias + n0,
                               epilogue == BGE_EPI_BIAS_RESIDUAL ? res + o : NULL, out + o,

@@ -118,7 +118,8 @@ def test_gemm_against_ref(kern, M, K, N):
             f"{np.argwhere(bad)[0]}: got {out[bad][0]}, ref {want[bad][0]}, tol {tol[bad][0]}")
 
 
-@pytest.mark.parametrize("K,N", [(1, 1), (7, 17), (384, 385), (5, 1537)])
+@pytest.mark.parametrize("K,N", [(1, 1), (7, 17), (9, 23), (384, 385), (383, 24), (5, 1537),
+                                 (1537, 25)])
 def test_packed_layout(kern, K, N):
     """packed[(p*K + k)*NR + j] = w[p*NR + j, k], zero past N; ceil(N/NR)*K*NR floats."""
     _, NR = tile_of(kern)

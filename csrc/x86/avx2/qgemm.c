@@ -24,7 +24,13 @@
  *     in cache runs 4-17 % slower (the extra vpmovsxbw).
  *     Not taken: pre-widening the activations per tile (vpbroadcastd m32 instead of
  *     vpbroadcastw + vpunpcklbw): 0-3 % slower on Zen 3; unrolling the k loop by 4:
- *     ~10 % slower.
+ *     ~10 % slower; a 6 x 16 tile (16 ymm, no spills) on activations widened and centred
+ *     per group into L1 (no zero-point term): 1.13-1.17x at 16 rows but 0.83x (raw sums)
+ *     to 1.0x (grouped) at 128 on Zen 3; each tile prefetching the next panel, as the fp32
+ *     GEMM does: no change at 2-256 rows (this GEMM waits on its arithmetic). Weights in 7
+ *     bits would make vpmaddubsw exact (2 x 255 x 63 < 32767) at about half the uops, but
+ *     simulated (bench/int8_scheme_study.py, MiniLM, groups of 64) they give min cosine
+ *     0.99795 against 0.99938: below the 0.999 target.
  *   - Packing: bge_q8_pack_panels (ref/qgemm.c) with nr = 24, kgroup = 2, s8 (layout
  *     AVX2): one k-pair of a panel is 48 bytes = 3 x 16, each 8 columns x (k, k+1).
  *   - Microkernel MR x NR = 4 x 24: 4 x 3 = 12 ymm accumulators, 3 ymm of panel, 1 of q;

@@ -1,7 +1,7 @@
 /*
  * x86/avx2/transpose.h: the 8 x 8 float transpose in ymm registers, shared by this folder's
- * files (ops.c: packing K for attention; gemm.c: packing weights). Needs AVX (this folder's
- * flags).
+ * files (ops.c: packing K for attention; gemm.c: packing weights) and x86/avx512/ops.c
+ * (packing K for attention). Needs AVX, which both folders' flags include.
  */
 #ifndef BGE_X86_AVX2_TRANSPOSE_H
 #define BGE_X86_AVX2_TRANSPOSE_H
@@ -10,7 +10,8 @@
 
 /* Transposes the 8 x 8 block r (row i in r[i]) in place: r[i][j] becomes r[j][i].
  * unpack: pairs of rows interleaved; shuffle: 4 rows per column within each 128-bit half;
- * permute2f128: the halves of rows 0-3 and 4-7 joined. */
+ * permute2f128: the halves of rows 0-3 and 4-7 joined. (In-lane shuffles are cheaper than
+ * vpermt2ps on a 16 x 16 block, which is why the AVX-512 attention uses this one too.) */
 static inline __attribute__((always_inline)) void transpose8(__m256 r[8]) {
     __m256 t[8], u[8];
     for (int i = 0; i < 4; i++) {

@@ -160,8 +160,9 @@ static void gemm_block(const bge_f32_gemm_impl *impl, const float *x, int M, int
  *   res    (M, N) with BGE_EPI_BIAS_RESIDUAL, else ignored; may equal out
  *   out    (M, N) row-major; must not overlap x
  * Threads: the grid of (row tiles) x (panels) is cut into rectangles, panels first, until
- * there are about 4 per thread; threads take them dynamically, so a thread the OS delays does
- * not hold the others back. Each element's sum over k is never split.                   */
+ * there are about 4 per thread (2 for a prefetching impl on few rows, see below); threads
+ * take them dynamically, so a thread the OS delays does not hold the others back. Each
+ * element's sum over k is never split.                                                   */
 int bge_f32_gemm_run(const bge_f32_gemm_impl *impl, const float *x, int M, int K, int N,
                      const float *packed, const float *bias, const float *res, float *out,
                      int epilogue, int nthreads) {

@@ -33,7 +33,9 @@
  *     interleaved: 1.21x faster at M = 8, 1.30x at 16, 1.22x at 32, 1.11x at 64, 1.04-1.07x
  *     at 128-512; at M = 1 (3 FMAs per k step) it cost 3-6 %, hence the M >= 2.
  *     Not kept: k blocking for L1 (kc = 128-512 k of a panel over every tile of the block,
- *     partial sums in L1 between slices; the same bits): 5-10 % slower at M = 128-512.
+ *     partial sums in L1 between slices; the same bits): 5-10 % slower at M = 128-512, and
+ *     within the noise (0.98-1.05x, kc = 64-192) at M = 4-16 beside the prefetch; a 6 x 16
+ *     tile (panels of 16): 1.05x at M = 16, 0.97x at 256-512.
  */
 #include <immintrin.h>
 

@@ -77,7 +77,7 @@ static int bge_f32_pack__avx2(const float *w, int K, int N, float *packed) {
      * transposed in registers, stored as 8 k rows of the panel's 8 columns. The same bytes
      * as bge_f32_pack_panels, about 5x faster than its scalar copy: it is most of the
      * packing time at load. */
-    static const int32_t lanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const int panels = (N + NR - 1) / NR;
     for (int p = 0; p < panels; p++) {
         float *dst = packed + (size_t)p * K * NR;
@@ -86,7 +86,7 @@ static int bge_f32_pack__avx2(const float *w, int K, int N, float *packed) {
             const int nj = N - n0 < 0 ? 0 : (N - n0 < 8 ? N - n0 : 8); /* rows of w here */
             for (int k0 = 0; k0 < K; k0 += 8) {
                 const int kc = K - k0 < 8 ? K - k0 : 8;
-                const __m256i m = _mm256_loadu_si256((const __m256i *)(lanes + 8 - kc));
+                const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(kc), lane);
                 __m256 r[8];
                 for (int i = 0; i < 8; i++)
                     r[i] = i >= nj ? _mm256_setzero_ps()

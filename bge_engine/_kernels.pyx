@@ -12,7 +12,12 @@ owns (the engine's workspace), so the hot path allocates nothing.
 
 import numpy as np
 
-from libc.stdint cimport int8_t, int32_t, uint8_t
+cimport cython
+from cython.parallel cimport parallel, prange, threadid
+from libc.errno cimport EINTR, errno
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t
+from posix.types cimport off_t
+from posix.unistd cimport pread
 
 _EPILOGUES = {"bias": BGE_EPI_BIAS, "gelu": BGE_EPI_BIAS_GELU, "residual": BGE_EPI_BIAS_RESIDUAL}
 _POOLS = {"cls": BGE_POOL_CLS, "mean": BGE_POOL_MEAN}
@@ -220,6 +225,93 @@ class PackedQ8:
     @property
     def nbytes(self):
         return self.data.nbytes
+
+
+# ----------------------------------------------------------------------------------------
+# Loading: every matmul weight read, checked and packed in one call without the GIL
+# ----------------------------------------------------------------------------------------
+
+cdef enum:
+    _MAX_PARTS = 4  # tensors stacked by rows into one weight (Q, K and V make 3)
+
+cdef struct _LoadJob:
+    # in: the weight (N, K) float32 is `nparts` tensors stacked by rows, part p being rows[p]
+    # rows at byte `off[p]` of the file; it is packed (int8: quantised, then packed) into
+    # the arena at byte out_off
+    int64_t off[_MAX_PARTS]
+    int rows[_MAX_PARTS]
+    int nparts, N, K, int8
+    size_t out_off
+    # out: _LOAD_OK, or what went wrong and in which part
+    int status, part
+
+
+cdef enum:
+    _LOAD_OK = 0
+    _LOAD_SHORT = 1  # the file ended, or the read failed, inside the part
+    _LOAD_NONFINITE = 2  # the part holds NaN or infinity
+    _LOAD_PACK = 3  # the packer or the quantiser refused the weight
+    _LOAD_IO = 4  # a read failed (errno other than EINTR)
+
+
+cdef int _read_full(int fd, char *dst, size_t n, int64_t off) noexcept nogil:
+    """n bytes of the file at off into dst (pread, retried where it stops short): _LOAD_OK,
+    _LOAD_SHORT when the file ends first, _LOAD_IO when a read fails."""
+    cdef ssize_t got
+    while n > 0:
+        got = pread(fd, dst, n, <off_t>off)
+        if got < 0 and errno == EINTR:
+            continue
+        if got < 0:
+            return _LOAD_IO
+        if got == 0:
+            return _LOAD_SHORT
+        dst += got
+        n -= <size_t>got
+        off += got
+    return _LOAD_OK
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef int _all_finite(const float *a, size_t n) noexcept nogil:
+    """1 when none of the n floats is NaN or infinity (all exponent bits set), else 0."""
+    cdef const uint32_t *b = <const uint32_t *>a
+    cdef uint32_t bad = 0
+    cdef size_t i
+    for i in range(n):
+        bad |= <uint32_t>((b[i] & 0x7f800000u) == 0x7f800000u)
+    return bad == 0
+
+
+cdef void _load_one(const bge_kernels *t, int fd, _LoadJob *j, float *w, int8_t *q, float *s,
+                    uint8_t *arena) noexcept nogil:
+    """Runs job j with one thread's buffers: w (N K floats), q (N K), s (N groups)."""
+    cdef size_t at = 0, n
+    cdef int p, st
+    for p in range(j.nparts):
+        n = <size_t>j.rows[p] * <size_t>j.K
+        st = _read_full(fd, <char *>(w + at), n * sizeof(float), j.off[p])
+        if st != _LOAD_OK:
+            j.status, j.part = st, p
+            return
+        if not _all_finite(w + at, n):
+            j.status, j.part = _LOAD_NONFINITE, p
+            return
+        at += n
+    if j.int8:
+        if bge_qs8_quantize_weights(w, j.N, j.K, q, s, 1) != BGE_OK or \
+                t.qs8_pack(q, s, j.K, j.N, <void *>(arena + j.out_off)) != BGE_OK:
+            j.status, j.part = _LOAD_PACK, 0
+            return
+    elif t.f32_pack(w, j.K, j.N, <float *>(arena + j.out_off)) != BGE_OK:
+        j.status, j.part = _LOAD_PACK, 0
+        return
+    j.status = _LOAD_OK
+
+
+LOAD_ERRORS = {_LOAD_SHORT: "is cut short", _LOAD_NONFINITE: "holds NaN or infinity",
+               _LOAD_PACK: "could not be packed", _LOAD_IO: "could not be read"}
 
 
 cdef class Kernels:
@@ -522,6 +614,94 @@ cdef class Kernels:
             st = self.t.qs8_pack(&wv[0, 0], &sv[0, 0], K, N, <void *>&dv[0])
         _check_status(st, "qpack")
         return PackedQ8(data, K, N, self.isa)
+
+    def load_packed(self, int fd, jobs, arena, threads=1):
+        """Reads, checks and packs many weights from an open file in one call, with the GIL
+        released throughout (so that other Python threads, the tokenizer's build among them,
+        run beside it), on `threads` threads taking the weights in turn.
+
+        Args:
+            fd: the file (e.g. model.safetensors), read with pread.
+            jobs: one (parts, N, K, int8, out_off) per weight (N, K): `parts` is a list of
+                (byte offset, rows) of little-endian float32 tensors stacked by rows (their
+                rows sum to N); int8 quantises (quantize_weight) and packs for qgemm, else
+                pack for gemm; the packed bytes go to arena[out_off:], 64-byte aligned.
+            arena: C-contiguous writable uint8, 64-byte aligned.
+
+        Returns:
+            (packed, errors): packed[i] is job i's PackedF32 or PackedQ8 (a view of the
+            arena), None where it failed; errors lists (i, part, what) for each failed job,
+            `what` a phrase of LOAD_ERRORS ("is cut short", "holds NaN or infinity", ...).
+        """
+        cdef int nt = _threads(threads)
+        if not isinstance(arena, np.ndarray) or arena.ndim != 1:
+            raise ValueError("arena: expected a uint8 array of shape (n,)")
+        _writable(_check(arena, "arena", (arena.shape[0],), np.uint8), "arena")
+        if arena.ctypes.data % 64:
+            raise ValueError("arena: must start on a 64-byte boundary")
+        cdef Py_ssize_t njobs = len(jobs), i
+        cdef size_t most = 1, size, cap = arena.shape[0]
+        cdef int most_n = 1, most_g = 1, p
+        job_buf = np.zeros(max(njobs, 1) * sizeof(_LoadJob), dtype=np.uint8)
+        cdef uint8_t[::1] jb = job_buf
+        cdef _LoadJob *js = <_LoadJob *>&jb[0]
+        sizes = []
+        for i in range(njobs):
+            parts, N, K, int8, out_off = jobs[i]
+            if not 1 <= len(parts) <= _MAX_PARTS:
+                raise ValueError(f"jobs[{i}]: expected 1 to {_MAX_PARTS} parts, got {len(parts)}")
+            if N < 1 or K < 1 or (int8 and K > BGE_Q8_MAX_K):
+                raise ValueError(f"jobs[{i}]: cannot pack shape {(N, K)}")
+            if sum(r for _o, r in parts) != N or any(r < 1 or o < 0 for o, r in parts):
+                raise ValueError(f"jobs[{i}]: expected parts of rows >= 1 at offsets >= 0, "
+                                 f"their rows summing to N = {N}")
+            size = self.t.qs8_packed_size(K, N) if int8 else 4 * self.t.f32_packed_size(K, N)
+            if size == 0:
+                raise ValueError(f"jobs[{i}]: cannot pack shape {(N, K)}")
+            if out_off < 0 or out_off % 64 or <size_t>out_off + size > cap:
+                raise ValueError(f"jobs[{i}]: out_off {out_off} is not a 64-byte aligned "
+                                 f"slot of {size} bytes inside the arena ({cap} bytes)")
+            js[i].nparts, js[i].N, js[i].K, js[i].int8 = len(parts), N, K, bool(int8)
+            js[i].out_off = out_off
+            js[i].status, js[i].part = -1, 0
+            for p in range(len(parts)):
+                js[i].off[p], js[i].rows[p] = parts[p]
+            most = max(most, <size_t>N * <size_t>K)
+            most_n, most_g = max(most_n, N), max(most_g, q8_groups(K))
+            sizes.append(size)
+        if njobs == 0:
+            return [], []
+        nt = min(nt, njobs)
+        # each thread's buffers: the weight as read, and its int8 form with scales
+        floats = np.empty((nt, most), dtype=np.float32)
+        need_q = any(job[3] for job in jobs)
+        qs = np.empty((nt, most if need_q else 1), dtype=np.int8)
+        ss = np.empty((nt, <size_t>most_n * most_g if need_q else 1), dtype=np.float32)
+        cdef float[:, ::1] fv = floats
+        cdef int8_t[:, ::1] qv = qs
+        cdef float[:, ::1] sv = ss
+        cdef uint8_t[::1] av = arena
+        cdef float *fp = &fv[0, 0]
+        cdef int8_t *qp = &qv[0, 0]
+        cdef float *sp = &sv[0, 0]
+        cdef size_t fs = floats.shape[1], qsz = qs.shape[1], ssz = ss.shape[1]
+        cdef const bge_kernels *t = self.t
+        cdef int tid = 0  # each thread's own (firstprivate)
+        with nogil, parallel(num_threads=nt):
+            tid = threadid()
+            for i in prange(njobs, schedule="dynamic", chunksize=1):
+                _load_one(t, fd, &js[i], fp + tid * fs, qp + tid * qsz, sp + tid * ssz, &av[0])
+        packed, errors = [], []
+        for i in range(njobs):
+            if js[i].status != _LOAD_OK:
+                errors.append((i, js[i].part, LOAD_ERRORS.get(js[i].status, "was not read")))
+                packed.append(None)
+                continue
+            N, K, int8, out_off = jobs[i][1:]
+            data = arena[out_off:out_off + sizes[i]]
+            packed.append(PackedQ8(data, K, N, self.isa) if int8
+                          else PackedF32(data.view(np.float32), K, N, self.isa))
+        return packed, errors
 
     def quantize(self, x, q, scale, zp, threads=1):
         """Quantises x (M, K) float32 row by row and group by group (Q8_GROUP k each) into

@@ -15,6 +15,7 @@ from typing import Callable, List, Optional, TypeVar
 import numpy as np
 
 from . import _kernels
+from .errors import ModelFormatError
 from .quant import quantize_weight
 from .weights import Checkpoint
 
@@ -99,21 +100,14 @@ class Linear:
     it runs, with a zero point).
 
     Args:
-        kernels: the kernel table to pack for.
-        w: (N, K) float32, the torch Linear weight; b: (N,) its bias.
-        int8: quantise and pack for the int8 GEMM.
-        out: a uint8 slot of packed_bytes(...) to pack into (an arena's), or None.
-        scratch: the loading thread's buffers, or None to allocate.
+        w: the packed weight (N, K): a `_kernels.PackedF32` (Kernels.pack or load_packed)
+            or a `_kernels.PackedQ8` (Kernels.qpack or load_packed), which runs in int8.
+        b: (N,) float32, the bias.
     """
 
-    def __init__(self, kernels, w: np.ndarray, b: np.ndarray, int8: bool,
-                 out: Optional[np.ndarray] = None, scratch: Optional[LoadScratch] = None):
-        self.b, self.int8 = b, int8
-        if int8:
-            q, scale = scratch.int8(*w.shape) if scratch is not None else (None, None)
-            self.w = kernels.qpack(*quantize_weight(w, q=q, scale=scale), out=out)
-        else:
-            self.w = kernels.pack(w, out=out)
+    def __init__(self, w, b: np.ndarray):
+        self.w, self.b = w, b
+        self.int8 = isinstance(w, _kernels.PackedQ8)
 
     @staticmethod
     def packed_bytes(kernels, N: int, K: int, int8: bool) -> int:
@@ -131,32 +125,19 @@ class Linear:
 
 
 class PackedLayer:
-    """One encoder layer, its four Linear layers packed for the kernel table.
+    """One encoder layer: its four Linear layers and its LayerNorm vectors.
 
     Args:
-        kernels: the table to pack for.
-        ckpt, i: the checkpoint and the layer; each weight is read, packed and dropped in
-            turn.
-        int8: the matmuls to pack for int8 (names from MATMULS).
-        arena: a uint8 buffer of arena_bytes(...), 64-byte aligned, to pack into, or None.
-        scratch: the loading thread's buffers, or None.
+        packed: {name: packed weight} for every name of MATMULS (see Linear).
+        v: the layer's biases and LayerNorm vectors, as `Checkpoint.biases` gives them.
     """
 
-    def __init__(self, kernels, ckpt: Checkpoint, i: int, int8: frozenset,
-                 arena: Optional[np.ndarray] = None, scratch: Optional[LoadScratch] = None):
-        cfg = ckpt.config
-        slots = dict(zip(MATMULS, _slots(kernels, cfg.hidden, cfg.intermediate, int8, arena)))
-        v = ckpt.biases(i)
-
-        def linear(name):
-            w = ckpt.matrix(i, name, None if scratch is None else scratch.floats)
-            return Linear(kernels, w, v[name + "_b"], name in int8, slots[name], scratch)
-
-        self.qkv = linear("qkv")
-        self.out = linear("out")
+    def __init__(self, packed: dict, v: dict):
+        self.qkv = Linear(packed["qkv"], v["qkv_b"])
+        self.out = Linear(packed["out"], v["out_b"])
         self.ln1_g, self.ln1_b = v["ln1_g"], v["ln1_b"]
-        self.up = linear("up")
-        self.down = linear("down")
+        self.up = Linear(packed["up"], v["up_b"])
+        self.down = Linear(packed["down"], v["down_b"])
         self.ln2_g, self.ln2_b = v["ln2_g"], v["ln2_b"]
 
     @staticmethod
@@ -171,16 +152,73 @@ def _slot_bytes(kernels, H: int, F: int, int8: frozenset) -> List[int]:
     return [Linear.packed_bytes(kernels, N, K, m in int8) for m, (N, K) in zip(MATMULS, shapes)]
 
 
-def _slots(kernels, H: int, F: int, int8: frozenset, arena: Optional[np.ndarray]) -> list:
-    """Each matmul's slice of the layer's arena, in MATMULS order, each starting on 64 bytes
-    (None each without an arena)."""
-    if arena is None:
-        return [None] * len(MATMULS)
-    slots, at = [], 0
+def _slot_offsets(kernels, H: int, F: int, int8: frozenset) -> List[int]:
+    """Where each matmul's packed weight starts in its layer's part of the arena, in MATMULS
+    order, each on 64 bytes."""
+    offsets, at = [], 0
     for n in _slot_bytes(kernels, H, F, int8):
-        slots.append(arena[at:at + n])
+        offsets.append(at)
         at += -(-n // 64) * 64
-    return slots
+    return offsets
+
+
+def load_matmuls(kernels, ckpt: Checkpoint, int8: frozenset, arena: np.ndarray,
+                 per_layer: int, threads: int) -> List[dict]:
+    """Every layer's matmul weights read from the checkpoint, checked and packed into the
+    arena (layer i from byte i * per_layer, at _slot_offsets): [{name: packed}] per layer.
+
+    Weights stored as float32 go to `Kernels.load_packed`: read, checked for NaN and
+    infinity, quantised where int8 and packed, on `threads` threads, in one call that never
+    holds the GIL. Building the tokenizer holds the GIL for its whole ~50 ms, and the engine
+    does it beside this: with a Python step between matrices, the loading threads stalled
+    behind it (measured on Zen 3: the engine built in 114-171 ms; 62 with the tokenizer's
+    build made GIL-free as a test). Others (float16) are read by `Checkpoint.matrix` and
+    packed one by one, each thread with its own buffers.
+
+    Raises:
+        ModelFormatError: a tensor missing, of the wrong shape or dtype, cut short, or
+            holding NaN or infinity (the first one found, by name).
+    """
+    cfg = ckpt.config
+    offsets = _slot_offsets(kernels, cfg.hidden, cfg.intermediate, int8)
+    out: List[dict] = [{} for _ in range(cfg.layers)]
+    direct, by_python = [], []
+    for i in range(cfg.layers):
+        for name, at in zip(MATMULS, offsets):
+            parts, (N, K) = ckpt.matrix_sources(i, name)
+            slot = i * per_layer + at
+            if parts is None:
+                by_python.append((i, name, slot))
+            else:
+                direct.append((i, name, (parts, N, K, name in int8, slot)))
+    if direct:
+        packed, errors = kernels.load_packed(ckpt.reader.fd, [job for _i, _n, job in direct],
+                                             arena, threads)
+        if errors:
+            j, part, what = errors[0]
+            i, name, _job = direct[j]
+            raise ModelFormatError(
+                f"{ckpt.reader.path}: tensor {ckpt.matrix_tensor(i, name, part)!r} {what}")
+        for (i, name, _job), p in zip(direct, packed):
+            out[i][name] = p
+    if by_python:
+        local = threading.local()
+
+        def load(j: int):
+            i, name, slot = by_python[j]
+            if not hasattr(local, "scratch"):
+                local.scratch = LoadScratch(ckpt)
+            w = ckpt.matrix(i, name, local.scratch.floats)
+            q8 = name in int8
+            dst = arena[slot:slot + Linear.packed_bytes(kernels, *w.shape, q8)]
+            if q8:
+                q, scale = local.scratch.int8(*w.shape)
+                return kernels.qpack(*quantize_weight(w, q=q, scale=scale), out=dst)
+            return kernels.pack(w, out=dst)
+
+        for (i, name, _slot), p in zip(by_python, run_on_threads(load, len(by_python), threads)):
+            out[i][name] = p
+    return out
 
 
 def weight_arena(nbytes: int) -> np.ndarray:
@@ -244,21 +282,14 @@ class BertModel:
         self.word, self.pos, self.type = ckpt.word, ckpt.pos, ckpt.type
         self.emb_ln_g, self.emb_ln_b = ckpt.emb_ln_g, ckpt.emb_ln_b
         int8 = frozenset(int8)
-        # Layers are read, checked and packed on `threads` threads at once (pread, the C
-        # quantiser and packers release the GIL; the cold start is mostly this loop), each
-        # thread with its own scratch buffers, reused matrix after matrix, so at most one raw
-        # weight per thread is in memory beside the packed ones, which go to one arena.
+        # The matmul weights are read, checked and packed on `threads` threads at once (the
+        # cold start is mostly this), each thread with its own buffers, reused matrix after
+        # matrix, so at most one raw weight per thread is in memory beside the packed ones,
+        # which go to one arena.
         per_layer = PackedLayer.arena_bytes(kernels, cfg.hidden, cfg.intermediate, int8)
         arena = weight_arena(per_layer * cfg.layers)
-        local = threading.local()
-
-        def load(i: int) -> PackedLayer:
-            if not hasattr(local, "scratch"):
-                local.scratch = LoadScratch(ckpt)
-            return PackedLayer(kernels, ckpt, i, int8, arena[i * per_layer:(i + 1) * per_layer],
-                               local.scratch)
-
-        self.layers = run_on_threads(load, cfg.layers, threads)
+        packed = load_matmuls(kernels, ckpt, int8, arena, per_layer, threads)
+        self.layers = [PackedLayer(packed[i], ckpt.biases(i)) for i in range(cfg.layers)]
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
 
     def new_workspace(self, reserve: int = 0) -> Workspace:

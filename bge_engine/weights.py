@@ -109,6 +109,25 @@ class Checkpoint:
             row += r
         return w
 
+    def matrix_sources(self, i: int, name: str):
+        """Where weight `name` of layer i lies in the file, for `Kernels.load_packed`:
+        ([(byte offset, rows), ...] of the tensors stacked by rows, (N, K)); the list is None
+        when a tensor's bytes are not float32 as they lie (float16, or a big-endian host),
+        which `matrix` reads instead. Raises ModelFormatError as `matrix` would for a missing
+        tensor, a wrong shape or dtype."""
+        parts = self._matrix_parts(name)
+        N, K = sum(r for _, (r, _c) in parts), parts[0][1][1]
+        offsets = [self.reader.f32_offset(f"encoder.layer.{i}.{tensor}.weight", (r, c))
+                   for tensor, (r, c) in parts]
+        if None in offsets:
+            return None, (N, K)
+        return [(o, r) for o, (_t, (r, _c)) in zip(offsets, parts)], (N, K)
+
+    def matrix_tensor(self, i: int, name: str, part: int) -> str:
+        """The file's name of part `part` of weight `name` of layer i (for error messages)."""
+        tensor = self._matrix_parts(name)[part][0]
+        return self.reader.full_name(f"encoder.layer.{i}.{tensor}.weight")
+
     def biases(self, i: int) -> dict:
         """Encoder layer i's biases and LayerNorm vectors, by LayerWeights field name."""
         H, F = self.config.hidden, self.config.intermediate
@@ -298,11 +317,18 @@ class _TensorReader:
             return WordTable(self.path, self._data_start + info["data_offsets"][0], shape)
         return WordTable(self.path, 0, shape, table=self.get(name, shape))
 
-    def get(self, name: str, shape: tuple, out: Optional[np.ndarray] = None) -> np.ndarray:
-        """Tensor `name` as float32 `shape`, checked for presence, dtype, shape and NaN or
-        infinity; read into `out` (C-contiguous float32 `shape`) when given, else into a new
-        array. Float32 tensors are read with one pread from their byte range: no mapping, so
-        no page faults on the file and nothing of it left resident."""
+    @property
+    def fd(self) -> int:
+        """The file, open for pread by any thread."""
+        return self._fd
+
+    def full_name(self, name: str) -> str:
+        """`name` as the file spells it (with the 'bert.' prefix where it has one)."""
+        return self._prefix + name
+
+    def _info(self, name: str, shape: tuple) -> dict:
+        """The header entry of tensor `name`, checked for presence, shape and a dtype that
+        loads (float32 or float16)."""
         full = self._prefix + name
         info = self._header.get(full)
         if full not in self._names or not isinstance(info, dict):
@@ -311,6 +337,32 @@ class _TensorReader:
             raise ModelFormatError(
                 f"{self.path}: tensor {full!r} has shape {tuple(info.get('shape', ()))}; "
                 f"expected {shape}")
+        if info.get("dtype") not in ("F32", "F16"):
+            code = str(info.get("dtype"))
+            raise ModelFormatError(
+                f"{self.path}: tensor {full!r} has dtype {_DTYPE_NAMES.get(code, code)} "
+                f"({code}); expected float32 or float16")
+        return info
+
+    def f32_offset(self, name: str, shape: tuple) -> Optional[int]:
+        """The file offset of tensor `name` (checked as `get` checks it) when its bytes are
+        the float32 values themselves (float32 on a little-endian host), else None; its
+        values are not checked here (`Kernels.load_packed` checks them as it reads)."""
+        info = self._info(name, shape)
+        if info["dtype"] != "F32" or sys.byteorder != "little":
+            return None
+        start, end = info["data_offsets"]
+        if end - start != 4 * int(np.prod(shape)):
+            raise ModelFormatError(f"{self.path}: tensor {self._prefix + name!r} is cut short")
+        return self._data_start + start
+
+    def get(self, name: str, shape: tuple, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Tensor `name` as float32 `shape`, checked for presence, dtype, shape and NaN or
+        infinity; read into `out` (C-contiguous float32 `shape`) when given, else into a new
+        array. Float32 tensors are read with one pread from their byte range: no mapping, so
+        no page faults on the file and nothing of it left resident."""
+        full = self._prefix + name
+        info = self._info(name, shape)
         a = np.empty(shape, dtype=np.float32) if out is None else out
         if info.get("dtype") == "F32":
             start, end = info["data_offsets"]
@@ -320,16 +372,11 @@ class _TensorReader:
                 raise ModelFormatError(f"{self.path}: tensor {full!r} is cut short")
             if sys.byteorder != "little":
                 a.byteswap(inplace=True)
-        elif info.get("dtype") == "F16":
+        else:  # F16
             from safetensors import safe_open
 
             with safe_open(str(self.path), framework="numpy") as f:
                 a[...] = f.get_tensor(full)
-        else:
-            code = str(info.get("dtype"))
-            raise ModelFormatError(
-                f"{self.path}: tensor {full!r} has dtype {_DTYPE_NAMES.get(code, code)} "
-                f"({code}); expected float32 or float16")
         # min and max carry any NaN or infinity, in two passes with no temporary
         if a.size and not (np.isfinite(a.min()) and np.isfinite(a.max())):
             raise ModelFormatError(f"{self.path}: tensor {full!r} holds NaN or infinity")

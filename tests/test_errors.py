@@ -361,6 +361,29 @@ def test_tensor_wrong_dtype(tmp_path, minilm_path, minilm_tensors, minilm, befor
     assert_unchanged(minilm, before)
 
 
+@pytest.mark.parametrize("name, bad", [
+    ("encoder.layer.3.intermediate.dense.weight", np.nan),  # read by Kernels.load_packed
+    ("encoder.layer.0.attention.self.value.weight", -np.inf),  # the third part of QKV
+    ("encoder.layer.5.output.dense.weight", np.inf),
+    ("encoder.layer.2.output.LayerNorm.bias", np.nan),  # read in Python
+])
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_tensor_not_finite(tmp_path, minilm_path, minilm_tensors, minilm, before, name, bad,
+                           dtype):
+    folder = link_folder(minilm_path, tmp_path / "m")
+    tensors = dict(minilm_tensors)
+    a = tensors[name].copy()
+    a.reshape(-1)[a.size // 2 + 3] = bad
+    tensors[name] = a
+    _rewrite(folder, tensors)
+    with pytest.raises(ModelFormatError) as info:
+        Engine(str(folder), dtype=dtype)
+    message = check_error(info.value, ModelFormatError, ValueError, "model_format",
+                          "model.safetensors", name)
+    assert "NaN or infinity" in message
+    assert_unchanged(minilm, before)
+
+
 @pytest.mark.parametrize("name", ["encoder.layer.5.output.LayerNorm.weight",
                                   "embeddings.token_type_embeddings.weight"])
 def test_tensor_missing(tmp_path, minilm_path, minilm_tensors, minilm, before, name):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 from bge_engine import _kernels
 from bge_engine.model import MATMULS, BertModel, Workspace
@@ -49,6 +49,96 @@ def test_packed_weights_share_one_aligned_arena(minilm_path):
         assert datas[0].ctypes.data % (2 << 20) == 0  # the arena starts on a 2 MiB page
         starts = sorted((d.ctypes.data, d.nbytes) for d in datas)
         assert all(a + n <= b for (a, n), (b, _) in zip(starts, starts[1:]))  # no overlap
+
+
+def _arena(model) -> np.ndarray:
+    """Every packed weight's bytes, layer by layer, one after another (not the padding
+    between the arena's slots, which nothing writes)."""
+    return np.concatenate([getattr(layer, m).w.data.view(np.uint8)
+                           for layer in model.layers for m in MATMULS])
+
+
+@pytest.mark.parametrize("int8", [(), MATMULS, ("up", "down")], ids=["fp32", "int8", "mixed"])
+def test_load_packed_gives_the_bytes_of_pack_and_qpack(minilm_path, monkeypatch, int8):
+    """Kernels.load_packed (read, check, quantise, pack in one call without the GIL) and the
+    Python path (Checkpoint.matrix, then quantize_weight and qpack, or pack) fill the arena
+    with the same bytes, on 1 and 3 threads."""
+    ckpt = load_checkpoint(minilm_path)
+    k = _kernels.Kernels()
+    direct = [_arena(BertModel(ckpt, k, int8=int8, threads=t)) for t in (1, 3)]
+    real = ckpt.matrix_sources
+    calls = []
+
+    def python_path(i, name):  # as for float16 tensors: read by Checkpoint.matrix
+        calls.append((i, name))
+        return None, real(i, name)[1]
+
+    monkeypatch.setattr(ckpt, "matrix_sources", python_path)
+    by_python = _arena(BertModel(ckpt, k, int8=int8, threads=2))
+    assert len(calls) == ckpt.config.layers * len(MATMULS)
+    for a in direct:
+        assert a.nbytes == by_python.nbytes
+        assert np.array_equal(a, by_python)
+
+
+def test_load_packed_reports_a_short_read_and_bad_jobs(tmp_path):
+    """Kernels.load_packed on a small file: a weight in two parts; a part running past the
+    end of the file (reported, the other job still packed); jobs it refuses to start."""
+    import os
+
+    k = _kernels.Kernels()
+    w = np.random.default_rng(0).standard_normal((40, 24), dtype=np.float32)
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"\0" * 16 + w.tobytes())
+    slot = -(-k.packed_bytes(24, 40) // 64) * 64
+    arena = _kernels._aligned_bytes(2 * slot)
+    rows30 = 16 + 30 * 24 * 4  # byte offset of w's row 30
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        whole = ([(16, 30), (rows30, 10)], 40, 24, False, 0)
+        past_end = ([(16, 30), (rows30 + 24 * 4, 10)], 40, 24, False, slot)
+        packed, errors = k.load_packed(fd, [whole, past_end], arena, threads=2)
+        assert np.array_equal(packed[0].data, k.pack(w).data)
+        assert errors == [(1, 1, "is cut short")] and packed[1] is None
+        for bad, match in [
+            (([(16, 30)], 40, 24, False, 0), "summing to N = 40"),
+            (([(16, 40)], 40, 24, False, 32), "64-byte aligned"),
+            (([(16, 40)], 40, 24, False, slot + 64), "inside the arena"),
+            (([(16, 10)] * 5, 50, 24, False, 0), "1 to 4 parts"),
+            (([(-4, 40)], 40, 24, False, 0), "offsets >= 0"),
+        ]:
+            with pytest.raises(ValueError, match=match):
+                k.load_packed(fd, [whole, bad], arena)
+        assert k.load_packed(fd, [], arena) == ([], [])
+    finally:
+        os.close(fd)
+    packed, errors = k.load_packed(fd, [whole], arena)  # a closed file: EBADF
+    assert errors == [(0, 0, "could not be read")]
+
+
+def test_float16_checkpoint_loads_through_python(tmp_path, minilm_path):
+    """A checkpoint whose weights are float16 loads (Checkpoint.matrix converts them), with
+    the bits of a float32 file holding the same values."""
+    tensors = load_file(str(minilm_path / "model.safetensors"))
+    half = {n: (a.astype(np.float16) if n.endswith("dense.weight") else a)
+            for n, a in tensors.items()}
+    same = {n: a.astype(np.float32) for n, a in half.items()}
+    folders = []
+    for name, ts in (("f16", half), ("f32", same)):
+        folder = tmp_path / name
+        folder.mkdir()
+        for item in minilm_path.iterdir():
+            if item.is_file() and item.name != "model.safetensors":
+                (folder / item.name).symlink_to(item)
+        save_file(ts, str(folder / "model.safetensors"))
+        folders.append(folder)
+    k = _kernels.Kernels()
+    ckpts = [load_checkpoint(f) for f in folders]
+    assert ckpts[0].matrix_sources(0, "up")[0] is None  # float16: the Python path
+    assert ckpts[1].matrix_sources(0, "up")[0] is not None
+    for int8 in ((), MATMULS):
+        a, b = (_arena(BertModel(c, k, int8=int8, threads=2)) for c in ckpts)
+        assert np.array_equal(a, b)
 
 
 def test_workspace_reserves_then_grows_with_separate_buffers():

@@ -171,9 +171,9 @@ def load_matmuls(kernels, ckpt: Checkpoint, int8: frozenset, arena: np.ndarray,
     infinity, quantised where int8 and packed, on `threads` threads, in one call that never
     holds the GIL. Building the tokenizer holds the GIL for its whole ~50 ms, and the engine
     does it beside this: with a Python step between matrices, the loading threads stalled
-    behind it (measured on Zen 3: the engine built in 114-171 ms; 62 with the tokenizer's
-    build made GIL-free as a test). Others (float16) are read by `Checkpoint.matrix` and
-    packed one by one, each thread with its own buffers.
+    behind it (Zen 3, 2 threads: `Engine(...)` took 91-129 ms that way, 61-105 now). Others
+    (float16) are read by `Checkpoint.matrix` and packed one by one, each thread with its
+    own buffers.
 
     Raises:
         ModelFormatError: a tensor missing, of the wrong shape or dtype, cut short, or

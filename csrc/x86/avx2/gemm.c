@@ -35,7 +35,9 @@
  *     Not kept: k blocking for L1 (kc = 128-512 k of a panel over every tile of the block,
  *     partial sums in L1 between slices; the same bits): 5-10 % slower at M = 128-512, and
  *     within the noise (0.98-1.05x, kc = 64-192) at M = 4-16 beside the prefetch; a 6 x 16
- *     tile (panels of 16): 1.05x at M = 16, 0.97x at 256-512.
+ *     tile (panels of 16): 1.05x at M = 16, 0.97x at 256-512; prefetching 2 or 3 panels
+ *     ahead instead of 1 (the first panel of a rectangle fetching the next 2 or 3): 0.84-
+ *     0.87x at M = 8-16, 0.92-0.98x at 32-64.
  */
 #include <immintrin.h>
 

@@ -313,7 +313,7 @@ cdef struct _LoadJob:
 
 cdef enum:
     _LOAD_OK = 0
-    _LOAD_SHORT = 1  # the file ended, or the read failed, inside the part
+    _LOAD_SHORT = 1  # the file ended inside the part
     _LOAD_NONFINITE = 2  # the part holds NaN or infinity
     _LOAD_PACK = 3  # the packer or the quantiser refused the weight
     _LOAD_IO = 4  # a read failed (errno other than EINTR)

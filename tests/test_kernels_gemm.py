@@ -247,6 +247,22 @@ def test_bad_arguments(kern):
         kern.gemm(x, packed, b, out, "relu")
     with pytest.raises(ValueError, match="threads"):
         kern.gemm(x, packed, b, out, threads=0)
+    with pytest.raises(ValueError, match="x: expected a float32 array of shape"):
+        kern.gemm(np.zeros(8, np.float32), packed, b, out)
+    with pytest.raises(ValueError, match="x: expected a float32 array of shape"):
+        kern.gemm(x.tolist(), packed, b, out)
+    ro = np.zeros((4, 5), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out: the output array is read-only"):
+        kern.gemm(x, packed, b, ro)
+    with pytest.raises(ValueError, match="bias: expected a C-contiguous float32 array"):
+        kern.gemm(x, packed, np.zeros(10, np.float32)[::2], out)
+    with pytest.raises(ValueError, match="out: must not overlap x"):
+        buf = np.zeros(48, np.float32)  # x its floats 0-31, out its floats 28-47
+        kern.gemm(buf[:32].reshape(4, 8), packed, b, buf[28:].reshape(4, 5))
+    wrong = _kernels.PackedF32(packed.data.view(np.uint8), packed.K, packed.N, packed.isa)
+    with pytest.raises(ValueError, match="packed.data: expected a C-contiguous float32"):
+        kern.gemm(x, wrong, b, out)
     with pytest.raises(ValueError):
         kern.pack(np.zeros((0, 8), np.float32))
     with pytest.raises(ValueError):

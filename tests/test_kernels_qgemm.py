@@ -628,6 +628,19 @@ def test_qlinear_bad_arguments():
         k.qlinear(x, "w", b, out, q, s, z)
     with pytest.raises(ValueError, match="res"):
         k.qlinear(x, p, b, out, q, s, z, "residual")
+    with pytest.raises(ValueError, match="x: expected a float32 array of shape"):
+        k.qlinear(np.ones(9, np.float32), p, b, out, q, s, z)
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        k.qlinear(np.ones((3, 18), np.float32)[:, ::2], p, b, out, q, s, z)
+    ro = np.empty((3, 5), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out: the output array is read-only"):
+        k.qlinear(x, p, b, ro, q, s, z)
+    with pytest.raises(ValueError, match="q: must not overlap"):  # q inside out's bytes
+        k.qlinear(x, p, b, out, out.reshape(-1).view(np.uint8), s, z)
+    short = _kernels.PackedQ8(p.data[:32], p.K, p.N, p.isa)
+    with pytest.raises(ValueError, match="packed: too short"):
+        k.qlinear(x, short, b, out, q, s, z)
 
 
 def test_quantize_special_values_in_whole_groups():

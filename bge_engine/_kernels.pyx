@@ -182,15 +182,9 @@ cdef int _epilogue(object epilogue, object bias, object res, object out, int M, 
     """Checks a GEMM's epilogue arguments: bias (N), out (M, N) writable, res (M, N) with
     "residual" and None otherwise; returns the epilogue's code, and their data in *bp, *op
     and *rp (NULL without res)."""
-    cdef int epi
-    if epilogue == "bias":  # the common cases without a dict lookup
-        epi = BGE_EPI_BIAS
-    elif epilogue == "residual":
-        epi = BGE_EPI_BIAS_RESIDUAL
-    elif epilogue in _EPILOGUES:
-        epi = _EPILOGUES[epilogue]
-    else:
+    if epilogue not in _EPILOGUES:
         raise ValueError(f"epilogue: expected one of {list(_EPILOGUES)}, got {epilogue!r}")
+    cdef int epi = _EPILOGUES[epilogue]
     _ptr(<void **>bp, bias, "bias", N, -1, np.float32, b'f', False)
     _ptr(<void **>op, out, "out", M, N, np.float32, b'f', True)
     rp[0] = NULL
@@ -301,14 +295,14 @@ def _aligned_bytes(size_t n):
     return buf[off:off + n]
 
 
-def _out_bytes(out, size_t n):
+def _out_bytes(out, size_t n, str name="out"):
     """`out` checked as the destination of a packing: uint8 (n,), C-contiguous, writable,
-    64-byte aligned (the kernels' aligned loads)."""
+    64-byte aligned (the kernels' aligned loads); errors name it `name`."""
     if not isinstance(out, np.ndarray) or out.ndim != 1:
-        raise ValueError(f"out: expected a uint8 array of shape ({n},)")
-    _writable(_check(out, "out", (n,), np.uint8), "out")
+        raise ValueError(f"{name}: expected a uint8 array of shape ({n},)")
+    _writable(_check(out, name, (n,), np.uint8), name)
     if out.ctypes.data % 64:
-        raise ValueError("out: must start on a 64-byte boundary")
+        raise ValueError(f"{name}: must start on a 64-byte boundary")
     return out
 
 
@@ -731,9 +725,7 @@ cdef class Kernels:
         cdef int nt = _threads(threads)
         if not isinstance(arena, np.ndarray) or arena.ndim != 1:
             raise ValueError("arena: expected a uint8 array of shape (n,)")
-        _writable(_check(arena, "arena", (arena.shape[0],), np.uint8), "arena")
-        if arena.ctypes.data % 64:
-            raise ValueError("arena: must start on a 64-byte boundary")
+        _out_bytes(arena, arena.shape[0], "arena")
         cdef Py_ssize_t njobs = len(jobs), i
         cdef size_t most = 1, size, cap = arena.shape[0]
         cdef int most_n = 1, most_g = 1, p

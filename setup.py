@@ -46,7 +46,7 @@ ISA_FOLDERS = [
         "amx",
         "csrc/x86/amx",
         "BGE_BUILT_AMX",
-        ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mamx-tile",
+        ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma", "-mamx-tile",
          "-mamx-int8"],
     ),
 ]

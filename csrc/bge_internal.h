@@ -116,7 +116,7 @@ enum {
     BGE_Q8_LAYOUT_REF = 1,     /* ref: one panel, rows of Kp s8 (W itself, padded)    */
     BGE_Q8_LAYOUT_AVX2 = 2,    /* avx2: 24-column panels, k pairs, s8                 */
     BGE_Q8_LAYOUT_AVXVNNI = 3, /* avxvnni: 24-column panels, k quads, s8              */
-    BGE_Q8_LAYOUT_VNNI = 4,    /* avx512vnni: 48-column panels, k quads, s8           */
+    BGE_Q8_LAYOUT_VNNI = 4,    /* avx512vnni and amx: 48-column panels, k quads, s8   */
 };
 
 /* Where the parts of a packed buffer start, from its header: w_scale (ngroups, Np) fp32,
@@ -200,6 +200,10 @@ typedef struct bge_q8_gemm_impl {
                   const int32_t *colsum, int Np, float *ftile);
     void (*epilogue)(const float *ftile, int mr, int nw, const float *bias, const float *res,
                      float *out, size_t ldo, int epilogue);
+    /* Optional (NULL: nothing): called by each thread before and after each block of tiles
+     * it runs (AMX: load the tile configuration, release the tiles). */
+    void (*begin)(void);
+    void (*end)(void);
 } bge_q8_gemm_impl;
 
 /* Checks the arguments and the header, then runs the tiles over threads. acc == NULL: the
@@ -216,5 +220,9 @@ void bge_overlay_avxvnni(bge_kernels *t);
 void bge_overlay_avx512(bge_kernels *t);
 void bge_overlay_vnni(bge_kernels *t);
 void bge_overlay_amx(bge_kernels *t);
+
+/* x86/amx: asks the OS for the tile data state (Linux: arch_prctl); 1 when granted. AMX
+ * instructions fault until it is. */
+int bge_amx_request(void);
 
 #endif /* BGE_INTERNAL_H */

@@ -110,7 +110,14 @@ static int cpu_runs(int isa) {
     case BGE_ISA_AVXVNNI: return avx2 && f->avx_vnni;
     case BGE_ISA_AVX512: return avx512;
     case BGE_ISA_VNNI: return avx512 && f->avx512_vnni;
-    case BGE_ISA_AMX: return avx512 && f->avx512_vnni && f->os_amx && f->amx_tile && f->amx_int8;
+    case BGE_ISA_AMX:
+#ifdef BGE_BUILT_AMX
+        /* the OS must also grant the tile data state to this process (Linux asks for it) */
+        return avx512 && f->avx512_vnni && f->os_amx && f->amx_tile && f->amx_int8 &&
+               bge_amx_request();
+#else
+        return 0;
+#endif
     default: return 0;
     }
 }

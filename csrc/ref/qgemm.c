@@ -49,7 +49,8 @@
  *   for vpmaddwd (kgroup 2, s8) 16 bytes hold 8 columns x 2 k, one ymm once sign-extended
  *   as loaded. (These k-groups of the
  *   layout are the instruction's; the quantisation groups of 64 k are whole runs of them.)
- *   Layout ids and tiles: AVX2 nr 24 kgroup 2; AVXVNNI nr 24 kgroup 4; VNNI nr 48 kgroup 4.
+ *   Layout ids and tiles: AVX2 nr 24 kgroup 2; AVXVNNI nr 24 kgroup 4; VNNI nr 48 kgroup 4
+ *   (read by the vnni and amx levels).
  * A GEMM given another layout's bytes (another table's packing) returns BGE_ERR_PACKING.
  */
 #include <math.h>
@@ -405,7 +406,7 @@ double bge_qu8s8_dot_loop__ref(long iters) {
  * The tile driver of the SIMD levels
  * ------------------------------------------------------------------------------------- */
 
-#define Q8_TILE_MAX (8 * 64)   /* int32 of the largest tile, MR x NR                   */
+#define Q8_TILE_MAX (16 * 64)  /* int32 of the largest tile, MR x NR (amx: 16 x 48)     */
 #define Q8_MC_BYTES (128 * 1024) /* q bytes of one row block, kept in L2              */
 
 typedef struct q8_job {
@@ -429,6 +430,7 @@ static void q8_block(const q8_job *j, int t0, int t1, int p0, int p1) {
     const int MR = im->mr, NR = im->nr, Kp = j->Kp, N = j->N, ng = j->ngroups;
     int mc_tiles = (int)(Q8_MC_BYTES / ((long long)Kp * MR));
     if (mc_tiles < 1) mc_tiles = 1;
+    if (im->begin) im->begin();
     for (int tb = t0; tb < t1; tb += mc_tiles) {
         const int te = tb + mc_tiles < t1 ? tb + mc_tiles : t1;
         for (int p = p0; p < p1; p++) {
@@ -453,6 +455,7 @@ static void q8_block(const q8_job *j, int t0, int t1, int p0, int p1) {
             }
         }
     }
+    if (im->end) im->end();
 }
 
 int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float *scale,

@@ -1,0 +1,356 @@
+/*
+ * x86/amx/qgemm.c: the int8 GEMM on AMX tiles (tdpbusd: u8 x s8 -> int32), with the fp32
+ * step of the scheme in AVX-512, and the tdpbusd peak loop.
+ *
+ *   out (M, N) = epi(sum_g (q - zp) @ w_s8^T * scale w_scale + bias), per group g of 64 k,
+ *   the scheme of bge.h and ref/qgemm.c, bit-identical to the reference except GELU (the
+ *   AVX-512 vector GELU, 1.5e-7 |v|, the same bits as the vnni level).
+ *
+ * Design
+ *   - Packing: the vnni level's (layout VNNI: 48-column panels, k-quads; ref/qgemm.c). One
+ *     group of 64 k of a panel is 16 k-quads x 192 bytes; its 16 columns 16j .. 16j+15 are
+ *     the 64-byte pieces at offset 64 j of each quad, which is an AMX B tile (16 rows of
+ *     4 k x 16 columns) read with a 192-byte stride. So this level keeps the vnni level's
+ *     qs8_pack: weights packed under either level run under both.
+ *   - One tdpbusd multiplies a 16 x 64 u8 tile of q (16 rows, the 64 k of one group: the
+ *     row stride is Kp) by a B tile into 16 x 16 int32 sums: exactly the acc_g of the
+ *     scheme for 16 rows and 16 columns. Tile MR x NR = 16 x 48: tiles 0-2 hold the sums
+ *     of the panel's three 16-column blocks, tile 3 the q rows, tiles 4-6 the weights.
+ *   - Per group the sums go to an L1 buffer (tilestored), then AVX-512 does the rest of the
+ *     scheme per 16 lanes: vpdpwssd adds -zp colsum (as in the vnni level), then convert,
+ *     scale by (scale * w_scale) and add into the fp32 sums of the tile (in the L1 buffer
+ *     ftile, 16 x 48 floats), groups in ascending order. The AMX work of group g + 1 is
+ *     issued before the vector step of group g, into the other of two sum buffers, so the
+ *     tile unit and the vector units overlap.
+ *   - The fp32 step costs 5 vector ops per 16 outputs per group, against 1/16 of a tdpbusd
+ *     (16 cycles for 16 x 16 x 64): it, not the tile unit, bounds this kernel, at about
+ *     40 % of the tdpbusd peak. Fewer ops would need another scheme (the rounding steps are
+ *     fixed, bge.h); the raw int32 kernel (qu8s8_gemm_i32) has no fp32 step and runs the
+ *     tile unit alone.
+ *   - Tails: a tile of mr < 16 rows copies its q rows of each group into a 16-row buffer
+ *     (the extra rows' sums are never read); a last panel runs only its nv < 3 blocks; a
+ *     last group of fewer than 64 k (K % 64 != 0, never in the model) is summed with
+ *     vpdpbusd instead. Stores are masked: nothing outside out (M, N) is touched.
+ *   - Tile state: each thread loads the tile configuration when it starts a block of work
+ *     (bge_q8_gemm_impl.begin) and releases the tiles after it (end), so a thread never
+ *     runs on a configuration another library left, and holds no tile state between calls.
+ *     Linux lets a process use AMX only after asking (arch_prctl ARCH_REQ_XCOMP_PERM):
+ *     bge_amx_request, which dispatch.c calls before it offers this level.
+ */
+#include <immintrin.h>
+#include <string.h>
+
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#include "amx.h"
+
+#include "../avx512/vmath.h" /* bge_avx512_gelu_ps: GELU (erf), bound 1.5e-7 |x| there */
+
+#define MR 16        /* rows of q per tile: the rows of an AMX tile           */
+#define NV 3         /* 16-column blocks per panel                            */
+#define NR (16 * NV) /* panel width in columns: the vnni layout's             */
+#define GB 64        /* bytes of one group of q: BGE_Q8_GROUP                 */
+#define QUAD_BYTES (4 * NR) /* one k-quad of a panel: the B tiles' row stride  */
+
+#define SUFFIX "_16x48__amx" /* MR x NR */
+_Static_assert(BGE_Q8_GROUP == GB, "one tdpbusd covers one quantisation group");
+_Static_assert(MR * NR <= 16 * 64, "the driver's tile buffers hold MR x NR");
+
+/* Tiles: C blocks 0..2, A (q) 3, B blocks 4..6; 7 only in the peak loop. The tile
+ * intrinsics paste their tile numbers into the instruction text, so they are written as
+ * literals below. */
+
+/* The tile configuration (palette 1): 64 bytes, as ldtilecfg reads it. */
+typedef struct amx_config {
+    uint8_t palette, start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_config;
+
+static const amx_config config = {
+    .palette = 1,
+    /* every tile used is 16 rows of 64 bytes: C 16 x 16 int32, A 16 x 64 u8, B 16 quads x
+     * 16 columns x 4 s8 */
+    .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
+    .rows = {16, 16, 16, 16, 16, 16, 16, 16},
+};
+
+static void amx_begin(void) { _tile_loadconfig(&config); }
+static void amx_end(void) { _tile_release(); }
+
+/* ---------------------------------------------------------------------------------------
+ * Permission (Linux: the kernel enables the 8 KB of tile data state per process on
+ * request; without it the first tile instruction faults)
+ * ------------------------------------------------------------------------------------- */
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+int bge_amx_request(void) {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+#else
+    return 0; /* no known way to ask: the level stays off */
+#endif
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Sums of one group
+ * ------------------------------------------------------------------------------------- */
+
+/* The q rows of group bytes [k0, k0 + 64) as an A tile: straight from q when the tile has
+ * all 16 rows, else from `pad` (16 x 64, rows >= mr left as they are). */
+static inline const uint8_t *a_rows(const uint8_t *q, size_t ldq, int k0, int mr,
+                                    uint8_t *pad) {
+    if (mr == MR) return q + k0;
+    for (int i = 0; i < mr; i++) memcpy(pad + i * GB, q + (size_t)i * ldq + k0, GB);
+    return pad;
+}
+
+/* S[i][16j ..] (row stride NR int32) = the int32 sums of group bytes [k0, k0 + 64) for the
+ * 16 tile rows (rows >= mr meaningless), j < nv; `b` is the panel at the group's first
+ * quad. With acc != 0 the sums are added to the tiles' current contents instead (the raw
+ * kernel, which keeps them in tiles across groups and stores once). */
+#define GROUP_TDP(nv, a, lda, b)                                                           \
+    do {                                                                                   \
+        _tile_loadd(3, (a), (lda));                                                        \
+        _tile_loadd(4, (b), QUAD_BYTES);                                                   \
+        _tile_dpbusd(0, 3, 4);                                                             \
+        if ((nv) > 1) {                                                                    \
+            _tile_loadd(5, (b) + 64, QUAD_BYTES);                                          \
+            _tile_dpbusd(1, 3, 5);                                                         \
+        }                                                                                  \
+        if ((nv) > 2) {                                                                    \
+            _tile_loadd(6, (b) + 128, QUAD_BYTES);                                         \
+            _tile_dpbusd(2, 3, 6);                                                         \
+        }                                                                                  \
+    } while (0)
+
+#define TILES_ZERO(nv)                                                                     \
+    do {                                                                                   \
+        _tile_zero(0);                                                                     \
+        if ((nv) > 1) _tile_zero(1);                                                       \
+        if ((nv) > 2) _tile_zero(2);                                                       \
+    } while (0)
+
+#define TILES_STORE(nv, s)                                                                 \
+    do {                                                                                   \
+        _tile_stored(0, (s), NR * 4);                                                      \
+        if ((nv) > 1) _tile_stored(1, (s) + 16, NR * 4);                                   \
+        if ((nv) > 2) _tile_stored(2, (s) + 32, NR * 4);                                   \
+    } while (0)
+
+/* A short last group (kb < 64 bytes, a multiple of 4) by vpdpbusd: S[i][16j ..] (+)= sums
+ * over its quads for i < mr, j < nv. `add` keeps what S holds (the raw kernel). */
+static void short_group(const uint8_t *q, size_t ldq, int k0, int kb, const int8_t *b,
+                        int mr, int nv, int32_t *S, int add) {
+    for (int i = 0; i < mr; i++) {
+        __m512i acc[NV];
+        for (int j = 0; j < nv; j++)
+            acc[j] = add ? _mm512_load_si512((const void *)(S + i * NR + 16 * j))
+                         : _mm512_setzero_si512();
+        for (int k = 0; k < kb; k += 4) {
+            int32_t a4;
+            memcpy(&a4, q + (size_t)i * ldq + k0 + k, 4);
+            const __m512i a = _mm512_set1_epi32(a4);
+            for (int j = 0; j < nv; j++)
+                acc[j] = _mm512_dpbusd_epi32(
+                    acc[j], a, _mm512_loadu_si512((const void *)(b + (k / 4) * QUAD_BYTES + 64 * j)));
+        }
+        for (int j = 0; j < nv; j++) _mm512_store_si512((void *)(S + i * NR + 16 * j), acc[j]);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * The raw kernel (qu8s8_gemm_i32): tile[i][j] = sum over every k, i < mr, j < nw
+ * ------------------------------------------------------------------------------------- */
+
+static void tile_amx(const uint8_t *q, size_t ldq, int Kp, const void *panel, int mr, int nw,
+                     int32_t *tile) {
+    const int8_t *w = (const int8_t *)panel;
+    const int nv = (nw + 15) / 16, full = Kp / GB, kb = Kp - full * GB;
+    uint8_t pad[MR * GB] __attribute__((aligned(64)));
+    if (mr < MR) memset(pad, 0, sizeof pad);
+    TILES_ZERO(NV);
+    for (int g = 0; g < full; g++) {
+        const uint8_t *a = a_rows(q, ldq, g * GB, mr, pad);
+        const size_t lda = mr == MR ? ldq : GB;
+        const int8_t *b = w + (size_t)g * (GB / 4) * QUAD_BYTES;
+        if (nv == 3)
+            GROUP_TDP(3, a, lda, b);
+        else if (nv == 2)
+            GROUP_TDP(2, a, lda, b);
+        else
+            GROUP_TDP(1, a, lda, b);
+    }
+    TILES_STORE(NV, tile);
+    if (kb) short_group(q, ldq, full * GB, kb, w + (size_t)full * (GB / 4) * QUAD_BYTES, mr,
+                        nv, tile, 1);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * The grouped kernel (qu8s8_gemm): ftile[i][j] = the fp32 sum over groups of the scheme,
+ * before the bias, i < mr, j < nw
+ * ------------------------------------------------------------------------------------- */
+
+/* The fp32 step of group g: F[i][16j ..] = F + (float)(S - zp_i colsum) * (scale_i ws),
+ * for i < mr, j < nv (the vnni level's ops, in its order). */
+static inline __attribute__((always_inline)) void group_step(const int32_t *S, float *F,
+                                                             int g, int mr, const int nv,
+                                                             const float *scale,
+                                                             const int32_t *zp, int ngroups,
+                                                             const float *ws,
+                                                             const int32_t *cs, int Np) {
+    __m512 wsv[NV];
+    __m512i csv[NV];
+#pragma GCC unroll 3
+    for (int j = 0; j < nv; j++) {
+        wsv[j] = _mm512_loadu_ps(ws + (size_t)g * Np + 16 * j);
+        csv[j] = _mm512_loadu_si512((const void *)(cs + (size_t)g * Np + 16 * j));
+    }
+    for (int i = 0; i < mr; i++) {
+        const __m512i nzp = _mm512_set1_epi32((int32_t)(uint16_t)(-zp[(size_t)i * ngroups + g]));
+        const __m512 sv = _mm512_set1_ps(scale[(size_t)i * ngroups + g]);
+#pragma GCC unroll 3
+        for (int j = 0; j < nv; j++) {
+            const __m512i acc = _mm512_load_si512((const void *)(S + i * NR + 16 * j));
+            const __m512i d = _mm512_dpwssd_epi32(acc, nzp, csv[j]);
+            const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sv, wsv[j]));
+            float *f = F + i * NR + 16 * j;
+            _mm512_store_ps(f, _mm512_add_ps(_mm512_load_ps(f), v));
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void gkernel(const uint8_t *q, size_t ldq, int Kp,
+                                                          const int8_t *w, int mr,
+                                                          const float *scale,
+                                                          const int32_t *zp, int ngroups,
+                                                          const float *ws, const int32_t *cs,
+                                                          int Np, float *F, const int nv) {
+    int32_t S[2][MR * NR] __attribute__((aligned(64)));
+    uint8_t pad[MR * GB] __attribute__((aligned(64)));
+    if (mr < MR) memset(pad, 0, sizeof pad);
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nv; j++) _mm512_store_ps(F + i * NR + 16 * j, _mm512_setzero_ps());
+    const int full = Kp / GB, kb = Kp - full * GB;
+    const size_t lda = mr == MR ? ldq : GB;
+    for (int g = 0; g < full; g++) {
+        /* the tile unit sums group g while the vector units finish group g - 1 */
+        TILES_ZERO(nv);
+        GROUP_TDP(nv, a_rows(q, ldq, g * GB, mr, pad), lda,
+                  w + (size_t)g * (GB / 4) * QUAD_BYTES);
+        if (g > 0)
+            group_step(S[(g - 1) & 1], F, g - 1, mr, nv, scale, zp, ngroups, ws, cs, Np);
+        TILES_STORE(nv, S[g & 1]);
+    }
+    if (full > 0)
+        group_step(S[(full - 1) & 1], F, full - 1, mr, nv, scale, zp, ngroups, ws, cs, Np);
+    if (kb) {
+        short_group(q, ldq, full * GB, kb, w + (size_t)full * (GB / 4) * QUAD_BYTES, mr, nv,
+                    S[0], 0);
+        group_step(S[0], F, full, mr, nv, scale, zp, ngroups, ws, cs, Np);
+    }
+}
+
+static void gtile_amx(const uint8_t *q, size_t ldq, int Kp, const void *panel, int mr, int nw,
+                      const float *scale, const int32_t *zp, int ngroups, const float *wscale,
+                      const int32_t *colsum, int Np, float *ftile) {
+    const int8_t *w = (const int8_t *)panel;
+    switch ((nw + 15) / 16) {
+    case 3: gkernel(q, ldq, Kp, w, mr, scale, zp, ngroups, wscale, colsum, Np, ftile, 3); break;
+    case 2: gkernel(q, ldq, Kp, w, mr, scale, zp, ngroups, wscale, colsum, Np, ftile, 2); break;
+    default: gkernel(q, ldq, Kp, w, mr, scale, zp, ngroups, wscale, colsum, Np, ftile, 1); break;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Epilogue: the vnni level's (the same ops on every lane), stores masked to nw columns
+ * ------------------------------------------------------------------------------------- */
+
+static void epilogue_amx(const float *ftile, int mr, int nw, const float *bias,
+                         const float *res, float *out, size_t ldo, int epilogue) {
+    for (int j = 0; j < nw; j += 16) {
+        const int wd = nw - j < 16 ? nw - j : 16;
+        const __mmask16 mask = (__mmask16)((1u << wd) - 1u);
+        const __m512 bv = _mm512_maskz_loadu_ps(mask, bias + j);
+        for (int i = 0; i < mr; i++) {
+            __m512 v = _mm512_add_ps(_mm512_load_ps(ftile + i * NR + j), bv);
+            if (epilogue == BGE_EPI_BIAS_GELU)
+                v = bge_avx512_gelu_ps(v);
+            else if (epilogue == BGE_EPI_BIAS_RESIDUAL)
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, res + i * ldo + j));
+            _mm512_mask_storeu_ps(out + i * ldo + j, mask, v);
+        }
+    }
+}
+
+static const bge_q8_gemm_impl impl = {
+    .layout = BGE_Q8_LAYOUT_VNNI, .mr = MR, .nr = NR, .kgroup = 4,
+    .tile = tile_amx, .gtile = gtile_amx, .epilogue = epilogue_amx,
+    .begin = amx_begin, .end = amx_end,
+};
+
+/* out (M, N) = epi(...) from q (M, Kp), scale, zp (M, ngroups) and W packed by the vnni
+ * level's qs8_pack; bias (N); res (M, N) may equal out.                                  */
+static int bge_qu8s8_gemm__amx(const uint8_t *q, const float *scale, const int32_t *zp, int M,
+                               int K, int N, const void *packed, const float *bias,
+                               const float *res, float *out, int epilogue, int nthreads) {
+    return bge_q8_gemm_run(&impl, q, scale, zp, M, K, N, packed, bias, res, out, NULL,
+                           epilogue, nthreads);
+}
+
+/* acc (M, N) int32 = q (M, Kp) @ w_s8^T.                                                  */
+static int bge_qu8s8_gemm_i32__amx(const uint8_t *q, int M, int K, int N, const void *packed,
+                                   int32_t *acc, int nthreads) {
+    if (!acc) return BGE_ERR_ARG;
+    return bge_q8_gemm_run(&impl, q, NULL, NULL, M, K, N, packed, NULL, NULL, NULL, acc,
+                           BGE_EPI_BIAS, nthreads);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * tdpbusd peak loop
+ * ------------------------------------------------------------------------------------- */
+
+/* iters rounds of tdpbusd into 4 sum tiles from one A and one B tile (4 independent
+ * chains: the tile unit's latency is covered). Returns 2 ops per product. */
+static double bge_qu8s8_dot_loop__amx(long iters) {
+    uint8_t a[MR * GB] __attribute__((aligned(64)));
+    int8_t b[MR * GB] __attribute__((aligned(64)));
+    int32_t c[MR * 16] __attribute__((aligned(64)));
+    volatile int seed = 1;
+    for (int i = 0; i < MR * GB; i++) {
+        a[i] = (uint8_t)(i * 7 * seed);
+        b[i] = (int8_t)(i * 13 * seed);
+    }
+    amx_begin();
+    _tile_loadd(3, a, GB);
+    _tile_loadd(4, b, GB);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(7);
+    for (long it = 0; it < iters; it++) {
+        _tile_dpbusd(0, 3, 4);
+        _tile_dpbusd(1, 3, 4);
+        _tile_dpbusd(2, 3, 4);
+        _tile_dpbusd(7, 3, 4);
+    }
+    _tile_stored(7, c, 64);
+    amx_end();
+    seed = c[0];
+    return 2.0 * 4.0 * MR * 16 * GB * (double)iters;
+}
+
+void bge_overlay_amx_qgemm(bge_kernels *t) {
+    /* qu8_quantize and qs8_pack stay the vnni level's (the same layout) */
+    t->qu8s8_gemm = bge_qu8s8_gemm__amx;
+    t->qu8s8_gemm_name = "bge_qu8s8_gemm" SUFFIX;
+    t->qu8s8_gemm_i32 = bge_qu8s8_gemm_i32__amx;
+    t->qu8s8_gemm_i32_name = "bge_qu8s8_gemm_i32" SUFFIX;
+    t->qu8s8_dot_loop = bge_qu8s8_dot_loop__amx;
+}

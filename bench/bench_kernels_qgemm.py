@@ -4,8 +4,9 @@
 
 bge-small's four GEMMs per layer, each with the epilogue the model fuses into it, at
 T = 16, 128, 512 tokens, on 1 and 2 threads, on every int8 level the host has (avx2:
-vpmaddwd; avxvnni: ymm vpdpbusd; vnni: zmm vpdpbusd); the peak of each level is its
-dot_loop (independent multiply-accumulate chains, 2 ops per u8 x s8 product), run on
+vpmaddwd; avxvnni: ymm vpdpbusd; vnni: zmm vpdpbusd; amx: tdpbusd on tiles); the peak of
+each level is its dot_loop (independent multiply-accumulate chains, 2 ops per u8 x s8
+product; for amx, tdpbusd into 4 tiles), run on
 `threads` threads at once. The GEMM's ops are 2 T K N (the quantisation of the activations
 is a separate call, timed on its own below). extra_info holds gops, peak_gops and
 ratio_to_peak; a summary table is printed at the end. Benchmarks record, never assert on
@@ -24,7 +25,7 @@ from conftest import kernels_or_skip
 
 from bge_engine import _kernels
 
-ISAS = ("avx2", "avxvnni", "vnni")
+ISAS = ("avx2", "avxvnni", "vnni", "amx")
 TOKENS = (16, 128, 512)
 THREADS = (1, 2)
 # name: (K, N, epilogue) of x (T, K) @ W^T (K, N) in one encoder layer

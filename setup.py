@@ -103,7 +103,7 @@ class BuildExt(build_ext):
                 output_dir=self.build_temp,
                 include_dirs=["csrc"],
                 extra_postargs=BASE_CFLAGS + flags,
-                depends=sorted(glob.glob("csrc/*.h")) + sorted(glob.glob(f"{folder}/*.h")),
+                depends=sorted(glob.glob("csrc/**/*.h", recursive=True)),  # folders share headers
             )
             macros.append((macro, "1"))
         ext.extra_objects = list(ext.extra_objects or []) + objects

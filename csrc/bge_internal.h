@@ -116,7 +116,8 @@ enum {
     BGE_Q8_LAYOUT_REF = 1,     /* ref: one panel, rows of Kp s8 (W itself, padded)    */
     BGE_Q8_LAYOUT_AVX2 = 2,    /* avx2: 24-column panels, k pairs, s8                 */
     BGE_Q8_LAYOUT_AVXVNNI = 3, /* avxvnni: 24-column panels, k quads, s8              */
-    BGE_Q8_LAYOUT_VNNI = 4,    /* avx512vnni and amx: 48-column panels, k quads, s8   */
+    BGE_Q8_LAYOUT_VNNI = 4,    /* avx512vnni: 48-column panels, k quads, s8           */
+    BGE_Q8_LAYOUT_AMX = 5,     /* amx: the bytes of VNNI's layout                     */
 };
 
 /* Where the parts of a packed buffer start, from its header: w_scale (ngroups, Np) fp32,

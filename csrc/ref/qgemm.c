@@ -49,8 +49,8 @@
  *   for vpmaddwd (kgroup 2, s8) 16 bytes hold 8 columns x 2 k, one ymm once sign-extended
  *   as loaded. (These k-groups of the
  *   layout are the instruction's; the quantisation groups of 64 k are whole runs of them.)
- *   Layout ids and tiles: AVX2 nr 24 kgroup 2; AVXVNNI nr 24 kgroup 4; VNNI nr 48 kgroup 4
- *   (read by the vnni and amx levels).
+ *   Layout ids and tiles: AVX2 nr 24 kgroup 2; AVXVNNI nr 24 kgroup 4; VNNI nr 48 kgroup 4;
+ *   AMX nr 48 kgroup 4 (the same bytes as VNNI, its own id).
  * A GEMM given another layout's bytes (another table's packing) returns BGE_ERR_PACKING.
  */
 #include <math.h>

@@ -7,11 +7,11 @@
  *   AVX-512 vector GELU, 1.5e-7 |v|, the same bits as the vnni level).
  *
  * Design
- *   - Packing: the vnni level's (layout VNNI: 48-column panels, k-quads; ref/qgemm.c). One
- *     group of 64 k of a panel is 16 k-quads x 192 bytes; its 16 columns 16j .. 16j+15 are
- *     the 64-byte pieces at offset 64 j of each quad, which is an AMX B tile (16 rows of
- *     4 k x 16 columns) read with a 192-byte stride. So this level keeps the vnni level's
- *     qs8_pack: weights packed under either level run under both.
+ *   - Packing: the bytes of the vnni level's layout (48-column panels, k-quads; ref/qgemm.c)
+ *     under its own id (BGE_Q8_LAYOUT_AMX). One group of 64 k of a panel is 16 k-quads x
+ *     192 bytes; its 16 columns 16j .. 16j+15 are the 64-byte pieces at offset 64 j of
+ *     each quad, which is an AMX B tile (16 rows of 4 k x 16 columns) read with a 192-byte
+ *     stride.
  *   - One tdpbusd multiplies a 16 x 64 u8 tile of q (16 rows, the 64 k of one group: the
  *     row stride is Kp) by a B tile into 16 x 16 int32 sums: exactly the acc_g of the
  *     scheme for 16 rows and 16 columns. Tile MR x NR = 16 x 48: tiles 0-2 hold the sums
@@ -54,7 +54,7 @@
 
 #include "amx.h"
 
-#include "../avx512/vmath.h" /* bge_avx512_gelu_ps: GELU (erf), bound 1.5e-7 |x| there */
+#include "../avx512vnni/epilogue.h" /* bge_q8_epilogue_48_avx512: the vnni level's epilogue */
 
 #define MR 16        /* rows of q per tile: the rows of an AMX tile           */
 #define NV 3         /* 16-column blocks per panel                            */
@@ -65,6 +65,7 @@
 #define SUFFIX "_16x48__amx" /* MR x NR */
 _Static_assert(BGE_Q8_GROUP == GB, "one tdpbusd covers one quantisation group");
 _Static_assert(MR * NR <= 16 * 64, "the driver's tile buffers hold MR x NR");
+_Static_assert(NR == BGE_Q8_EPI_NR, "the shared epilogue reads tiles 48 wide");
 
 /* Tiles: C blocks 0..2, A (q) 3, B blocks 4..6; 7 only in the peak loop. The tile
  * intrinsics paste their tile numbers into the instruction text, so they are written as
@@ -276,34 +277,29 @@ static void gtile_amx(const uint8_t *q, size_t ldq, int Kp, const void *panel, i
 }
 
 /* ---------------------------------------------------------------------------------------
- * Epilogue: the vnni level's (the same ops on every lane), stores masked to nw columns
+ * Packing: the bytes of the vnni level's layout under this level's own layout id
  * ------------------------------------------------------------------------------------- */
 
-static void epilogue_amx(const float *ftile, int mr, int nw, const float *bias,
-                         const float *res, float *out, size_t ldo, int epilogue) {
-    for (int j = 0; j < nw; j += 16) {
-        const int wd = nw - j < 16 ? nw - j : 16;
-        const __mmask16 mask = (__mmask16)((1u << wd) - 1u);
-        const __m512 bv = _mm512_maskz_loadu_ps(mask, bias + j);
-        for (int i = 0; i < mr; i++) {
-            __m512 v = _mm512_add_ps(_mm512_load_ps(ftile + i * NR + j), bv);
-            if (epilogue == BGE_EPI_BIAS_GELU)
-                v = bge_avx512_gelu_ps(v);
-            else if (epilogue == BGE_EPI_BIAS_RESIDUAL)
-                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, res + i * ldo + j));
-            _mm512_mask_storeu_ps(out + i * ldo + j, mask, v);
-        }
-    }
+/* Bytes of w_s8 (N, K) packed: header, scales and sums of ceil(N/48)*48 columns per group,
+ * then ceil(N/48) panels of Kp x 48 bytes. */
+static size_t bge_qs8_packed_size__amx(int K, int N) { return bge_q8_panels_size(K, N, NR, 4); }
+
+/* The layout of ref/qgemm.c with nr = 48, kgroup = 4, s8, byte for byte the vnni level's
+ * (panel p, k-quad g, column j, byte r at weights[((p * Kp/4 + g) * 48 + j) * 4 + r] =
+ * w_s8[48p + j, 4g + r]), under the id BGE_Q8_LAYOUT_AMX: like every level, this one runs
+ * only what its own qs8_pack wrote, and it needs no other folder's code. */
+static int bge_qs8_pack__amx(const int8_t *w, const float *w_scale, int K, int N, void *packed) {
+    return bge_q8_pack_panels(w, w_scale, K, N, packed, BGE_Q8_LAYOUT_AMX, NR, 4);
 }
 
 static const bge_q8_gemm_impl impl = {
-    .layout = BGE_Q8_LAYOUT_VNNI, .mr = MR, .nr = NR, .kgroup = 4,
-    .tile = tile_amx, .gtile = gtile_amx, .epilogue = epilogue_amx,
+    .layout = BGE_Q8_LAYOUT_AMX, .mr = MR, .nr = NR, .kgroup = 4,
+    .tile = tile_amx, .gtile = gtile_amx, .epilogue = bge_q8_epilogue_48_avx512,
     .begin = amx_begin, .end = amx_end,
 };
 
-/* out (M, N) = epi(...) from q (M, Kp), scale, zp (M, ngroups) and W packed by the vnni
- * level's qs8_pack; bias (N); res (M, N) may equal out.                                  */
+/* out (M, N) = epi(...) from q (M, Kp), scale, zp (M, ngroups) and W packed by
+ * bge_qs8_pack__amx; bias (N); res (M, N) may equal out.                                 */
 static int bge_qu8s8_gemm__amx(const uint8_t *q, const float *scale, const int32_t *zp, int M,
                                int K, int N, const void *packed, const float *bias,
                                const float *res, float *out, int epilogue, int nthreads) {
@@ -354,7 +350,10 @@ static double bge_qu8s8_dot_loop__amx(long iters) {
 }
 
 void bge_overlay_amx_qgemm(bge_kernels *t) {
-    /* qu8_quantize and qs8_pack stay the vnni level's (the same layout) */
+    /* qu8_quantize stays the level below's (every level writes the same bytes) */
+    t->qs8_packed_size = bge_qs8_packed_size__amx;
+    t->qs8_pack = bge_qs8_pack__amx;
+    t->qs8_pack_name = "bge_qs8_pack" SUFFIX;
     t->qu8s8_gemm = bge_qu8s8_gemm__amx;
     t->qu8s8_gemm_name = "bge_qu8s8_gemm" SUFFIX;
     t->qu8s8_gemm_i32 = bge_qu8s8_gemm_i32__amx;

@@ -33,7 +33,7 @@
 
 #include "vnni.h"
 
-#include "../avx512/vmath.h" /* bge_avx512_gelu_ps: GELU (erf), bound 1.5e-7 |x| there */
+#include "epilogue.h" /* bge_q8_epilogue_48_avx512: bias, GELU, residual; masked stores */
 
 #define MR 4         /* rows of q per microkernel tile                 */
 #define NV 3         /* zmm vectors of 16 columns per panel            */
@@ -41,6 +41,7 @@
 
 #define SUFFIX "_4x48__avx512vnni" /* MR x NR */
 _Static_assert(MR == 4 && NR == 48, "SUFFIX, uk_table and guk_table follow MR, NR");
+_Static_assert(NR == BGE_Q8_EPI_NR, "the shared epilogue reads tiles 48 wide");
 
 /* ---------------------------------------------------------------------------------------
  * Quantiser (AVX-512 F/BW)
@@ -266,30 +267,9 @@ static void gtile_vnni(const uint8_t *q, size_t ldq, int Kp, const void *panel, 
                                           ngroups, wscale, colsum, Np, ftile);
 }
 
-/* ---------------------------------------------------------------------------------------
- * Epilogue: the same ops on every lane of every tile (bge.h), stores masked to nw columns.
- * ------------------------------------------------------------------------------------- */
-
-static void epilogue_vnni(const float *ftile, int mr, int nw, const float *bias,
-                          const float *res, float *out, size_t ldo, int epilogue) {
-    for (int j = 0; j < nw; j += 16) {
-        const int w = nw - j < 16 ? nw - j : 16;
-        const __mmask16 mask = (__mmask16)((1u << w) - 1u);
-        const __m512 bv = _mm512_maskz_loadu_ps(mask, bias + j);
-        for (int i = 0; i < mr; i++) {
-            __m512 v = _mm512_add_ps(_mm512_load_ps(ftile + i * NR + j), bv);
-            if (epilogue == BGE_EPI_BIAS_GELU)
-                v = bge_avx512_gelu_ps(v);
-            else if (epilogue == BGE_EPI_BIAS_RESIDUAL)
-                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, res + i * ldo + j));
-            _mm512_mask_storeu_ps(out + i * ldo + j, mask, v);
-        }
-    }
-}
-
 static const bge_q8_gemm_impl impl = {
     .layout = BGE_Q8_LAYOUT_VNNI, .mr = MR, .nr = NR, .kgroup = 4,
-    .tile = tile_vnni, .gtile = gtile_vnni, .epilogue = epilogue_vnni,
+    .tile = tile_vnni, .gtile = gtile_vnni, .epilogue = bge_q8_epilogue_48_avx512,
 };
 
 /* out (M, N) = epi(...) from q (M, Kp), scale, zp (M, ngroups) and W packed by

@@ -46,8 +46,8 @@ ISA_FOLDERS = [
         "amx",
         "csrc/x86/amx",
         "BGE_BUILT_AMX",
-        ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma", "-mamx-tile",
-         "-mamx-int8"],
+        ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma",
+         "-mamx-tile", "-mamx-int8"],
     ),
 ]
 

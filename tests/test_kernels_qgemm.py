@@ -362,7 +362,8 @@ def test_names(kern):
             "avx512": r"(avx2|avxvnni)"}[kern.isa]
     assert re.fullmatch(rf"bge_qu8s8_gemm_\d+x\d+__{home}", n["qu8s8_gemm"]), n
     tile = n["qu8s8_gemm"][len("bge_qu8s8_gemm"):]
-    assert n["qs8_pack"] == "bge_qs8_pack" + tile and n["qu8s8_gemm_i32"] == "bge_qu8s8_gemm_i32" + tile
+    assert n["qs8_pack"] == "bge_qs8_pack" + tile
+    assert n["qu8s8_gemm_i32"] == "bge_qu8s8_gemm_i32" + tile
     assert re.fullmatch(r"bge_qu8_quantize__(avx2|avx512vnni)", n["qu8_quantize"]), n
 
 

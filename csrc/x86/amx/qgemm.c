@@ -165,9 +165,10 @@ static void short_group(const uint8_t *q, size_t ldq, int k0, int kb, const int8
             int32_t a4;
             memcpy(&a4, q + (size_t)i * ldq + k0 + k, 4);
             const __m512i a = _mm512_set1_epi32(a4);
+            const int8_t *bq = b + (k / 4) * QUAD_BYTES;
             for (int j = 0; j < nv; j++)
-                acc[j] = _mm512_dpbusd_epi32(
-                    acc[j], a, _mm512_loadu_si512((const void *)(b + (k / 4) * QUAD_BYTES + 64 * j)));
+                acc[j] = _mm512_dpbusd_epi32(acc[j], a,
+                                             _mm512_loadu_si512((const void *)(bq + 64 * j)));
         }
         for (int j = 0; j < nv; j++) _mm512_store_si512((void *)(S + i * NR + 16 * j), acc[j]);
     }

@@ -119,10 +119,10 @@ static inline const uint8_t *a_rows(const uint8_t *q, size_t ldq, int k0, int mr
     return pad;
 }
 
-/* S[i][16j ..] (row stride NR int32) = the int32 sums of group bytes [k0, k0 + 64) for the
- * 16 tile rows (rows >= mr meaningless), j < nv; `b` is the panel at the group's first
- * quad. With acc != 0 the sums are added to the tiles' current contents instead (the raw
- * kernel, which keeps them in tiles across groups and stores once). */
+/* Tiles 0 .. nv-1 += the int32 sums of one group of 64 k for the 16 tile rows (rows >= mr
+ * meaningless): `a` the group's q rows (lda bytes apart), `b` the panel at the group's first
+ * quad. The grouped kernel zeroes the tiles before each group and stores them after it; the
+ * raw kernel keeps its sums in them across groups and stores once. */
 #define GROUP_TDP(nv, a, lda, b)                                                           \
     do {                                                                                   \
         _tile_loadd(3, (a), (lda));                                                        \
@@ -249,7 +249,8 @@ static inline __attribute__((always_inline)) void gkernel(const uint8_t *q, size
     const int full = Kp / GB, kb = Kp - full * GB;
     const size_t lda = mr == MR ? ldq : GB;
     for (int g = 0; g < full; g++) {
-        /* the tile unit sums group g while the vector units finish group g - 1 */
+        /* group g's tile work is issued before group g - 1's vector step (they still do
+         * not overlap: see the top of the file) */
         TILES_ZERO(nv);
         GROUP_TDP(nv, a_rows(q, ldq, g * GB, mr, pad), lda,
                   w + (size_t)g * (GB / 4) * QUAD_BYTES);

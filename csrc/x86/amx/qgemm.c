@@ -54,7 +54,7 @@
 
 #include "amx.h"
 
-#include "../avx512vnni/epilogue.h" /* bge_q8_epilogue_48_avx512: the vnni level's epilogue */
+#include "../avx512/epilogue48.h" /* bge_avx512_epilogue_48: bias, GELU, residual */
 
 #define MR 16        /* rows of q per tile: the rows of an AMX tile           */
 #define NV 3         /* 16-column blocks per panel                            */
@@ -65,7 +65,7 @@
 #define SUFFIX "_16x48__amx" /* MR x NR */
 _Static_assert(BGE_Q8_GROUP == GB, "one tdpbusd covers one quantisation group");
 _Static_assert(MR * NR <= 16 * 64, "the driver's tile buffers hold MR x NR");
-_Static_assert(NR == BGE_Q8_EPI_NR, "the shared epilogue reads tiles 48 wide");
+_Static_assert(NR == BGE_EPI48_NR, "the shared epilogue reads tiles 48 wide");
 
 /* Tiles: C blocks 0..2, A (q) 3, B blocks 4..6; 7 only in the peak loop. The tile
  * intrinsics paste their tile numbers into the instruction text, so they are written as
@@ -296,7 +296,7 @@ static int bge_qs8_pack__amx(const int8_t *w, const float *w_scale, int K, int N
 
 static const bge_q8_gemm_impl impl = {
     .layout = BGE_Q8_LAYOUT_AMX, .mr = MR, .nr = NR, .kgroup = 4,
-    .tile = tile_amx, .gtile = gtile_amx, .epilogue = bge_q8_epilogue_48_avx512,
+    .tile = tile_amx, .gtile = gtile_amx, .epilogue = bge_avx512_epilogue_48,
     .begin = amx_begin, .end = amx_end,
 };
 

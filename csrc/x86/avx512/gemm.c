@@ -43,7 +43,8 @@
 
 #include "avx512.h"
 
-#include "vmath.h" /* bge_avx512_gelu_ps: GELU (erf), error bound stated there */
+#include "epilogue48.h" /* bge_avx512_epilogue_48: the one code path every tile goes
+                           * through (the vector GELU of vmath.h on every lane) */
 
 #define MR 8                /* rows of x per microkernel tile                     */
 #define NV 3                /* zmm vectors of 16 columns per panel                */
@@ -52,6 +53,7 @@
 
 #define GEMM_NAME "bge_f32_gemm_8x48__avx512" /* MR x NR */
 _Static_assert(MR == 8 && NR == 48, "GEMM_NAME, the pack comment and uk_table follow MR, NR");
+_Static_assert(NR == BGE_EPI48_NR, "the shared epilogue reads tiles 48 wide");
 
 /* ---------------------------------------------------------------------------------------
  * Packing
@@ -154,32 +156,6 @@ static const uk_fn uk_table[MR][NV] = {UK_ROW(1), UK_ROW(2), UK_ROW(3), UK_ROW(4
                                        UK_ROW(5), UK_ROW(6), UK_ROW(7), UK_ROW(8)};
 
 /* ---------------------------------------------------------------------------------------
- * Epilogue: the one code path every tile goes through, so every element gets the same ops
- * (the vector GELU of vmath.h on every lane, full or tail).
- * ------------------------------------------------------------------------------------- */
-
-/* out[i, n] = epi(tile[i][n] + bias[n]) for i < mr, n < nw.
- *   tile (MR, NR) accumulators; bias (nw) the panel's bias; res, out rows of stride ldo
- *   (res may equal out: each vector of res is read before the same vector of out is written) */
-static __attribute__((noinline)) void epilogue_tile(const float *tile, int mr, int nw,
-                                                    const float *bias, const float *res,
-                                                    float *out, size_t ldo, int epilogue) {
-    for (int j = 0; j < nw; j += 16) {
-        const int w = nw - j < 16 ? nw - j : 16;
-        const __mmask16 mask = (__mmask16)((1u << w) - 1u);
-        const __m512 bv = _mm512_maskz_loadu_ps(mask, bias + j);
-        for (int i = 0; i < mr; i++) {
-            __m512 v = _mm512_add_ps(_mm512_load_ps(tile + i * NR + j), bv);
-            if (epilogue == BGE_EPI_BIAS_GELU)
-                v = bge_avx512_gelu_ps(v);
-            else if (epilogue == BGE_EPI_BIAS_RESIDUAL)
-                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, res + i * ldo + j));
-            _mm512_mask_storeu_ps(out + i * ldo + j, mask, v);
-        }
-    }
-}
-
-/* ---------------------------------------------------------------------------------------
  * The GEMM: this folder's tiles run by the shared driver (csrc/ref/gemm.c)
  * ------------------------------------------------------------------------------------- */
 
@@ -198,7 +174,7 @@ static void tile_pf_avx512(const float *x, size_t ldx, int K, const float *panel
     uk_table[mr - 1][(nw + 15) / 16 - 1](x, ldx, K, panel, tile, pf, pfs);
 }
 
-static const bge_f32_gemm_impl impl_avx512 = {MR, NR, tile_avx512, epilogue_tile,
+static const bge_f32_gemm_impl impl_avx512 = {MR, NR, tile_avx512, bge_avx512_epilogue_48,
                                               tile_pf_avx512};
 _Static_assert(MR * NR <= BGE_F32_TILE_FLOATS, "the driver's tile buffer holds MR x NR");
 

@@ -33,7 +33,7 @@
 
 #include "vnni.h"
 
-#include "epilogue.h" /* bge_q8_epilogue_48_avx512: bias, GELU, residual; masked stores */
+#include "../avx512/epilogue48.h" /* bge_avx512_epilogue_48: bias, GELU, residual */
 
 #define MR 4         /* rows of q per microkernel tile                 */
 #define NV 3         /* zmm vectors of 16 columns per panel            */
@@ -41,7 +41,7 @@
 
 #define SUFFIX "_4x48__avx512vnni" /* MR x NR */
 _Static_assert(MR == 4 && NR == 48, "SUFFIX, uk_table and guk_table follow MR, NR");
-_Static_assert(NR == BGE_Q8_EPI_NR, "the shared epilogue reads tiles 48 wide");
+_Static_assert(NR == BGE_EPI48_NR, "the shared epilogue reads tiles 48 wide");
 
 /* ---------------------------------------------------------------------------------------
  * Quantiser (AVX-512 F/BW)
@@ -269,7 +269,7 @@ static void gtile_vnni(const uint8_t *q, size_t ldq, int Kp, const void *panel, 
 
 static const bge_q8_gemm_impl impl = {
     .layout = BGE_Q8_LAYOUT_VNNI, .mr = MR, .nr = NR, .kgroup = 4,
-    .tile = tile_vnni, .gtile = gtile_vnni, .epilogue = bge_q8_epilogue_48_avx512,
+    .tile = tile_vnni, .gtile = gtile_vnni, .epilogue = bge_avx512_epilogue_48,
 };
 
 /* out (M, N) = epi(...) from q (M, Kp), scale, zp (M, ngroups) and W packed by

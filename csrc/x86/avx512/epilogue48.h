@@ -1,7 +1,7 @@
 /*
- * x86/avx512vnni/epilogue.h: the fp32 epilogue of the AVX-512 int8 GEMMs (the vnni and amx
- * levels; both tiles are 48 columns wide), included by each so that it compiles with that
- * folder's flags and neither folder needs the other at link time.
+ * x86/avx512/epilogue48.h: the one epilogue of every AVX-512 GEMM whose tile is 48 columns
+ * wide (the fp32 GEMM of this folder, the int8 GEMMs of avx512vnni/ and amx/), included by
+ * each so that it compiles with that folder's flags and no folder needs another at link time.
  *
  * out[i*ldo + j] = epi(ftile[i*48 + j] + bias[j]) for i < mr, j < nw: the same ops on every
  * lane (the vector GELU of ../avx512/vmath.h, 1.5e-7 |v|), stores masked to nw columns.
@@ -9,25 +9,26 @@
  *   and out at element (0, 0), rows ldo apart; res may equal out (each vector of res is
  *   read before the same vector of out is written).
  */
-#ifndef BGE_X86_AVX512VNNI_EPILOGUE_H
-#define BGE_X86_AVX512VNNI_EPILOGUE_H
+#ifndef BGE_X86_AVX512_EPILOGUE48_H
+#define BGE_X86_AVX512_EPILOGUE48_H
 
 #include <immintrin.h>
 
 #include "../../bge_internal.h"
-#include "../avx512/vmath.h" /* bge_avx512_gelu_ps */
+#include "vmath.h" /* bge_avx512_gelu_ps */
 
-#define BGE_Q8_EPI_NR 48 /* the row stride of ftile */
+#define BGE_EPI48_NR 48 /* the row stride of ftile */
 
-static void bge_q8_epilogue_48_avx512(const float *ftile, int mr, int nw, const float *bias,
-                                      const float *res, float *out, size_t ldo,
-                                      int epilogue) {
+static __attribute__((noinline)) void bge_avx512_epilogue_48(const float *ftile, int mr,
+                                                              int nw, const float *bias,
+                                                              const float *res, float *out,
+                                                              size_t ldo, int epilogue) {
     for (int j = 0; j < nw; j += 16) {
         const int w = nw - j < 16 ? nw - j : 16;
         const __mmask16 mask = (__mmask16)((1u << w) - 1u);
         const __m512 bv = _mm512_maskz_loadu_ps(mask, bias + j);
         for (int i = 0; i < mr; i++) {
-            __m512 v = _mm512_add_ps(_mm512_load_ps(ftile + i * BGE_Q8_EPI_NR + j), bv);
+            __m512 v = _mm512_add_ps(_mm512_load_ps(ftile + i * BGE_EPI48_NR + j), bv);
             if (epilogue == BGE_EPI_BIAS_GELU)
                 v = bge_avx512_gelu_ps(v);
             else if (epilogue == BGE_EPI_BIAS_RESIDUAL)

@@ -206,6 +206,8 @@ static int bge_f32_gelu__avx512(float *x, size_t n) {
  * One job is one (text, head): L tokens, head width D. Its scratch (one per thread):
  *   kp (Lp / 16, D, 16): K of the head, transposed into panels of 16 keys (zero past L,
  *                        to a multiple of 8), Lp = L rounded up to 16
+ *   vp (L, D):           V of the head, its rows copied next to each other, for texts of
+ *                        at least VCOPY_MIN tokens (shorter ones read V from qkv)
  *   s  (QB, Lp):         scores, then exp(score - max), of one block of QB query rows
  * For each block of up to QB query rows:
  *   1. s = scale * Q K^T, tiles of QB rows x 32 keys (2 panels) held in 16 zmm; each score
@@ -214,20 +216,26 @@ static int bge_f32_gelu__avx512(float *x, size_t n) {
  *      The tile also keeps each row's running max (16 lanes) over the keys < L.
  *   2. per row: e = exp(s - max) in place, sum of e in float, inv = 1 / sum.
  *   3. out = inv * (e V), tiles of QB rows x 32 columns of the head; each element is one
- *      FMA chain over keys 0 .. L-1; each row of V (loaded straight from qkv) serves QB rows.
+ *      FMA chain over keys 0 .. L-1; each row of V serves QB rows. In qkv the rows of a
+ *      head's V are 3H floats apart, a new 4 KB page for each key, which the hardware
+ *      prefetchers do not follow; copied into vp they are one 64-byte-aligned run. Measured
+ *      on a Xeon with AMX, 1 thread, 12 heads, one build per process alternated (8 pairs,
+ *      same bits): the whole attention 1.14x faster at 512 tokens, 1.15x at 128, 1.01x at 48,
+ *      0.98x on 32 texts of 16 tokens (hence VCOPY_MIN). The AVX2 level copies V too.
  * The arithmetic of a row depends only on its text (L, D): not on the block it falls in, the
  * batch, nor the thread that runs it.
  * ------------------------------------------------------------------------------------- */
 
-#define QB 8 /* query rows per block */
+#define QB 8         /* query rows per block                              */
+#define VCOPY_MIN 64 /* texts of at least this many tokens copy V into vp */
 
 static size_t round16(size_t v) { return (v + 15) & ~(size_t)15; }
 
-/* Floats of one thread's scratch for texts of at most max_len tokens, head width D: kp and
- * s as above, each 64-byte aligned within the thread's part (16 floats of slack). */
+/* Floats of one thread's scratch for texts of at most max_len tokens, head width D: kp, vp
+ * and s as above, each 64-byte aligned within the thread's part (16 floats of slack). */
 static size_t thread_scratch(int max_len, int D) {
     const size_t Lp = round16((size_t)max_len);
-    return round16(Lp * (size_t)D) + QB * Lp + 16;
+    return 2 * round16(Lp * (size_t)D) + QB * Lp + 16;
 }
 
 static size_t bge_f32_attention_scratch__avx512(int max_len, int head_dim, int nthreads) {
@@ -358,10 +366,10 @@ BGE_INLINE void pv_tile(const int R, const int NV, const int MASKED, const float
     }
 }
 
-/* One block of R query rows of one (text, head): q, v as in attend_one, out the block's
- * first output row (rows ldo apart). */
-BGE_INLINE void attend_rows(const int R, const float *q, const float *v, int ld, int L, int D,
-                            float scale, const float *kp, float *s, int lds, float *out,
+/* One block of R query rows of one (text, head): q as in attend_one (rows ld floats apart),
+ * v its V (rows ldv floats apart), out the block's first output row (rows ldo apart). */
+BGE_INLINE void attend_rows(const int R, const float *q, int ld, const float *v, int ldv, int L,
+                            int D, float scale, const float *kp, float *s, int lds, float *out,
                             int ldo) {
     const int np = (L + 15) >> 4;
     const __mmask16 mlast = tail_mask(L - 16 * (np - 1)); /* the keys of the last panel */
@@ -391,14 +399,14 @@ BGE_INLINE void attend_rows(const int R, const float *q, const float *v, int ld,
     for (int d0 = 0; d0 < D; d0 += 32) {
         const int w = D - d0 < 32 ? D - d0 : 32;
         if (w == 32)
-            pv_tile(R, 2, 0, s, lds, v + d0, ld, L, inv, out + d0, ldo, 0xFFFF, 0xFFFF);
+            pv_tile(R, 2, 0, s, lds, v + d0, ldv, L, inv, out + d0, ldo, 0xFFFF, 0xFFFF);
         else if (w > 16)
-            pv_tile(R, 2, 1, s, lds, v + d0, ld, L, inv, out + d0, ldo, 0xFFFF,
+            pv_tile(R, 2, 1, s, lds, v + d0, ldv, L, inv, out + d0, ldo, 0xFFFF,
                     tail_mask(w - 16));
         else if (w == 16)
-            pv_tile(R, 1, 0, s, lds, v + d0, ld, L, inv, out + d0, ldo, 0xFFFF, 0);
+            pv_tile(R, 1, 0, s, lds, v + d0, ldv, L, inv, out + d0, ldo, 0xFFFF, 0);
         else
-            pv_tile(R, 1, 1, s, lds, v + d0, ld, L, inv, out + d0, ldo, tail_mask(w), 0);
+            pv_tile(R, 1, 1, s, lds, v + d0, ldv, L, inv, out + d0, ldo, tail_mask(w), 0);
     }
 }
 
@@ -408,22 +416,30 @@ static void attend_one(const float *q, const float *k, const float *v, int ld, i
                        float scale, float *work, float *out, int ldo) {
     const int lds = (int)round16((size_t)L);
     float *kp = work;
-    float *s = work + round16((size_t)lds * D);
+    float *vp = work + round16((size_t)lds * D);
+    float *s = vp + round16((size_t)lds * D);
     pack_k(k, ld, L, D, kp);
+    int ldv = ld;
+    if (L >= VCOPY_MIN) {
+        for (int j = 0; j < L; j++)
+            memcpy(vp + (size_t)j * D, v + (size_t)j * ld, (size_t)D * sizeof(float));
+        v = vp;
+        ldv = D;
+    }
     int r0 = 0;
     for (; r0 + QB <= L; r0 += QB)
-        attend_rows(QB, q + (size_t)r0 * ld, v, ld, L, D, scale, kp, s, lds,
+        attend_rows(QB, q + (size_t)r0 * ld, ld, v, ldv, L, D, scale, kp, s, lds,
                     out + (size_t)r0 * ldo, ldo);
     const float *qr = q + (size_t)r0 * ld;
     float *orow = out + (size_t)r0 * ldo;
     switch (L - r0) {
-    case 7: attend_rows(7, qr, v, ld, L, D, scale, kp, s, lds, orow, ldo); break;
-    case 6: attend_rows(6, qr, v, ld, L, D, scale, kp, s, lds, orow, ldo); break;
-    case 5: attend_rows(5, qr, v, ld, L, D, scale, kp, s, lds, orow, ldo); break;
-    case 4: attend_rows(4, qr, v, ld, L, D, scale, kp, s, lds, orow, ldo); break;
-    case 3: attend_rows(3, qr, v, ld, L, D, scale, kp, s, lds, orow, ldo); break;
-    case 2: attend_rows(2, qr, v, ld, L, D, scale, kp, s, lds, orow, ldo); break;
-    case 1: attend_rows(1, qr, v, ld, L, D, scale, kp, s, lds, orow, ldo); break;
+    case 7: attend_rows(7, qr, ld, v, ldv, L, D, scale, kp, s, lds, orow, ldo); break;
+    case 6: attend_rows(6, qr, ld, v, ldv, L, D, scale, kp, s, lds, orow, ldo); break;
+    case 5: attend_rows(5, qr, ld, v, ldv, L, D, scale, kp, s, lds, orow, ldo); break;
+    case 4: attend_rows(4, qr, ld, v, ldv, L, D, scale, kp, s, lds, orow, ldo); break;
+    case 3: attend_rows(3, qr, ld, v, ldv, L, D, scale, kp, s, lds, orow, ldo); break;
+    case 2: attend_rows(2, qr, ld, v, ldv, L, D, scale, kp, s, lds, orow, ldo); break;
+    case 1: attend_rows(1, qr, ld, v, ldv, L, D, scale, kp, s, lds, orow, ldo); break;
     default: break;
     }
 }

@@ -21,7 +21,7 @@ from statistics import median
 
 import numpy as np
 import pytest
-from conftest import AFTER_RUN, kernels_or_skip
+from conftest import AFTER_RUN, kernels_or_skip, sampled_peak
 
 from bge_engine import _kernels
 
@@ -42,26 +42,22 @@ _PEAKS: dict[tuple[str, int], float] = {}  # the highest dot_peak sample of the 
 
 
 def dot_peak(isa: str, threads: int, iters: int = 5_000_000, rounds: int = 7) -> float:
-    """GOP/s of `threads` concurrent dot_loop calls (each releases the GIL): the median of
-    `rounds` timings at the first call, of 3 at each later one, and the highest of these
-    medians seen this session. Sampled all along for the reason fma_peak gives
-    (bench/conftest.py): one calibration in a slow moment would set every ratio too high.
-    The ratios are recomputed against the final peaks once every benchmark has run."""
-    key = (isa, threads)
+    """GOP/s of `threads` concurrent dot_loop calls (each releases the GIL): the highest
+    median of a call's timings this session (sampled_peak, bench/conftest.py)."""
     k = _kernels.Kernels(isa)
-    n = rounds
-    if key not in _PEAKS:
-        k.dot_loop(iters // 10)  # warm up: clocks
-    else:
-        n = 3
-    rates = []
-    with ThreadPoolExecutor(threads) as pool:
-        for _ in range(n):
-            t0 = time.perf_counter()
-            ops = sum(pool.map(k.dot_loop, [iters] * threads))
-            rates.append(ops / (time.perf_counter() - t0) / 1e9)
-    _PEAKS[key] = max(_PEAKS.get(key, 0.0), median(rates))
-    return _PEAKS[key]
+
+    def median_rate(n):
+        rates = []
+        with ThreadPoolExecutor(threads) as pool:
+            for _ in range(n):
+                t0 = time.perf_counter()
+                ops = sum(pool.map(k.dot_loop, [iters] * threads))
+                rates.append(ops / (time.perf_counter() - t0) / 1e9)
+        return median(rates)
+
+    # warm up: clocks
+    return sampled_peak(_PEAKS, (isa, threads), median_rate, lambda: k.dot_loop(iters // 10),
+                        rounds)
 
 
 def _ratio(extra: dict, gops: float, peak: float) -> None:

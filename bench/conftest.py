@@ -27,29 +27,39 @@ def kernels_or_skip(isa: str) -> "_kernels.Kernels":
     return _kernels.Kernels(isa)
 
 
+def sampled_peak(peaks: dict, key, measure, warm, rounds: int) -> float:
+    """The highest rate measure(n) has returned for `key` this session (kept in `peaks`):
+    n = `rounds` at the first call, after warm(), and 3 at each later one. Sampled all along,
+    not once: a first calibration that fell in a slow second (here once 114 GFLOP/s per core,
+    where the FMA loop's own benchmark then ran at 170) would put every ratio over 100 %.
+    The benchmarks' ratios are recomputed against the final peaks once every benchmark has
+    run (pytest_runtestloop)."""
+    if key not in peaks:
+        warm()
+    rate = measure(rounds if key not in peaks else 3)
+    peaks[key] = max(peaks.get(key, 0.0), rate)
+    return peaks[key]
+
+
 def fma_peak(isa: str, threads: int, iters: int = 10_000_000, rounds: int = 15) -> float:
     """The fp32 FMA peak the GEMM is measured against, in GFLOP/s: threads x the one-core
-    peak, the best timing of the table's fma_loop on one thread seen this session: `rounds`
-    timings at the first call, 3 more at each later one. Per core and the best, not the
-    median: on a shared machine other load can only lower a round's rate (a run of two loops
-    at once mostly measures whether the other core is free), and the peak is what the machine
-    can do. Sampled all along, not once: a first calibration that fell in a slow second
-    (here once 114 GFLOP/s per core, where the loop's own benchmark then ran at 170) would
-    put every ratio over 100 %. The ratios are recomputed against the final peak once every
-    benchmark has run (pytest_runtestloop). test_fma_peak measures the two-thread loop."""
+    peak, the best timing of the table's fma_loop on one thread (sampled_peak). Per core and
+    the best, not the median: on a shared machine other load can only lower a round's rate
+    (a run of two loops at once mostly measures whether the other core is free), and the
+    peak is what the machine can do. test_fma_peak measures the two-thread loop."""
     k = _kernels.Kernels(isa)
-    n = rounds
-    if isa not in _PEAKS:
-        k.fma_loop(iters // 10)  # warm up: clocks, page faults
-    else:
-        n = 3
-    rates = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        flops = k.fma_loop(iters)
-        rates.append(flops / (time.perf_counter() - t0) / 1e9)
-    _PEAKS[isa] = max([_PEAKS.get(isa, 0.0)] + rates)
-    return threads * _PEAKS[isa]
+
+    def best_rate(n):
+        rates = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            flops = k.fma_loop(iters)
+            rates.append(flops / (time.perf_counter() - t0) / 1e9)
+        return max(rates)
+
+    # warm up: clocks, page faults
+    return threads * sampled_peak(_PEAKS, isa, best_rate, lambda: k.fma_loop(iters // 10),
+                                  rounds)
 
 
 def _ratios(extra: dict, gflops: float, best: float, peak: float) -> None:

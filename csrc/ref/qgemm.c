@@ -439,6 +439,8 @@ static void q8_block(const q8_job *j, int t0, int t1, int p0, int p1) {
             for (int t = tb; t < te; t++) {
                 const int m0 = t * MR, mr = j->M - m0 < MR ? j->M - m0 : MR;
                 const size_t o = (size_t)m0 * N + n0;
+                bge_prefetch_block(j->acc ? (const void *)(j->acc + o) : (const void *)(j->out + o),
+                                   mr, (size_t)N * 4, nw * 4); /* int32 or fp32 */
                 if (j->acc) {
                     im->tile(j->q + (size_t)m0 * Kp, (size_t)Kp, Kp, panel, mr, nw, tile);
                     for (int i = 0; i < mr; i++)

@@ -8,15 +8,21 @@ the same bge-small-shaped checkpoint:
 Each engine runs in its own process (thread pools of different libraries never share one),
 with the same thread count. Measured: batch-1 latency at 8, 16, 32, 128 and 512 tokens;
 throughput on the 256 sentences of bench/sentences.txt in batches of 32, fed in the caller's
-order (as fastembed feeds them) and, for the peers, length-sorted; peak RSS; cold start
-(process start to first vector). Medians over repeats; with --rounds N the whole lineup is
-measured N times back to back and the table gives medians over rounds and the median (and
-range) of each round's ratios, which shared, noisy machines need. Results go to
-bench/results/ as JSON and a markdown table, with the ratios against each peer.
+order (as fastembed feeds them) and length-sorted; peak RSS; cold start (process start to
+first vector).
+
+Interleaved: the engines' processes are started together and stay loaded; the parent then
+asks each in turn for one measure (one text length, or one pass over the sentences), so the
+engines of a comparison are measured seconds apart, not minutes. On a shared machine whose
+speed drifts by 1.5-3x over minutes, measuring one engine whole and then the next put whole
+drifts between them. --rounds N repeats the sweep N times (the first engine of each round
+rotates; a short pause before each measure lets the last engine's spinning threads go idle),
+cold starts alternate too, and the table gives medians over rounds and the median (and
+range) of each round's ratios. Results go to bench/results/ as JSON and a markdown table.
 
     pip install -e ".[bench]"
     python bench/compare.py                     # the synthetic bge-small checkpoint, 1 and 2 threads
-    python bench/compare.py --model DIR --threads 2 --rounds 3
+    python bench/compare.py --model DIR --threads 2 --rounds 8
 """
 
 from __future__ import annotations
@@ -115,45 +121,66 @@ def _peer_embedder(engine, folder, onnx_path, threads, pooling):
     return embed
 
 
+REPLY = "@@ "  # marks the worker's replies among whatever else a library prints
+
+
+def serve(embed, sentences, commands, reply):
+    """A worker's loop: for each command (a dict), times embed and calls reply(dict).
+
+    {"op": "latency", "n": N, "calls": k}: k calls on one text of N tokens, after one
+    untimed call; {"op": "throughput", "order": "caller" | "sorted", "calls": k}: k passes
+    over the sentences in batches of 32 (sorted by length for "sorted"), after one untimed
+    batch; replies {"seconds": [...]}. {"op": "rss"}: replies {"peak_rss_mb": ...}."""
+    by_order = {"caller": bench.batches(sentences, bench.BATCH),
+                "sorted": bench.batches(sorted(sentences, key=len), bench.BATCH)}
+    for cmd in commands:
+        if cmd["op"] == "rss":
+            reply({"peak_rss_mb": bench.peak_rss_mb()})
+            continue
+        if cmd["op"] == "latency":
+            text = bench.text_of_tokens(cmd["n"])
+            fn = lambda: embed([text])  # noqa: E731
+            fn()
+        else:
+            batches = by_order[cmd["order"]]
+            fn = lambda: [embed(list(b)) for b in batches]  # noqa: E731
+            embed(list(batches[0]))
+        times = []
+        for _ in range(cmd["calls"]):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        reply({"seconds": times})
+
+
 def worker(engine, folder, onnx_path, threads, pooling):
-    """Measures one engine; returns the result dict."""
-    sentences = bench.sentences()
+    """Loads one engine, says it is ready, then serves the parent's commands (JSON lines on
+    stdin) until stdin closes."""
     if engine.startswith("bge-engine"):
         import bge_engine
 
         e = bge_engine.Engine(folder, threads=threads, dtype=_dtype(engine))
-        result = bench.measure_engine(e, sentences)
         embed = lambda texts: e.encode(texts, pooling=pooling)  # noqa: E731
     else:
         embed = _peer_embedder(engine, folder, onnx_path, threads, pooling)
-        result = {"latency_s": {}}
-        for n in bench.LENGTHS:
-            text = bench.text_of_tokens(n)
-            result["latency_s"][n] = bench.median_seconds(lambda: embed([text]),
-                                                          bench.repeats_for(n))
-        caller = bench.batches(sentences, bench.BATCH)
-        per_call = bench.median_seconds(lambda: [embed(list(b)) for b in caller], repeats=5)
-        result["throughput_caller"] = len(sentences) / per_call
-    by_length = sorted(sentences, key=len)
-    sorted_batches = bench.batches(by_length, bench.BATCH)
-    per_call = bench.median_seconds(lambda: [embed(list(b)) for b in sorted_batches], repeats=5)
-    result["throughput_sorted"] = len(sentences) / per_call
-    result["peak_rss_mb"] = bench.peak_rss_mb()
-    return result
+
+    def reply(d):
+        print(REPLY + json.dumps(d), flush=True)
+
+    reply({"ready": True})
+    serve(embed, bench.sentences(), (json.loads(line) for line in sys.stdin), reply)
 
 
-def cold_start(engine, folder, onnx_path, threads, pooling):
-    """Process start to first vector: for bge-engine the few lines a user writes; a peer goes
+def cold_start_code(engine, folder, onnx_path, threads, pooling):
+    """What a cold start runs: for bge-engine the few lines a user writes; a peer goes
     through _first_vector (this module's imports, bge_engine's among them, count against it:
     numpy, which it needs anyway, is most of them)."""
     if engine.startswith("bge-engine"):
-        code = ("import bge_engine; bge_engine.Engine(%r, threads=%d, dtype=%r).encode(%r, "
+        return ("import bge_engine; bge_engine.Engine(%r, threads=%d, dtype=%r).encode(%r, "
                 "pooling=%r)" % (folder, threads, _dtype(engine), "hello", pooling))
-    else:
-        code = ("import sys; sys.path.insert(0, %r); import compare; "
-                "compare._first_vector(%r, %r, %r, %d, %r)"
-                % (str(HERE), engine, folder, str(onnx_path), threads, pooling))
-    return bench.cold_start_seconds(code)
+    return ("import sys; sys.path.insert(0, %r); import compare; "
+            "compare._first_vector(%r, %r, %r, %d, %r)"
+            % (str(HERE), engine, folder, str(onnx_path), threads, pooling))
 
 
 def _first_vector(engine, folder, onnx_path, threads, pooling):
@@ -200,12 +227,81 @@ def export_onnx(folder, path):
                           "last_hidden_state": dyn}, dynamo=False)
 
 
-def run_worker(engine, folder, onnx_path, threads, pooling):
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--model",
-           str(folder), "--onnx", str(onnx_path), "--threads", str(threads), "--pooling",
-           pooling]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+SETTLE = 0.2  # seconds of quiet before each measure: the last engine's threads stop spinning
+
+
+class Worker:
+    """One engine's process (see worker), asked for one measure at a time."""
+
+    def __init__(self, engine, folder, onnx_path, threads, pooling):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", engine, "--model",
+               str(folder), "--onnx", str(onnx_path), "--threads", str(threads), "--pooling",
+               pooling]
+        self.engine = engine
+        self.err = tempfile.TemporaryFile(mode="w+")  # progress bars, warnings; shown on failure
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.err, text=True, bufsize=1)
+
+    def read(self):
+        """The worker's next reply; raises with its stderr if it exited instead."""
+        for line in self.proc.stdout:
+            if line.startswith(REPLY):
+                return json.loads(line[len(REPLY):])
+        self.err.seek(0)
+        raise RuntimeError(f"the {self.engine} worker exited ({self.proc.wait()}):\n"
+                           + self.err.read()[-3000:])
+
+    def ask(self, cmd):
+        time.sleep(SETTLE)
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=120)
+        self.err.close()
+
+
+def rotated(lineup, k):
+    """The lineup starting at its k-th engine: round k's order, so each engine goes first
+    as often as the others."""
+    k %= len(lineup)
+    return tuple(lineup[k:]) + tuple(lineup[:k])
+
+
+def measure_rounds(lineup, folder, onnx_path, threads, pooling, rounds, n_sentences):
+    """Every engine of the lineup on `threads` threads, interleaved (see the top of the file):
+    a list of `rounds` dicts {engine: result}, the result as table() reads it."""
+    workers = {e: Worker(e, folder, onnx_path, threads, pooling) for e in lineup}
+    out = []
+    try:
+        for w in workers.values():
+            w.read()  # ready: loaded
+        for k in range(rounds):
+            print(f"round {k + 1}/{rounds}, {threads} thread(s): "
+                  + ", ".join(rotated(lineup, k)), file=sys.stderr)
+            rd = {e: {"latency_s": {}} for e in lineup}
+            for n in bench.LENGTHS:
+                for e in rotated(lineup, k):
+                    r = workers[e].ask({"op": "latency", "n": n, "calls": bench.repeats_for(n)})
+                    rd[e]["latency_s"][str(n)] = statistics.median(r["seconds"])
+            for key, order in (("throughput_caller", "caller"), ("throughput_sorted", "sorted")):
+                for e in rotated(lineup, k):
+                    r = workers[e].ask({"op": "throughput", "order": order, "calls": 1})
+                    rd[e][key] = n_sentences / statistics.median(r["seconds"])
+            for e in rotated(lineup, k):
+                rd[e]["cold_start_s"] = bench.cold_start_seconds(
+                    cold_start_code(e, folder, onnx_path, threads, pooling), repeats=1)
+            out.append(rd)
+        for e, w in workers.items():
+            rss = w.ask({"op": "rss"})["peak_rss_mb"]
+            for rd in out:
+                rd[e]["peak_rss_mb"] = rss
+    finally:
+        for w in workers.values():
+            w.close()
+    return out
 
 
 def _measures(lineup):
@@ -224,8 +320,8 @@ def table(results, threads_list, lineup):
     """The markdown table, with ratios of each peer to ours (> 1: ours is faster, smaller).
 
     With several rounds, each value is the median over rounds, and each ratio the median of
-    the rounds' own ratios (each round measures every engine back to back), with the range
-    of those ratios in brackets."""
+    the rounds' own ratios (within a round each measure is taken of every engine in turn),
+    with the range of those ratios in brackets."""
     peers = lineup[1:]
     rounds = results["rounds"]
     lines = []
@@ -260,17 +356,16 @@ def main(argv=None):
     p.add_argument("--dtype", choices=tuple(LINEUPS), default="fp32",
                    help="fp32: vs ONNX Runtime and PyTorch fp32; int8: vs ONNX Runtime int8 "
                         "(quantize_dynamic, QInt8, per channel) and our own fp32")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="measure the whole lineup this many times, back to back; the table "
-                        "gives medians and the median (and range) of each round's ratios")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="sweeps over every measure, engines interleaved within each; the "
+                        "table gives medians and the median (and range) of each round's ratios")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     p.add_argument("--onnx", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.worker:
-        r = worker(args.worker, args.model, args.onnx, args.threads[0], args.pooling)
-        print(json.dumps(r))
+        worker(args.worker, args.model, args.onnx, args.threads[0], args.pooling)
         return 0
 
     tmp = Path(tempfile.mkdtemp(prefix="bge-bench-"))
@@ -291,17 +386,12 @@ def main(argv=None):
     results = {"model": folder, "date": time.strftime("%Y-%m-%d %H:%M"),
                "cpu": __import__("bge_engine").cpu_info()["cpu"],
                "isa": __import__("bge_engine").cpu_info()["isa"]}
-    results["rounds"] = []
-    for k in range(args.rounds):
-        rd = {}
-        for t in args.threads:
-            for e in lineup:
-                print(f"round {k + 1}/{args.rounds}: measuring {e}, {t} threads ...",
-                      file=sys.stderr)
-                r = run_worker(e, folder, onnx_path, t, args.pooling)
-                r["cold_start_s"] = cold_start(e, folder, onnx_path, t, args.pooling)
-                rd[f"{e}/{t}"] = r
-        results["rounds"].append(rd)
+    results["rounds"] = [{} for _ in range(args.rounds)]
+    for t in args.threads:
+        per_round = measure_rounds(lineup, folder, onnx_path, t, args.pooling, args.rounds,
+                                   len(bench.sentences()))
+        for rd, measured in zip(results["rounds"], per_round):
+            rd.update({f"{e}/{t}": r for e, r in measured.items()})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"compare-{args.dtype}.json").write_text(json.dumps(results, indent=2))

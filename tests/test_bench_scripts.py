@@ -35,6 +35,40 @@ def test_compare_table_gives_median_ratios_and_their_range():
     assert "2.00x (1.50-2.50)" in tp  # higher is better: ours over theirs
 
 
+def test_compare_rounds_rotate_the_first_engine():
+    lineup = compare.LINEUPS["int8"]
+    firsts = [compare.rotated(lineup, k)[0] for k in range(6)]
+    assert firsts == list(lineup) * 2
+    assert all(sorted(compare.rotated(lineup, k)) == sorted(lineup) for k in range(6))
+
+
+def test_compare_worker_serves_each_measure():
+    """The worker's loop, with a stand-in engine that records what it was given."""
+    seen, replies = [], []
+    sentences = [f"sentence number {i}" + " word" * (i % 7) for i in range(70)]
+
+    def embed(texts):
+        seen.append(list(texts))
+        return np.zeros((len(texts), 4), np.float32)
+
+    commands = [{"op": "latency", "n": 16, "calls": 3},
+                {"op": "throughput", "order": "caller", "calls": 2},
+                {"op": "throughput", "order": "sorted", "calls": 1},
+                {"op": "rss"}]
+    compare.serve(embed, sentences, iter(commands), replies.append)
+    assert [len(r["seconds"]) for r in replies[:3]] == [3, 2, 1]
+    assert all(t >= 0 for r in replies[:3] for t in r["seconds"])
+    assert replies[3]["peak_rss_mb"] > 0
+    text = compare.bench.text_of_tokens(16)
+    assert seen[:4] == [[text]] * 4  # one untimed call, then the 3 timed ones
+    passes = seen[4:]
+    caller = [sentences[i:i + 32] for i in range(0, 70, 32)]
+    by_len = sorted(sentences, key=len)
+    ordered = [by_len[i:i + 32] for i in range(0, 70, 32)]
+    # an untimed first batch, 2 passes in the caller's order, one untimed, 1 sorted pass
+    assert passes == [caller[0]] + caller * 2 + [ordered[0]] + ordered
+
+
 def test_study_model_runs_the_checkpoint(minilm, minilm_path):
     texts = ["a small test sentence", "another, longer sentence for the simulated model"]
     sim = study.SimModel(minilm_path)

@@ -593,31 +593,30 @@ cdef class Kernels:
         if not isinstance(type_, np.ndarray) or type_.ndim != 2 or type_.shape[0] < 1:
             raise ValueError("type_: expected a float32 array of shape (types, C)")
         cdef int T = ids.shape[0], V = word.shape[0], C = word.shape[1], P = pos.shape[0]
-        _check(ids, "ids", (T,), np.int32)
-        _check(word, "word", (V, C))
-        _check(pos, "pos", (P, C))
-        _check(type_, "type_", (type_.shape[0], C))
-        _writable(_check(out, "out", (T, C)), "out")
+        cdef const int32_t *ip
+        cdef const int32_t *offp
+        cdef const float *wp
+        cdef const float *pp
+        cdef const float *tp
+        cdef float *op
+        _ptr(<void **>&ip, ids, "ids", T, -1, np.int32, b'i', False)
+        _ptr(<void **>&wp, word, "word", V, C, np.float32, b'f', False)
+        _ptr(<void **>&pp, pos, "pos", P, C, np.float32, b'f', False)
+        _ptr(<void **>&tp, type_, "type_", type_.shape[0], C, np.float32, b'f', False)
+        _ptr(<void **>&op, out, "out", T, C, np.float32, b'f', True)
         cdef int max_len, min_len
-        cdef int n = _ragged(offsets, T, &max_len, &min_len)
+        cdef int n = _ragged(offsets, T, &max_len, &min_len, &offp)
         if T == 0:
             return out
         if max_len > P:
             raise ValueError(f"offsets: a text of {max_len} tokens is longer than the {P} positions")
-        cdef const int32_t[::1] iv = ids
         cdef Py_ssize_t t
         for t in range(T):
-            if iv[t] < 0 or iv[t] >= V:
-                raise ValueError(f"ids: every id must be in [0, {V}), got {iv[t]} at {t}")
-        cdef const int32_t[::1] offv = offsets
-        cdef const float[:, ::1] wv = word
-        cdef const float[:, ::1] pv = pos
-        cdef const float[:, ::1] tv = type_
-        cdef float[:, ::1] ov = out
+            if ip[t] < 0 or ip[t] >= V:
+                raise ValueError(f"ids: every id must be in [0, {V}), got {ip[t]} at {t}")
         cdef int st
         with nogil:
-            st = self.t.f32_embed(&iv[0], &offv[0], n, &wv[0, 0], V, &pv[0, 0], P, &tv[0, 0],
-                                  &ov[0, 0], C)
+            st = self.t.f32_embed(ip, offp, n, wp, V, pp, P, tp, op, C)
         _check_status(st, "embed")
         return out
 
@@ -648,13 +647,14 @@ cdef class Kernels:
         """Divides each row of x (n, C) by its L2 norm, in place."""
         if not isinstance(x, np.ndarray) or x.ndim != 2:
             raise ValueError("x: expected a float32 array of shape (n, C)")
-        _writable(_check(x, "x", (x.shape[0], x.shape[1])), "x")
-        if x.size == 0:
+        cdef int n = x.shape[0], C = x.shape[1]
+        cdef float *xp
+        _ptr(<void **>&xp, x, "x", n, C, np.float32, b'f', True)
+        if n == 0 or C == 0:
             return x
-        cdef float[:, ::1] xv = x
         cdef int st
         with nogil:
-            st = self.t.f32_l2norm(&xv[0, 0], xv.shape[0], xv.shape[1])
+            st = self.t.f32_l2norm(xp, n, C)
         _check_status(st, "l2norm")
         return x
 

@@ -169,6 +169,27 @@ def test_embed_and_pool():
     with pytest.raises(ValueError, match="ids"):
         REF.embed(np.array([V], np.int32), np.array([0, 1], np.int32), word, pos, typ,
                   np.empty((1, C), np.float32))
+    # the boundary names the argument that is wrong, and how
+    args = dict(ids=ids, offsets=offsets, word=word, pos=pos, type_=typ, out=out)
+    ro = out.copy()
+    ro.flags.writeable = False
+    for name, bad, msg in (("ids", ids.astype(np.int64), r"ids: .*int32"),
+                           ("word", np.asfortranarray(word), r"word: .*not C-contiguous"),
+                           ("pos", pos[:, :C - 1], r"pos: .*\(\d+, %d\)" % C),
+                           ("type_", typ.astype(np.float64), r"type_: .*float32"),
+                           ("out", ro, r"out: the output array is read-only"),
+                           ("offsets", offsets[:-1], r"offsets: expected 0 first and %d last"
+                            % offsets[-1])):
+        with pytest.raises(ValueError, match=msg):
+            REF.embed(**{**args, name: bad})
+    y = np.ones((2, C), np.float32)
+    y.flags.writeable = False
+    with pytest.raises(ValueError, match="x: the output array is read-only"):
+        REF.l2norm(y)
+    with pytest.raises(ValueError, match=r"x: .*float32"):
+        REF.l2norm(np.ones((2, C), np.float64))
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        REF.l2norm(np.ones((C, 2), np.float32).T)
 
 
 def test_boundary_rejects_bad_arrays_naming_shapes():

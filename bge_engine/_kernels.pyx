@@ -523,13 +523,14 @@ cdef class Kernels:
         """Row-wise softmax of x (R, C) in place."""
         if not isinstance(x, np.ndarray) or x.ndim != 2:
             raise ValueError("x: expected a float32 array of shape (R, C)")
-        _writable(_check(x, "x", (x.shape[0], x.shape[1])), "x")
-        if x.size == 0:
+        cdef int R = x.shape[0], C = x.shape[1]
+        cdef float *xp
+        _ptr(<void **>&xp, x, "x", R, C, np.float32, b'f', True)
+        if R == 0 or C == 0:
             return x
-        cdef float[:, ::1] xv = x
         cdef int st
         with nogil:
-            st = self.t.f32_softmax(&xv[0, 0], xv.shape[0], xv.shape[1])
+            st = self.t.f32_softmax(xp, R, C)
         _check_status(st, "softmax")
         return x
 
@@ -798,34 +799,38 @@ cdef class Kernels:
             raise ValueError("x: expected a float32 array of shape (M, K)")
         cdef int M = x.shape[0], K = x.shape[1]
         cdef int Kp = q8_row_bytes(K), G = q8_groups(K)
-        _check(x, "x", (M, K))
-        _writable(_check(q, "q", (M, Kp), np.uint8), "q")
-        _writable(_check(scale, "scale", (M, G)), "scale")
-        _writable(_check(zp, "zp", (M, G), np.int32), "zp")
+        cdef const float *xp
+        cdef uint8_t *qp
+        cdef float *sp
+        cdef int32_t *zp_
+        _ptr(<void **>&xp, x, "x", M, K, np.float32, b'f', False)
+        _ptr(<void **>&qp, q, "q", M, Kp, np.uint8, b'B', True)
+        _ptr(<void **>&sp, scale, "scale", M, G, np.float32, b'f', True)
+        _ptr(<void **>&zp_, zp, "zp", M, G, np.int32, b'i', True)
         cdef int nt = _threads(threads)
         if K < 1 or K > BGE_Q8_MAX_K:
             raise ValueError(f"x: expected 1 <= K <= {BGE_Q8_MAX_K}, got shape {(M, K)}")
         if M == 0:
             return q
-        cdef const float[:, ::1] xv = x
-        cdef uint8_t[:, ::1] qv = q
-        cdef float[:, ::1] sv = scale
-        cdef int32_t[:, ::1] zv = zp
         cdef int st
         with nogil:
-            st = self.t.qu8_quantize(&xv[0, 0], M, K, &qv[0, 0], &sv[0, 0], &zv[0, 0], nt)
+            st = self.t.qu8_quantize(xp, M, K, qp, sp, zp_, nt)
         _check_status(st, "quantize")
         return q
 
-    cdef int _q_rows(self, object q, object packed) except -1:
-        """Checks q (M, Kp) uint8 against packed; returns M."""
+    cdef int _q_rows(self, object q, object packed, const uint8_t **qp,
+                     const uint8_t **pp) except -1:
+        """Checks q (M, Kp) uint8 against packed; returns M, with q's data in *qp and the
+        packed bytes in *pp."""
         if not isinstance(packed, PackedQ8):
             raise ValueError("packed: expected the PackedQ8 that Kernels.qpack returned")
         cdef int Kp = q8_row_bytes(packed.K)
         if not isinstance(q, np.ndarray) or q.ndim != 2:
             raise ValueError(f"q: expected a uint8 array of shape (M, {Kp})")
-        _check(q, "q", (q.shape[0], Kp), np.uint8)
-        if packed.data.nbytes < 64:
+        _ptr(<void **>qp, q, "q", q.shape[0], Kp, np.uint8, b'B', False)
+        cdef Py_ssize_t n_bytes
+        _flat(<void **>pp, packed.data, "packed.data", 0, np.uint8, b'B', &n_bytes, False)
+        if n_bytes < 64:
             raise ValueError("packed: too short to hold a packed int8 weight")
         return q.shape[0]
 
@@ -833,11 +838,15 @@ cdef class Kernels:
         """out (M, N) = epilogue(sum over groups g of (q - zp) @ w_s8^T * scale w_scale
         + bias) [+ res (M, N)]: q (M, Kp), scale (M, G), zp (M, G) from quantize,
         G = q8_groups(K); packed from this table's qpack."""
-        cdef int M = self._q_rows(q, packed)
+        cdef const uint8_t *qp
+        cdef const uint8_t *pp
+        cdef int M = self._q_rows(q, packed, &qp, &pp)
         cdef int K = packed.K, N = packed.N
         cdef int G = q8_groups(K)
-        _check(scale, "scale", (M, G))
-        _check(zp, "zp", (M, G), np.int32)
+        cdef const float *sp
+        cdef const int32_t *zp_
+        _ptr(<void **>&sp, scale, "scale", M, G, np.float32, b'f', False)
+        _ptr(<void **>&zp_, zp, "zp", M, G, np.int32, b'i', False)
         cdef const float *bp
         cdef const float *rp
         cdef float *op
@@ -845,16 +854,11 @@ cdef class Kernels:
         cdef int nt = _threads(threads)
         if M == 0:
             return out
-        if np.may_share_memory(q, out):
+        if _overlap(qp, <size_t>M * q8_row_bytes(K), op, <size_t>M * N * 4):
             raise ValueError("out: must not overlap q")
-        cdef const uint8_t[:, ::1] qv = q
-        cdef const float[:, ::1] sv = scale
-        cdef const int32_t[:, ::1] zv = zp
-        cdef const uint8_t[::1] pv = packed.data
         cdef int st
         with nogil:
-            st = self.t.qu8s8_gemm(&qv[0, 0], &sv[0, 0], &zv[0, 0], M, K, N, <const void *>&pv[0],
-                                   bp, rp, op, epi, nt)
+            st = self.t.qu8s8_gemm(qp, sp, zp_, M, K, N, <const void *>pp, bp, rp, op, epi, nt)
         _check_status(st, "qgemm")
         return out
 
@@ -906,20 +910,20 @@ cdef class Kernels:
 
     def qgemm_i32(self, q, packed, acc, threads=1):
         """acc (M, N) int32 = q (M, Kp) @ w_s8^T, the raw sums (no zero-point term)."""
-        cdef int M = self._q_rows(q, packed)
+        cdef const uint8_t *qp
+        cdef const uint8_t *pp
+        cdef int M = self._q_rows(q, packed, &qp, &pp)
         cdef int K = packed.K, N = packed.N
-        _writable(_check(acc, "acc", (M, N), np.int32), "acc")
+        cdef int32_t *ap
+        _ptr(<void **>&ap, acc, "acc", M, N, np.int32, b'i', True)
         cdef int nt = _threads(threads)
         if M == 0:
             return acc
-        if np.may_share_memory(q, acc):
+        if _overlap(qp, <size_t>M * q8_row_bytes(K), ap, <size_t>M * N * 4):
             raise ValueError("acc: must not overlap q")
-        cdef const uint8_t[:, ::1] qv = q
-        cdef const uint8_t[::1] pv = packed.data
-        cdef int32_t[:, ::1] av = acc
         cdef int st
         with nogil:
-            st = self.t.qu8s8_gemm_i32(&qv[0, 0], M, K, N, <const void *>&pv[0], &av[0, 0], nt)
+            st = self.t.qu8s8_gemm_i32(qp, M, K, N, <const void *>pp, ap, nt)
         _check_status(st, "qgemm_i32")
         return acc
 

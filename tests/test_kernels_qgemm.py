@@ -644,6 +644,46 @@ def test_qlinear_bad_arguments():
         k.qlinear(x, short, b, out, q, s, z)
 
 
+def test_qgemm_quantize_softmax_bad_arguments():
+    """The unfused int8 calls and softmax name the argument that is wrong, and how."""
+    k = _kernels.Kernels("ref")
+    p = k.qpack(np.ones((5, 9), np.int8), np.ones((5, 1), np.float32))
+    x, b = np.ones((3, 9), np.float32), np.zeros(5, np.float32)
+    q, s, z = np.empty((3, 12), np.uint8), np.empty((3, 1), np.float32), np.empty((3, 1), np.int32)
+    k.quantize(x, q, s, z)
+    out, acc = np.empty((3, 5), np.float32), np.empty((3, 5), np.int32)
+    k.qgemm(q, s, z, p, b, out)
+    k.qgemm_i32(q, p, acc)
+    ro = q.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="q: the output array is read-only"):
+        k.quantize(x, ro, s, z)
+    with pytest.raises(ValueError, match=r"zp: .*int32"):
+        k.quantize(x, q, s, z.astype(np.int64))
+    with pytest.raises(ValueError, match=r"scale: .*\(3, 1\)"):
+        k.qgemm(q, np.empty((3, 2), np.float32), z, p, b, out)
+    with pytest.raises(ValueError, match=r"q: .*\(3, 12\).*not C-contiguous"):
+        k.qgemm(np.empty((3, 24), np.uint8)[:, ::2], s, z, p, b, out)
+    shared = np.zeros((3, 5), np.float32)  # q's bytes inside out's
+    with pytest.raises(ValueError, match="out: must not overlap q"):
+        k.qgemm(shared.reshape(-1).view(np.uint8)[:36].reshape(3, 12), s, z, p, b, shared)
+    shared_acc = np.zeros((3, 5), np.int32)
+    with pytest.raises(ValueError, match="acc: must not overlap q"):
+        k.qgemm_i32(shared_acc.reshape(-1).view(np.uint8)[:36].reshape(3, 12), p, shared_acc)
+    ro_acc = acc.copy()
+    ro_acc.flags.writeable = False
+    with pytest.raises(ValueError, match="acc: the output array is read-only"):
+        k.qgemm_i32(q, p, ro_acc)
+    short = _kernels.PackedQ8(p.data[:32], p.K, p.N, p.isa)
+    for call in (lambda: k.qgemm(q, s, z, short, b, out), lambda: k.qgemm_i32(q, short, acc)):
+        with pytest.raises(ValueError, match="packed: too short"):
+            call()
+    with pytest.raises(ValueError, match="x: the output array is read-only"):
+        k.softmax(np.frombuffer(bytes(48), np.float32).reshape(3, 4))
+    with pytest.raises(ValueError, match=r"x: .*float32"):
+        k.softmax(np.ones((3, 4), np.float64))
+
+
 def test_quantize_special_values_in_whole_groups():
     """The same special values in whole 64-wide groups (the SIMD quantisers' packed path):
     NaN, +-inf, a tiny range (inv overflows to inf), halfway cases, both zero-point ends."""

@@ -139,14 +139,14 @@ static void gemm_block(const bge_f32_gemm_impl *impl, const float *x, int M, int
             for (int t = tb; t < te; t++) {
                 const int m0 = t * MR, mr = M - m0 < MR ? M - m0 : MR;
                 const float *xt = x + (size_t)m0 * K;
-                bge_prefetch_block(out + (size_t)m0 * N + n0, mr, (size_t)N * sizeof(float),
+                const size_t o = (size_t)m0 * N + n0;
+                bge_prefetch_block(out + o, mr, (size_t)N * sizeof(float),
                                    nw * (int)sizeof(float));
                 if (prefetch)
                     impl->tile_pf(xt, (size_t)K, K, panel, mr, nw, tile,
                                   (const char *)next + (size_t)(t - tb) * slice, (int)slice);
                 else
                     impl->tile(xt, (size_t)K, K, panel, mr, nw, tile);
-                const size_t o = (size_t)m0 * N + n0;
                 impl->epilogue(tile, mr, nw, bias + n0,
                               epilogue == BGE_EPI_BIAS_RESIDUAL ? res + o : NULL, out + o,
                               (size_t)N, epilogue);

@@ -24,6 +24,14 @@ from typing import Optional
 # the rest of the process (measured: up to ~25 % of int8 throughput on 2 cores). A value the
 # user set is kept; libgomp reads it once, when _kernels loads it below.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+# numpy's OpenBLAS does the same with its own threads, for 2^28 TSC ticks (~0.1 s) after
+# numpy loads and after every BLAS call: on a machine with no spare core that spin competes
+# with the kernels' OpenMP threads. Measured on 2 cores, with a numpy matmul between calls,
+# a 16-token encode took 27-35 ms instead of 5-7.5 (fp32) and 8-33 instead of 2.3-2.7 (int8).
+# 2^16 ticks (tens of microseconds) costs numpy's own matmuls nothing measurable.
+# OpenBLAS reads this when numpy loads, so it only takes effect where bge_engine is imported
+# first (README, "Threads"); a value the user set is kept.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
 
 from . import _kernels, schema  # noqa: E402
 from .engine import Engine, default_threads

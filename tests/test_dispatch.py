@@ -93,3 +93,15 @@ def test_import_sets_a_short_openmp_spin_unless_the_user_chose_one():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "123"
+
+
+def test_import_sets_a_short_openblas_spin_unless_the_user_chose_one():
+    code = "import os, bge_engine; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "16"
+    env["OPENBLAS_THREAD_TIMEOUT"] = "24"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "24"

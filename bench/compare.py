@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -39,6 +40,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tests"))
+
+# The environment this script was started with, before importing bge_engine sets its own
+# defaults (GOMP_SPINCOUNT, OPENBLAS_THREAD_TIMEOUT) in it: the peers run in this one, as they
+# would in the user's program, not in ours.
+START_ENV = dict(os.environ)
 
 from bge_engine import bench  # noqa: E402
 
@@ -81,7 +87,11 @@ def _padded(tokenizer, texts):
 
 
 def _peer_embedder(engine, folder, onnx_path, threads, pooling):
-    """A function texts -> normalised (n, H) vectors for a peer engine."""
+    """A function texts -> normalised (n, H) vectors for a peer engine, which runs in
+    START_ENV: its libraries (PyTorch's own libgomp among them) read the environment when
+    they load, below."""
+    os.environ.clear()
+    os.environ.update(START_ENV)
     import numpy as np
     from tokenizers import Tokenizer
 
@@ -239,7 +249,7 @@ class Worker:
         self.engine = engine
         self.err = tempfile.TemporaryFile(mode="w+")  # progress bars, warnings; shown on failure
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.err, text=True, bufsize=1)
+                                     stderr=self.err, text=True, bufsize=1, env=START_ENV)
 
     def read(self):
         """The worker's next reply; raises with its stderr if it exited instead."""
@@ -291,7 +301,8 @@ def measure_rounds(lineup, folder, onnx_path, threads, pooling, rounds, n_senten
                     rd[e][key] = n_sentences / statistics.median(r["seconds"])
             for e in rotated(lineup, k):
                 rd[e]["cold_start_s"] = bench.cold_start_seconds(
-                    cold_start_code(e, folder, onnx_path, threads, pooling), repeats=1)
+                    cold_start_code(e, folder, onnx_path, threads, pooling), repeats=1,
+                    env=START_ENV)
             out.append(rd)
         for e, w in workers.items():
             rss = w.ask({"op": "rss"})["peak_rss_mb"]

@@ -3,6 +3,8 @@ tiny inputs (the measurements themselves need the peers and minutes, so CI does 
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -67,6 +69,19 @@ def test_compare_worker_serves_each_measure():
     ordered = [by_len[i:i + 32] for i in range(0, 70, 32)]
     # an untimed first batch, 2 passes in the caller's order, one untimed, 1 sorted pass
     assert passes == [caller[0]] + caller * 2 + [ordered[0]] + ordered
+
+
+def test_compare_keeps_the_start_environment_for_the_peers():
+    # START_ENV is taken before bge_engine sets its thread-spin defaults; the peers' workers
+    # and cold starts run in it, and _peer_embedder restores it before loading a peer.
+    code = ("import os, sys; sys.path.insert(0, %r); import compare; "
+            "print(sorted(k for k in ('GOMP_SPINCOUNT', 'OPENBLAS_THREAD_TIMEOUT') "
+            "if k in compare.START_ENV), os.environ['OPENBLAS_THREAD_TIMEOUT'])" % str(BENCH))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[] 16"
 
 
 def test_study_model_runs_the_checkpoint(minilm, minilm_path):

@@ -162,7 +162,7 @@ static void gemm_block(const bge_f32_gemm_impl *impl, const float *x, int M, int
  *   res    (M, N) with BGE_EPI_BIAS_RESIDUAL, else ignored; may equal out
  *   out    (M, N) row-major; must not overlap x
  * Threads: the grid of (row tiles) x (panels) is cut into rectangles, panels first, until
- * there are about 4 per thread (2 for a prefetching impl on few rows, see below); threads
+ * there are about 4 per thread (1 for a prefetching impl on few rows, see below); threads
  * take them dynamically, so a thread the OS delays does not hold the others back. Each
  * element's sum over k is never split.                                                   */
 int bge_f32_gemm_run(const bge_f32_gemm_impl *impl, const float *x, int M, int K, int N,
@@ -176,12 +176,15 @@ int bge_f32_gemm_run(const bge_f32_gemm_impl *impl, const float *x, int M, int K
         gemm_block(impl, x, M, K, N, packed, bias, res, out, epilogue, 0, mt, 0, np);
         return BGE_OK;
     }
-    /* rectangles of rc row tiles x pc panels: halve pc, then rc, until 4 per thread; 2 for
+    /* rectangles of rc row tiles x pc panels: halve pc, then rc, until 4 per thread; 1 for
      * a prefetching impl on at most 16 row tiles: there the weights stream from memory, and
-     * the first panel of a rectangle is read before any prefetch (fewer, longer rectangles:
-     * 1.05-1.09x faster at 8-32 rows on Zen 3, 2 threads) */
+     * the first panel of a rectangle is read before any prefetch, so each thread reads one
+     * run of panels. (Fewer, longer rectangles: 2 per thread against 4, 1.05-1.09x faster
+     * at 8-32 rows on Zen 3; 1 against 2, 1.02-1.08x at 4-128 rows on a Xeon with AMX,
+     * 2 threads, the model's 48 GEMMs. Taking rectangles dynamically only evens out a
+     * thread slower by half or more, where 4 per thread would help.) */
     int rc = mt, pc = np;
-    const long long want = (impl->tile_pf && mt <= 16 ? 2LL : 4LL) * nthreads;
+    const long long want = (impl->tile_pf && mt <= 16 ? 1LL : 4LL) * nthreads;
     while ((long long)((mt + rc - 1) / rc) * ((np + pc - 1) / pc) < want && (pc > 1 || rc > 1)) {
         if (pc > 1)
             pc = (pc + 1) / 2;

@@ -486,9 +486,15 @@ int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float 
         q8_block(&j, 0, mt, 0, np);
         return BGE_OK;
     }
-    /* rectangles of rc row tiles x pc panels: halve pc, then rc, until 4 per thread */
+    /* rectangles of rc row tiles x pc panels: halve pc, then rc, until 4 per thread; 1 on
+     * at most 8 row tiles (128 rows on AMX), where the weights stream from memory: each
+     * thread then reads one run of panels, where its hardware prefetchers keep up, instead
+     * of jumping to another rectangle's start every few panels. Measured on a Xeon with
+     * AMX, 2 threads, the model's 48 GEMMs, alternated: AMX 1.13x faster at 1 row, 1.23-1.32x
+     * at 8-16, 1.14-1.18x at 32-128; VNNI 1.06-1.19x at 16-128. Not the tile configuration
+     * that AMX loads per rectangle: loading it once per thread instead changed nothing. */
     int rc = mt, pc = np;
-    const long long want = 4LL * nthreads;
+    const long long want = (mt <= 8 ? 1LL : 4LL) * nthreads;
     while ((long long)((mt + rc - 1) / rc) * ((np + pc - 1) / pc) < want && (pc > 1 || rc > 1)) {
         if (pc > 1)
             pc = (pc + 1) / 2;

@@ -198,8 +198,8 @@ typedef size_t (*bge_qs8_packed_size_fn)(int K, int N);
  *   w       (N, K) int8 in [-127, 127] (a -128 returns BGE_ERR_ARG)
  *   w_scale (N, ngroups) fp32, ngroups = BGE_Q8_NGROUPS(K)
  *   packed  (qs8_packed_size(K, N)) bytes, written whole: a 64-byte header (magic, layout
- *           id, K, N, ...) that the GEMMs check, then w_scale and colsum per (group,
- *           column) and the weights in the
+ *           id, K, N, ...) that the GEMMs check, then w_scale and colsum per (column,
+ *           group) and the weights in the
  *           kernel's own layout (documented beside each pack function). No alignment is
  *           required; a 64-byte aligned buffer keeps the kernel's loads aligned.          */
 typedef int (*bge_qs8_pack_fn)(const int8_t *w, const float *w_scale, int K, int N,

@@ -139,9 +139,9 @@ enum {
     BGE_Q8_LAYOUT_AMX = 5,     /* amx: the bytes of VNNI's layout                     */
 };
 
-/* Where the parts of a packed buffer start, from its header: w_scale (ngroups, Np) fp32,
- * then colsum (ngroups, Np) int32 (group-major: a panel's columns of one group are
- * contiguous), then the weights, 64-byte aligned. */
+/* Where the parts of a packed buffer start, from its header: w_scale (Np x ngroups) fp32,
+ * then colsum (Np x ngroups) int32 (each at bge_q8_scale_index), then the weights, 64-byte
+ * aligned. */
 static inline const float *bge_q8_wscale(const void *packed) {
     return (const float *)((const char *)packed + BGE_Q8_HEADER_BYTES);
 }
@@ -149,6 +149,12 @@ static inline const int32_t *bge_q8_colsum(const void *packed) {
     const bge_q8_header *h = (const bge_q8_header *)packed;
     return (const int32_t *)((const char *)packed + BGE_Q8_HEADER_BYTES) +
            (size_t)h->Np * h->ngroups;
+}
+/* Where w_scale[n, g] and colsum[n, g] sit in their (Np x ngroups) regions, for panels of
+ * nr columns: panel by panel, and in a panel group by group (a panel's columns of one group
+ * contiguous, group stride nr), so a panel's scales and sums are one run of bytes. */
+static inline size_t bge_q8_scale_index(int n, int g, int nr, int ngroups) {
+    return ((size_t)(n / nr) * ngroups + g) * nr + n % nr;
 }
 static inline size_t bge_q8_weights_offset(int Np, int ngroups) { /* header + scales + sums */
     return BGE_Q8_HEADER_BYTES + (((size_t)Np * ngroups * 8 + 63) & ~(size_t)63);
@@ -206,7 +212,7 @@ int bge_q8_pack_panels(const int8_t *w, const float *w_scale, int K, int N, void
  *     s = 0; for each group g in order: s = s + (float)(acc_g - zp colsum) * (scale wscale),
  *     for i < mr, j < nw (entries past nw may be written too). scale, zp point at row 0 of
  *     the tile (row stride ngroups); wscale, colsum at column 0 of the panel in group 0
- *     (group stride Np);
+ *     (group stride gs: the panel width nr, bge_q8_scale_index);
  *   epilogue(ftile, mr, nw, bias, res, out, ldo, epilogue): out[i*ldo + j] = epi(ftile[i*nr
  *     + j] + bias[j]) for i < mr, j < nw; bias at the tile's column 0; res (NULL unless
  *     BGE_EPI_BIAS_RESIDUAL) and out at element (0, 0). */

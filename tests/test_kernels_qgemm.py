@@ -487,11 +487,14 @@ def test_packed_layout(K, N):
         nr, kg, elt, Np, Kp, g = h["nr"], h["kgroup"], h["elt"], h["Np"], h["Kp"], ng(K)
         assert Np % nr == 0 and N <= Np < N + nr and p.data.ctypes.data % 64 == 0
         d = p.data
-        # w_scale (ngroups, Np) then colsum (ngroups, Np), group-major, 0 past N
-        ws = d[64:64 + 4 * g * Np].view(np.float32).reshape(g, Np)
-        assert np.array_equal(ws[:, :N], w_scale.T) and not ws[:, N:].any(), isa
-        cs = d[64 + 4 * g * Np:64 + 8 * g * Np].view(np.int32).reshape(g, Np)
-        assert np.array_equal(cs[:, :N], np_colsum(w).T) and not cs[:, N:].any(), isa
+        # w_scale then colsum, Np x ngroups each, 0 past N: panel by panel, in a panel group
+        # by group, w_scale[n, g] at float (p ngroups + g) nr + j for n = nr p + j
+        def by_column(region):
+            return region.reshape(Np // nr, g, nr).transpose(0, 2, 1).reshape(Np, g)
+        ws = by_column(d[64:64 + 4 * g * Np].view(np.float32))
+        assert np.array_equal(ws[:N], w_scale) and not ws[N:].any(), isa
+        cs = by_column(d[64 + 4 * g * Np:64 + 8 * g * Np].view(np.int32))
+        assert np.array_equal(cs[:N], np_colsum(w)) and not cs[N:].any(), isa
         off = 64 + (8 * g * Np + 63) // 64 * 64
         wp = np.zeros((Np, Kp), np.int64)
         wp[:N, :K] = w

@@ -213,13 +213,13 @@ static inline __attribute__((always_inline)) void group_step(const int32_t *S, f
                                                              const float *scale,
                                                              const int32_t *zp, int ngroups,
                                                              const float *ws,
-                                                             const int32_t *cs, int Np) {
+                                                             const int32_t *cs, int gs) {
     __m512 wsv[NV];
     __m512i csv[NV];
 #pragma GCC unroll 3
     for (int j = 0; j < nv; j++) {
-        wsv[j] = _mm512_loadu_ps(ws + (size_t)g * Np + 16 * j);
-        csv[j] = _mm512_loadu_si512((const void *)(cs + (size_t)g * Np + 16 * j));
+        wsv[j] = _mm512_loadu_ps(ws + (size_t)g * gs + 16 * j);
+        csv[j] = _mm512_loadu_si512((const void *)(cs + (size_t)g * gs + 16 * j));
     }
     for (int i = 0; i < mr; i++) {
         const __m512i nzp = _mm512_set1_epi32((int32_t)(uint16_t)(-zp[(size_t)i * ngroups + g]));
@@ -240,7 +240,7 @@ static inline __attribute__((always_inline)) void gkernel(const uint8_t *q, size
                                                           const float *scale,
                                                           const int32_t *zp, int ngroups,
                                                           const float *ws, const int32_t *cs,
-                                                          int Np, float *F, const int nv) {
+                                                          int gs, float *F, const int nv) {
     int32_t S[2][MR * NR] __attribute__((aligned(64)));
     uint8_t pad[MR * GB] __attribute__((aligned(64)));
     if (mr < MR) memset(pad, 0, sizeof pad);
@@ -255,26 +255,26 @@ static inline __attribute__((always_inline)) void gkernel(const uint8_t *q, size
         GROUP_TDP(nv, a_rows(q, ldq, g * GB, mr, pad), lda,
                   w + (size_t)g * (GB / 4) * QUAD_BYTES);
         if (g > 0)
-            group_step(S[(g - 1) & 1], F, g - 1, mr, nv, scale, zp, ngroups, ws, cs, Np);
+            group_step(S[(g - 1) & 1], F, g - 1, mr, nv, scale, zp, ngroups, ws, cs, gs);
         TILES_STORE(nv, S[g & 1]);
     }
     if (full > 0)
-        group_step(S[(full - 1) & 1], F, full - 1, mr, nv, scale, zp, ngroups, ws, cs, Np);
+        group_step(S[(full - 1) & 1], F, full - 1, mr, nv, scale, zp, ngroups, ws, cs, gs);
     if (kb) {
         short_group(q, ldq, full * GB, kb, w + (size_t)full * (GB / 4) * QUAD_BYTES, mr, nv,
                     S[0], 0);
-        group_step(S[0], F, full, mr, nv, scale, zp, ngroups, ws, cs, Np);
+        group_step(S[0], F, full, mr, nv, scale, zp, ngroups, ws, cs, gs);
     }
 }
 
 static void gtile_amx(const uint8_t *q, size_t ldq, int Kp, const void *panel, int mr, int nw,
                       const float *scale, const int32_t *zp, int ngroups, const float *wscale,
-                      const int32_t *colsum, int Np, float *ftile) {
+                      const int32_t *colsum, int gs, float *ftile) {
     const int8_t *w = (const int8_t *)panel;
     switch ((nw + 15) / 16) {
-    case 3: gkernel(q, ldq, Kp, w, mr, scale, zp, ngroups, wscale, colsum, Np, ftile, 3); break;
-    case 2: gkernel(q, ldq, Kp, w, mr, scale, zp, ngroups, wscale, colsum, Np, ftile, 2); break;
-    default: gkernel(q, ldq, Kp, w, mr, scale, zp, ngroups, wscale, colsum, Np, ftile, 1); break;
+    case 3: gkernel(q, ldq, Kp, w, mr, scale, zp, ngroups, wscale, colsum, gs, ftile, 3); break;
+    case 2: gkernel(q, ldq, Kp, w, mr, scale, zp, ngroups, wscale, colsum, gs, ftile, 2); break;
+    default: gkernel(q, ldq, Kp, w, mr, scale, zp, ngroups, wscale, colsum, gs, ftile, 1); break;
     }
 }
 

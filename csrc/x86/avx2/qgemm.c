@@ -243,13 +243,13 @@ static void tile_avx2(const uint8_t *q, size_t ldq, int Kp, const void *panel, i
  * the high half multiplies it exactly: acc + (-zp) colsum, as int32), converted, scaled
  * and added into ftile (L1: the 16 ymm registers are taken), in group order.
  *   scale, zp: row 0 of the tile, row stride ngroups; ws, cs: the panel's column 0 in
- *   group 0, group stride Np; ftile (MR, NR) fp32, 32-byte aligned.                       */
+ *   group 0, group stride gs; ftile (MR, NR) fp32, 32-byte aligned.                       */
 static inline __attribute__((always_inline)) void gukernel(const uint8_t *q, size_t ldq, int Kp,
                                                            const int8_t *panel,
                                                            const float *scale,
                                                            const int32_t *zp, int ngroups,
                                                            const float *ws, const int32_t *cs,
-                                                           int Np, float *ftile, const uk_fn uk,
+                                                           int gs, float *ftile, const uk_fn uk,
                                                            const int mr, const int nv) {
     const int8_t *b = panel;
     int32_t itile[MR * NR] __attribute__((aligned(64)));
@@ -261,8 +261,8 @@ static inline __attribute__((always_inline)) void gukernel(const uint8_t *q, siz
          * spills inside the k loop) */
         uk(q + k0, ldq, kn, b, itile);
         b += (size_t)kn * NR;
-        const float *wsg = ws + (size_t)g * Np;
-        const int32_t *csg = cs + (size_t)g * Np;
+        const float *wsg = ws + (size_t)g * gs;
+        const int32_t *csg = cs + (size_t)g * gs;
 #pragma GCC unroll 4
         for (int i = 0; i < mr; i++) {
             const __m256i nzp = _mm256_set1_epi32((int32_t)(uint16_t)(-zp[(size_t)i * ngroups + g]));
@@ -285,13 +285,13 @@ static inline __attribute__((always_inline)) void gukernel(const uint8_t *q, siz
 
 typedef void (*guk_fn)(const uint8_t *q, size_t ldq, int Kp, const int8_t *panel,
                        const float *scale, const int32_t *zp, int ngroups, const float *ws,
-                       const int32_t *cs, int Np, float *ftile);
+                       const int32_t *cs, int gs, float *ftile);
 
 #define GUK(mr, nv)                                                                          \
     static void guk_##mr##_##nv(const uint8_t *q, size_t ldq, int Kp, const int8_t *panel,  \
                                 const float *scale, const int32_t *zp, int ngroups,          \
-                                const float *ws, const int32_t *cs, int Np, float *ftile) {  \
-        gukernel(q, ldq, Kp, panel, scale, zp, ngroups, ws, cs, Np, ftile, uk_##mr##_##nv,   \
+                                const float *ws, const int32_t *cs, int gs, float *ftile) {  \
+        gukernel(q, ldq, Kp, panel, scale, zp, ngroups, ws, cs, gs, ftile, uk_##mr##_##nv,   \
                  mr, nv);                                                                    \
     }
 #define GUK_MR(mr) GUK(mr, 1) GUK(mr, 2) GUK(mr, 3)
@@ -302,9 +302,9 @@ static const guk_fn guk_table[MR][NV] = {GUK_ROW(1), GUK_ROW(2), GUK_ROW(3), GUK
 
 static void gtile_avx2(const uint8_t *q, size_t ldq, int Kp, const void *panel, int mr, int nw,
                        const float *scale, const int32_t *zp, int ngroups, const float *wscale,
-                       const int32_t *colsum, int Np, float *ftile) {
+                       const int32_t *colsum, int gs, float *ftile) {
     guk_table[mr - 1][(nw + 7) / 8 - 1](q, ldq, Kp, (const int8_t *)panel, scale, zp,
-                                        ngroups, wscale, colsum, Np, ftile);
+                                        ngroups, wscale, colsum, gs, ftile);
 }
 
 /* ---------------------------------------------------------------------------------------

@@ -247,13 +247,13 @@ static void tile_vnni(const uint8_t *q, size_t ldq, int Kp, const void *panel, i
  * leaves the registers until the last group, and a group's fp32 step can overlap the next
  * group's vpdpbusd.
  *   scale, zp: row 0 of the tile, row stride ngroups; ws, cs: the panel's column 0 in
- *   group 0, group stride Np; ftile (MR, NR) fp32, 64-byte aligned.                      */
+ *   group 0, group stride gs; ftile (MR, NR) fp32, 64-byte aligned.                      */
 static inline __attribute__((always_inline)) void gukernel(const uint8_t *q, size_t ldq, int Kp,
                                                           const int8_t *panel,
                                                           const float *scale,
                                                           const int32_t *zp, int ngroups,
                                                           const float *ws, const int32_t *cs,
-                                                          int Np, float *ftile, const int mr,
+                                                          int gs, float *ftile, const int mr,
                                                           const int nv) {
     __m512 facc[MR][NV];
 #pragma GCC unroll 4
@@ -286,8 +286,8 @@ static inline __attribute__((always_inline)) void gukernel(const uint8_t *q, siz
         __m512i csv[NV];
 #pragma GCC unroll 3
         for (int j = 0; j < nv; j++) {
-            wsv[j] = _mm512_loadu_ps(ws + (size_t)g * Np + 16 * j);
-            csv[j] = _mm512_loadu_si512((const void *)(cs + (size_t)g * Np + 16 * j));
+            wsv[j] = _mm512_loadu_ps(ws + (size_t)g * gs + 16 * j);
+            csv[j] = _mm512_loadu_si512((const void *)(cs + (size_t)g * gs + 16 * j));
         }
 #pragma GCC unroll 4
         for (int i = 0; i < mr; i++) {
@@ -309,13 +309,13 @@ static inline __attribute__((always_inline)) void gukernel(const uint8_t *q, siz
 
 typedef void (*guk_fn)(const uint8_t *q, size_t ldq, int Kp, const int8_t *panel,
                        const float *scale, const int32_t *zp, int ngroups, const float *ws,
-                       const int32_t *cs, int Np, float *ftile);
+                       const int32_t *cs, int gs, float *ftile);
 
 #define GUK(mr, nv)                                                                          \
     static void guk_##mr##_##nv(const uint8_t *q, size_t ldq, int Kp, const int8_t *panel,   \
                                 const float *scale, const int32_t *zp, int ngroups,          \
-                                const float *ws, const int32_t *cs, int Np, float *ftile) {  \
-        gukernel(q, ldq, Kp, panel, scale, zp, ngroups, ws, cs, Np, ftile, mr, nv);          \
+                                const float *ws, const int32_t *cs, int gs, float *ftile) {  \
+        gukernel(q, ldq, Kp, panel, scale, zp, ngroups, ws, cs, gs, ftile, mr, nv);          \
     }
 #define GUK_MR(mr) GUK(mr, 1) GUK(mr, 2) GUK(mr, 3)
 GUK_MR(1) GUK_MR(2) GUK_MR(3) GUK_MR(4)
@@ -325,9 +325,9 @@ static const guk_fn guk_table[MR][NV] = {GUK_ROW(1), GUK_ROW(2), GUK_ROW(3), GUK
 
 static void gtile_vnni(const uint8_t *q, size_t ldq, int Kp, const void *panel, int mr, int nw,
                        const float *scale, const int32_t *zp, int ngroups, const float *wscale,
-                       const int32_t *colsum, int Np, float *ftile) {
+                       const int32_t *colsum, int gs, float *ftile) {
     guk_table[mr - 1][(nw + 15) / 16 - 1](q, ldq, Kp, (const int8_t *)panel, scale, zp,
-                                          ngroups, wscale, colsum, Np, ftile);
+                                          ngroups, wscale, colsum, gs, ftile);
 }
 
 static const bge_q8_gemm_impl impl = {

@@ -94,6 +94,19 @@ int bge_f32_gemm_run(const bge_f32_gemm_impl *impl, const float *x, int M, int K
                      const float *packed, const float *bias, const float *res, float *out,
                      int epilogue, int nthreads);
 
+/* Work sharing for the GEMM drivers on few rows, where the weights stream from memory and
+ * each thread should read one run of them: units [0, n) are cut into one contiguous run
+ * per thread of the team; each thread takes its own run front to back, then whatever the
+ * others have not reached, from the back of their runs. Every unit runs once, on one
+ * thread: fn(ctx, u, next), `next` the unit the thread will likely take after u (-1 if
+ * none; for prefetching). begin and end (or NULL) run on each thread of the team before
+ * its first unit and after its last. taken: n bytes of scratch; n <= BGE_UNITS_MAX.
+ * (csrc/ref/gemm.c) */
+#define BGE_UNITS_MAX 1024
+void bge_run_units(int n, int nthreads, unsigned char *taken,
+                   void (*fn)(void *ctx, int u, int next), void *ctx, void (*begin)(void),
+                   void (*end)(void));
+
 /* The scalar GELU every kernel agrees on at the reference level: 0.5 x (1 + erf(x / sqrt 2)). */
 float bge_gelu_erf_scalar(float x);
 

@@ -201,6 +201,20 @@ def test_threads_bit_identical_model_shape(kern):
     assert np.array_equal(bits(one), bits(two))
 
 
+def test_few_rows_every_panel_once_whatever_the_threads(kern):
+    # Up to 16 row tiles each thread takes its own run of panels, then panels from the back
+    # of the others' runs: more threads than cores (so some start late and others take
+    # their panels), odd panel counts, outputs pre-filled with the sentinel.
+    for M, K, N in ((1, 384, 1537), (16, 384, 385), (100, 1536, 1152)):
+        x, w, b, res = data(M, K, N, seed=M + N)
+        packed = kern.pack(w)
+        one = run(kern, x, packed, b, "residual", res, threads=1)
+        for threads in (2, 3, 7):
+            for _ in range(5):
+                out = run(kern, x, packed, b, "residual", res, threads=threads)
+                assert np.array_equal(bits(out), bits(one)), (M, N, threads)
+
+
 # ---------------------------------------------------------------------------------------
 # Aliasing and arguments
 # ---------------------------------------------------------------------------------------

@@ -429,6 +429,24 @@ def test_simd_levels_agree_on_gelu(M, K, N):
         assert np.array_equal(o.view(np.int32), outs[0].view(np.int32)), (levels[0], isa)
 
 
+def test_few_rows_every_panel_once_whatever_the_threads(kern):
+    """Up to 8 row tiles each thread takes its own run of panels, then panels from the back
+    of the others' runs: more threads than cores, odd panel counts, a sentinel in out."""
+    for M, K, N in ((1, 384, 1537), (16, 1536, 385), (100, 384, 1152)):
+        x, q, scale, zp, w, w_scale, bias, res, acc, out = ref_case(M, K, N)
+        packed = kern.qpack(w, w_scale)
+        base = np.empty((M, N), np.float32)
+        kern.qgemm(q, scale, zp, packed, bias, base, "residual", res=res, threads=1)
+        for t in (2, 3, 7):
+            for _ in range(5):
+                o = np.full((M, N), F_SENT, np.float32)
+                kern.qgemm(q, scale, zp, packed, bias, o, "residual", res=res, threads=t)
+                assert np.array_equal(o.view(np.int32), base.view(np.int32)), (M, N, t)
+                a = np.full((M, N), -1, np.int32)
+                kern.qgemm_i32(q, packed, a, threads=t)
+                assert np.array_equal(a, acc), (M, N, t)
+
+
 def test_thread_and_batch_invariance(kern):
     """A row's bits do not depend on the thread count, the batch or its place in it."""
     M, K, N = 129, 385, 1537

@@ -9,6 +9,9 @@
 #include <limits.h>
 #include <math.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "../bge_internal.h"
 
@@ -116,43 +119,107 @@ int bge_f32_gemm__ref(const float *x, int M, int K, int N, const float *packed,
  * every panel passes over it. */
 #define MC_FLOATS (96 * 1024)
 
-/* Row tiles [t0, t1) x panels [p0, p1) of the whole problem (see bge_f32_gemm_run). */
+/* Row tiles [tb, te) of panel p. `next`: the panel this thread reads next, or NULL; with
+ * tile_pf, each tile of this panel prefetches an equal slice of it, so that it is in L2
+ * when its first tile starts. */
+static void gemm_panel(const bge_f32_gemm_impl *impl, const float *x, int M, int K, int N,
+                       const float *packed, const float *bias, const float *res, float *out,
+                       int epilogue, int tb, int te, int p, const float *next) {
+    const int MR = impl->mr, NR = impl->nr;
+    float tile[BGE_F32_TILE_FLOATS] __attribute__((aligned(64)));
+    const int n0 = p * NR, nw = N - n0 < NR ? N - n0 : NR;
+    const float *panel = packed + (size_t)p * K * NR;
+    const size_t slice = (size_t)K * NR * sizeof(float) / (size_t)(te - tb);
+    const int prefetch = impl->tile_pf && next && M >= 2 && slice <= (size_t)INT_MAX;
+    for (int t = tb; t < te; t++) {
+        const int m0 = t * MR, mr = M - m0 < MR ? M - m0 : MR;
+        const float *xt = x + (size_t)m0 * K;
+        const size_t o = (size_t)m0 * N + n0;
+        bge_prefetch_block(out + o, mr, (size_t)N * sizeof(float), nw * (int)sizeof(float));
+        if (prefetch)
+            impl->tile_pf(xt, (size_t)K, K, panel, mr, nw, tile,
+                          (const char *)next + (size_t)(t - tb) * slice, (int)slice);
+        else
+            impl->tile(xt, (size_t)K, K, panel, mr, nw, tile);
+        impl->epilogue(tile, mr, nw, bias + n0,
+                       epilogue == BGE_EPI_BIAS_RESIDUAL ? res + o : NULL, out + o, (size_t)N,
+                       epilogue);
+    }
+}
+
+/* Row tiles of one row block: MC_FLOATS of x. */
+static int row_block_tiles(int K, int MR) {
+    const int mc_tiles = (int)(MC_FLOATS / ((long long)K * MR));
+    return mc_tiles < 1 ? 1 : mc_tiles;
+}
+
+/* Row tiles [t0, t1) x panels [p0, p1) of the whole problem (see bge_f32_gemm_run): rows
+ * in blocks, panel by panel inside a block, each panel prefetching the one read next (the
+ * rectangle's next one, or its first again for the next row block). */
 static void gemm_block(const bge_f32_gemm_impl *impl, const float *x, int M, int K, int N,
                        const float *packed, const float *bias, const float *res, float *out,
                        int epilogue, int t0, int t1, int p0, int p1) {
-    const int MR = impl->mr, NR = impl->nr;
-    float tile[BGE_F32_TILE_FLOATS] __attribute__((aligned(64)));
-    int mc_tiles = (int)(MC_FLOATS / ((long long)K * MR));
-    if (mc_tiles < 1) mc_tiles = 1;
+    const int NR = impl->nr, mc_tiles = row_block_tiles(K, impl->mr);
     for (int tb = t0; tb < t1; tb += mc_tiles) {
         const int te = tb + mc_tiles < t1 ? tb + mc_tiles : t1;
         for (int p = p0; p < p1; p++) {
-            const int n0 = p * NR, nw = N - n0 < NR ? N - n0 : NR;
-            const float *panel = packed + (size_t)p * K * NR;
-            /* The panel this thread reads next (the rectangle's next one, or its first again
-             * for the next row block): with tile_pf, each tile of this panel prefetches an
-             * equal slice of it, so that it is in L2 when its first tile starts. */
-            const float *next = p + 1 < p1 ? panel + (size_t)K * NR
+            const float *next = p + 1 < p1 ? packed + (size_t)(p + 1) * K * NR
                                            : (te < t1 ? packed + (size_t)p0 * K * NR : NULL);
-            const size_t slice = (size_t)K * NR * sizeof(float) / (size_t)(te - tb);
-            const int prefetch = impl->tile_pf && next && M >= 2 && slice <= (size_t)INT_MAX;
-            for (int t = tb; t < te; t++) {
-                const int m0 = t * MR, mr = M - m0 < MR ? M - m0 : MR;
-                const float *xt = x + (size_t)m0 * K;
-                const size_t o = (size_t)m0 * N + n0;
-                bge_prefetch_block(out + o, mr, (size_t)N * sizeof(float),
-                                   nw * (int)sizeof(float));
-                if (prefetch)
-                    impl->tile_pf(xt, (size_t)K, K, panel, mr, nw, tile,
-                                  (const char *)next + (size_t)(t - tb) * slice, (int)slice);
-                else
-                    impl->tile(xt, (size_t)K, K, panel, mr, nw, tile);
-                impl->epilogue(tile, mr, nw, bias + n0,
-                              epilogue == BGE_EPI_BIAS_RESIDUAL ? res + o : NULL, out + o,
-                              (size_t)N, epilogue);
-            }
+            gemm_panel(impl, x, M, K, N, packed, bias, res, out, epilogue, tb, te, p, next);
         }
     }
+}
+
+/* Takes unit *f if no thread has: 1 for the one caller that set it. */
+static int claim(unsigned char *f) {
+    unsigned char old;
+#pragma omp atomic capture
+    {
+        old = *f;
+        *f = 1;
+    }
+    return !old;
+}
+
+void bge_run_units(int n, int nthreads, unsigned char *taken,
+                   void (*fn)(void *ctx, int u, int next), void *ctx, void (*begin)(void),
+                   void (*end)(void)) {
+    memset(taken, 0, (size_t)n);
+#pragma omp parallel num_threads(nthreads)
+    {
+        int t = 0, nt = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        if (begin) begin();
+        /* its own run, front to back, until a unit is taken (then so is the rest of it) */
+        const int r0 = (int)((long long)t * n / nt), r1 = (int)((long long)(t + 1) * n / nt);
+        for (int u = r0; u < r1 && claim(taken + u); u++) fn(ctx, u, u + 1 < r1 ? u + 1 : -1);
+        /* then what the others have left, from the back of their runs */
+        for (int d = 1; d < nt; d++) {
+            const int o = (t + d) % nt;
+            const int s0 = (int)((long long)o * n / nt), s1 = (int)((long long)(o + 1) * n / nt);
+            for (int u = s1 - 1; u >= s0 && claim(taken + u); u--)
+                fn(ctx, u, u - 1 >= s0 ? u - 1 : -1);
+        }
+        if (end) end();
+    }
+}
+
+typedef struct f32_job {
+    const bge_f32_gemm_impl *impl;
+    const float *x, *packed, *bias, *res;
+    float *out;
+    int M, K, N, epilogue, mt;
+} f32_job;
+
+/* Unit u (few rows): panel u, every row tile, prefetching panel `next`. */
+static void f32_unit(void *ctx, int u, int next) {
+    const f32_job *j = (const f32_job *)ctx;
+    const float *nextp = next < 0 ? NULL : j->packed + (size_t)next * j->K * j->impl->nr;
+    gemm_panel(j->impl, j->x, j->M, j->K, j->N, j->packed, j->bias, j->res, j->out,
+               j->epilogue, 0, j->mt, u, nextp);
 }
 
 /* out = epilogue(x @ W^T + bias), for the SIMD GEMM `impl`.
@@ -162,9 +229,9 @@ static void gemm_block(const bge_f32_gemm_impl *impl, const float *x, int M, int
  *   res    (M, N) with BGE_EPI_BIAS_RESIDUAL, else ignored; may equal out
  *   out    (M, N) row-major; must not overlap x
  * Threads: the grid of (row tiles) x (panels) is cut into rectangles, panels first, until
- * there are about 4 per thread (1 for a prefetching impl on few rows, see below); threads
- * take them dynamically, so a thread the OS delays does not hold the others back. Each
- * element's sum over k is never split.                                                   */
+ * there are about 4 per thread; threads take them dynamically, so a thread the OS delays
+ * does not hold the others back. For few rows each thread takes a run of panels instead
+ * (see below). Each element's sum over k is never split.                                 */
 int bge_f32_gemm_run(const bge_f32_gemm_impl *impl, const float *x, int M, int K, int N,
                      const float *packed, const float *bias, const float *res, float *out,
                      int epilogue, int nthreads) {
@@ -176,15 +243,26 @@ int bge_f32_gemm_run(const bge_f32_gemm_impl *impl, const float *x, int M, int K
         gemm_block(impl, x, M, K, N, packed, bias, res, out, epilogue, 0, mt, 0, np);
         return BGE_OK;
     }
-    /* rectangles of rc row tiles x pc panels: halve pc, then rc, until 4 per thread; 1 for
-     * a prefetching impl on at most 16 row tiles: there the weights stream from memory, and
-     * the first panel of a rectangle is read before any prefetch, so each thread reads one
-     * run of panels. (Fewer, longer rectangles: 2 per thread against 4, 1.05-1.09x faster
-     * at 8-32 rows on Zen 3; 1 against 2, 1.02-1.08x at 4-128 rows on a Xeon with AMX,
-     * 2 threads, the model's 48 GEMMs. Taking rectangles dynamically only evens out a
-     * thread slower by half or more, where 4 per thread would help.) */
+    /* Few rows (one row block, at most 16 row tiles) with a prefetching impl: the weights
+     * stream from memory, and a thread keeps its hardware prefetchers and tile_pf ahead
+     * only on one run of panels. So each thread takes its own run of panels, every row
+     * tile of each, and a thread done early takes panels from the back of the others' runs
+     * (bge_run_units): a thread the OS slows no longer holds the others back. Measured on a
+     * Xeon with AMX, 2 threads, the model's 48 GEMMs: one run per thread 1.02-1.08x faster
+     * at 4-128 rows than 2 rectangles per thread taken dynamically (2 already 1.05-1.09x
+     * faster than 4 at 8-32 rows on Zen 3); taking from the others' runs then added
+     * 1.01-1.04x at 1-64 rows (while one vCPU ran slow). */
+    const int nt = nthreads < np ? nthreads : np;
+    if (impl->tile_pf && mt <= 16 && mt <= row_block_tiles(K, MR) && np <= BGE_UNITS_MAX) {
+        unsigned char taken[BGE_UNITS_MAX];
+        f32_job j = {impl, x, packed, bias, res, out, M, K, N, epilogue, mt};
+        bge_run_units(np, nt, taken, f32_unit, &j, NULL, NULL);
+        return BGE_OK;
+    }
+    /* else rectangles of rc row tiles x pc panels, taken dynamically: halve pc, then rc,
+     * until 4 per thread */
     int rc = mt, pc = np;
-    const long long want = (impl->tile_pf && mt <= 16 ? 1LL : 4LL) * nthreads;
+    const long long want = 4LL * nthreads;
     while ((long long)((mt + rc - 1) / rc) * ((np + pc - 1) / pc) < want && (pc > 1 || rc > 1)) {
         if (pc > 1)
             pc = (pc + 1) / 2;
@@ -192,8 +270,8 @@ int bge_f32_gemm_run(const bge_f32_gemm_impl *impl, const float *x, int M, int K
             rc = (rc + 1) / 2;
     }
     const int nr = (mt + rc - 1) / rc, npc = (np + pc - 1) / pc, items = nr * npc;
-    const int nt = nthreads < items ? nthreads : items;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    const int nti = nthreads < items ? nthreads : items;
+#pragma omp parallel for num_threads(nti) schedule(dynamic, 1)
     for (int it = 0; it < items; it++) {
         const int r = it / npc, c = it % npc;
         const int t0 = r * rc, t1 = t0 + rc < mt ? t0 + rc : mt;

@@ -427,44 +427,59 @@ typedef struct q8_job {
     size_t panel_bytes;
 } q8_job;
 
-/* Row tiles [t0, t1) x panels [p0, p1). Within a row block (Q8_MC_BYTES of q), panel by
- * panel: one panel is reused from L1/L2 by every tile of the block. */
-static void q8_block(const q8_job *j, int t0, int t1, int p0, int p1) {
+/* Row tiles [tb, te) of panel p (between the impl's begin and end). */
+static void q8_panel(const q8_job *j, int tb, int te, int p) {
     const bge_q8_gemm_impl *im = j->impl;
     int32_t tile[Q8_TILE_MAX] __attribute__((aligned(64)));
     float ftile[Q8_TILE_MAX] __attribute__((aligned(64)));
     const int MR = im->mr, NR = im->nr, Kp = j->Kp, N = j->N, ng = j->ngroups;
-    int mc_tiles = (int)(Q8_MC_BYTES / ((long long)Kp * MR));
-    if (mc_tiles < 1) mc_tiles = 1;
+    const int n0 = p * NR, nw = N - n0 < NR ? N - n0 : NR;
+    const void *panel = j->weights + (size_t)p * j->panel_bytes;
+    const size_t at = bge_q8_scale_index(n0, 0, NR, ng); /* the panel's scales */
+    for (int t = tb; t < te; t++) {
+        const int m0 = t * MR, mr = j->M - m0 < MR ? j->M - m0 : MR;
+        const size_t o = (size_t)m0 * N + n0;
+        bge_prefetch_block(j->acc ? (const void *)(j->acc + o) : (const void *)(j->out + o), mr,
+                           (size_t)N * 4, nw * 4); /* int32 or fp32 */
+        if (j->acc) {
+            im->tile(j->q + (size_t)m0 * Kp, (size_t)Kp, Kp, panel, mr, nw, tile);
+            for (int i = 0; i < mr; i++)
+                memcpy(j->acc + o + (size_t)i * N, tile + i * NR, (size_t)nw * sizeof(int32_t));
+        } else {
+            im->gtile(j->q + (size_t)m0 * Kp, (size_t)Kp, Kp, panel, mr, nw,
+                      j->scale + (size_t)m0 * ng, j->zp + (size_t)m0 * ng, ng, j->wscale + at,
+                      j->colsum + at, NR, ftile);
+            im->epilogue(ftile, mr, nw, j->bias + n0,
+                         j->epilogue == BGE_EPI_BIAS_RESIDUAL ? j->res + o : NULL, j->out + o,
+                         (size_t)N, j->epilogue);
+        }
+    }
+}
+
+/* Row tiles of one row block: Q8_MC_BYTES of q. */
+static int q8_row_block_tiles(int Kp, int MR) {
+    const int mc_tiles = (int)(Q8_MC_BYTES / ((long long)Kp * MR));
+    return mc_tiles < 1 ? 1 : mc_tiles;
+}
+
+/* Row tiles [t0, t1) x panels [p0, p1). Within a row block, panel by panel: one panel is
+ * reused from L1/L2 by every tile of the block. */
+static void q8_block(const q8_job *j, int t0, int t1, int p0, int p1) {
+    const bge_q8_gemm_impl *im = j->impl;
+    const int mc_tiles = q8_row_block_tiles(j->Kp, im->mr);
     if (im->begin) im->begin();
     for (int tb = t0; tb < t1; tb += mc_tiles) {
         const int te = tb + mc_tiles < t1 ? tb + mc_tiles : t1;
-        for (int p = p0; p < p1; p++) {
-            const int n0 = p * NR, nw = N - n0 < NR ? N - n0 : NR;
-            const void *panel = j->weights + (size_t)p * j->panel_bytes;
-            const size_t at = bge_q8_scale_index(n0, 0, NR, ng); /* the panel's scales */
-            for (int t = tb; t < te; t++) {
-                const int m0 = t * MR, mr = j->M - m0 < MR ? j->M - m0 : MR;
-                const size_t o = (size_t)m0 * N + n0;
-                bge_prefetch_block(j->acc ? (const void *)(j->acc + o) : (const void *)(j->out + o),
-                                   mr, (size_t)N * 4, nw * 4); /* int32 or fp32 */
-                if (j->acc) {
-                    im->tile(j->q + (size_t)m0 * Kp, (size_t)Kp, Kp, panel, mr, nw, tile);
-                    for (int i = 0; i < mr; i++)
-                        memcpy(j->acc + o + (size_t)i * N, tile + i * NR,
-                               (size_t)nw * sizeof(int32_t));
-                } else {
-                    im->gtile(j->q + (size_t)m0 * Kp, (size_t)Kp, Kp, panel, mr, nw,
-                              j->scale + (size_t)m0 * ng, j->zp + (size_t)m0 * ng, ng,
-                              j->wscale + at, j->colsum + at, NR, ftile);
-                    im->epilogue(ftile, mr, nw, j->bias + n0,
-                                 j->epilogue == BGE_EPI_BIAS_RESIDUAL ? j->res + o : NULL,
-                                 j->out + o, (size_t)N, j->epilogue);
-                }
-            }
-        }
+        for (int p = p0; p < p1; p++) q8_panel(j, tb, te, p);
     }
     if (im->end) im->end();
+}
+
+/* Unit u (few rows): panel u, every row tile. */
+static void q8_unit(void *ctx, int u, int next) {
+    const q8_job *j = (const q8_job *)ctx;
+    (void)next; /* the hardware prefetchers follow a run of panels */
+    q8_panel(j, 0, (j->M - 1) / j->impl->mr + 1, u);
 }
 
 int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float *scale,
@@ -493,15 +508,27 @@ int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float 
         q8_block(&j, 0, mt, 0, np);
         return BGE_OK;
     }
-    /* rectangles of rc row tiles x pc panels: halve pc, then rc, until 4 per thread; 1 on
-     * at most 8 row tiles (128 rows on AMX), where the weights stream from memory: each
-     * thread then reads one run of panels, where its hardware prefetchers keep up, instead
-     * of jumping to another rectangle's start every few panels. Measured on a Xeon with
-     * AMX, 2 threads, the model's 48 GEMMs, alternated: AMX 1.13x faster at 1 row, 1.23-1.32x
-     * at 8-16, 1.14-1.18x at 32-128; VNNI 1.06-1.19x at 16-128. Not the tile configuration
-     * that AMX loads per rectangle: loading it once per thread instead changed nothing. */
+    /* Few rows (one row block, at most 8 row tiles: 128 rows on AMX): the weights stream
+     * from memory, and a thread's hardware prefetchers keep up only on one run of panels.
+     * So each thread takes its own run of panels, every row tile of each, and a thread
+     * done early takes panels from the back of the others' runs (bge_run_units, see
+     * gemm.c). Measured on a Xeon with AMX, 2 threads, the model's 48 GEMMs, alternated:
+     * one run per thread against 4 rectangles per thread taken dynamically (every few
+     * panels a jump to another rectangle's start): AMX 1.13x faster at 1 row, 1.23-1.32x at
+     * 8-16, 1.14-1.18x at 32-128; VNNI 1.06-1.19x at 16-128. Not the tile configuration
+     * that AMX loads per rectangle: loading it once per thread instead changed nothing.
+     * Taking from the others' runs then added 1.01-1.13x (at 1-64 rows, while one vCPU
+     * ran slow). */
+    const int nt = nthreads < np ? nthreads : np;
+    if (mt <= 8 && mt <= q8_row_block_tiles(j.Kp, MR) && np <= BGE_UNITS_MAX) {
+        unsigned char taken[BGE_UNITS_MAX];
+        bge_run_units(np, nt, taken, q8_unit, &j, impl->begin, impl->end);
+        return BGE_OK;
+    }
+    /* else rectangles of rc row tiles x pc panels, taken dynamically: halve pc, then rc,
+     * until 4 per thread */
     int rc = mt, pc = np;
-    const long long want = (mt <= 8 ? 1LL : 4LL) * nthreads;
+    const long long want = 4LL * nthreads;
     while ((long long)((mt + rc - 1) / rc) * ((np + pc - 1) / pc) < want && (pc > 1 || rc > 1)) {
         if (pc > 1)
             pc = (pc + 1) / 2;
@@ -509,8 +536,8 @@ int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float 
             rc = (rc + 1) / 2;
     }
     const int nrect = (mt + rc - 1) / rc, npc = (np + pc - 1) / pc, items = nrect * npc;
-    const int nt = nthreads < items ? nthreads : items;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    const int nti = nthreads < items ? nthreads : items;
+#pragma omp parallel for num_threads(nti) schedule(dynamic, 1)
     for (int it = 0; it < items; it++) {
         const int r = it / npc, c = it % npc;
         const int t0 = r * rc, t1 = t0 + rc < mt ? t0 + rc : mt;

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
@@ -82,6 +83,17 @@ def test_compare_keeps_the_start_environment_for_the_peers():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[] 16"
+
+
+def test_cold_start_ends_at_the_first_vector_not_at_exit():
+    # the child's work (0.2 s of sleep) counts; a 3 s atexit hook, the interpreter's
+    # shutdown, does not; the child's own output does not confuse the report
+    code = ("import atexit, time; print('@@first-vector? no'); time.sleep(0.2); "
+            "atexit.register(time.sleep, 3.0)")
+    seconds = compare.bench.cold_start_seconds(code, repeats=1)
+    assert 0.2 <= seconds < 2.0
+    with pytest.raises(subprocess.CalledProcessError):
+        compare.bench.cold_start_seconds("raise SystemExit(3)", repeats=1)
 
 
 def test_study_model_runs_the_checkpoint(minilm, minilm_path):

@@ -75,6 +75,9 @@ cdef extern from "bge.h" nogil:
                               int32_t *acc, int nthreads) noexcept nogil
         const char *qu8s8_gemm_i32_name
         double (*qu8s8_dot_loop)(long iters) noexcept nogil
+        int (*qs8_quantize_weights)(const float *w, int N, int K, int8_t *w_s8,
+                                    float *w_scale, int nthreads) noexcept nogil
+        const char *qs8_quantize_weights_name
 
     ctypedef struct bge_cpu_features:
         int avx2, fma, avx512f, avx512bw, avx512dq, avx512vl, avx512_vnni, avx_vnni

@@ -262,11 +262,12 @@ def q8_groups(int K):
     return (K + BGE_Q8_GROUP - 1) // BGE_Q8_GROUP
 
 
-def quantize_weight(w, threads=1, q=None, scale=None):
+def quantize_weight(w, threads=1, q=None, scale=None, Kernels table=None):
     """Quantises a torch Linear weight w (N, K) float32 at load: returns (w_s8 (N, K) int8
     in [-127, 127], w_scale (N, q8_groups(K)) float32), symmetric per output channel and
     group of Q8_GROUP k (bge.h, bge_qs8_quantize_weights), written into q and scale when
-    given. Raises ValueError on NaN or infinity."""
+    given, by `table`'s qs8_quantize_weights (default: the dispatched table's; every level
+    writes the same bytes). Raises ValueError on NaN or infinity."""
     if not isinstance(w, np.ndarray) or w.ndim != 2:
         raise ValueError("w: expected a float32 array of shape (N, K)")
     cdef int N = w.shape[0], K = w.shape[1]
@@ -280,9 +281,10 @@ def quantize_weight(w, threads=1, q=None, scale=None):
     cdef const float[:, ::1] wv = w
     cdef int8_t[:, ::1] qv = q
     cdef float[:, ::1] sv = scale
+    cdef const bge_kernels *t = bge_kernels_active() if table is None else table.t
     cdef int st
     with nogil:
-        st = bge_qs8_quantize_weights(&wv[0, 0], N, K, &qv[0, 0], &sv[0, 0], nt)
+        st = t.qs8_quantize_weights(&wv[0, 0], N, K, &qv[0, 0], &sv[0, 0], nt)
     if st != BGE_OK:
         raise ValueError("w: holds NaN or infinity")
     return q, scale
@@ -395,7 +397,7 @@ cdef void _load_one(const bge_kernels *t, int fd, _LoadJob *j, float *w, int8_t 
             return
         at += n
     if j.int8:
-        if bge_qs8_quantize_weights(w, j.N, j.K, q, s, 1) != BGE_OK or \
+        if t.qs8_quantize_weights(w, j.N, j.K, q, s, 1) != BGE_OK or \
                 t.qs8_pack(q, s, j.K, j.N, <void *>(arena + j.out_off)) != BGE_OK:
             j.status, j.part = _LOAD_PACK, 0
             return
@@ -445,6 +447,7 @@ cdef class Kernels:
             "qs8_pack": t.qs8_pack_name.decode(),
             "qu8s8_gemm": t.qu8s8_gemm_name.decode(),
             "qu8s8_gemm_i32": t.qu8s8_gemm_i32_name.decode(),
+            "qs8_quantize_weights": t.qs8_quantize_weights_name.decode(),
         }
 
     def packed_bytes(self, int K, int N):

@@ -178,8 +178,8 @@ typedef double (*bge_f32_fma_loop_fn)(long iters);
 typedef int (*bge_qu8_quantize_fn)(const float *x, int M, int K, uint8_t *q, float *scale,
                                    int32_t *zp, int nthreads);
 
-/* Quantises weights at load (the weight scheme above; one function for every level, plain
- * C, no dispatch):
+/* Quantises weights at load (the weight scheme above; the reference of the
+ * qs8_quantize_weights slot, which every level computes byte for byte):
  *   w       (N, K) fp32, finite (BGE_ERR_ARG otherwise)
  *   w_s8    (N, K) int8, w_scale (N, ngroups) fp32, ngroups = BGE_Q8_NGROUPS(K):
  *           per row n and group g: amax = max_{k in g} |w[n, k]|,
@@ -189,6 +189,8 @@ typedef int (*bge_qu8_quantize_fn)(const float *x, int M, int K, uint8_t *q, flo
  * K <= BGE_Q8_MAX_K. Rows are independent; the bytes never depend on nthreads.          */
 int bge_qs8_quantize_weights(const float *w, int N, int K, int8_t *w_s8, float *w_scale,
                              int nthreads);
+typedef int (*bge_qs8_quantize_weights_fn)(const float *w, int N, int K, int8_t *w_s8,
+                                           float *w_scale, int nthreads);
 
 /* Bytes needed to hold w_s8 (N, K) packed for this table's int8 GEMM; 0 on bad sizes
  * (K < 1, N < 1, K > BGE_Q8_MAX_K).                                                      */
@@ -269,6 +271,8 @@ typedef struct bge_kernels {
     bge_qu8s8_gemm_i32_fn qu8s8_gemm_i32;
     const char *qu8s8_gemm_i32_name;
     bge_qu8s8_dot_loop_fn qu8s8_dot_loop;
+    bge_qs8_quantize_weights_fn qs8_quantize_weights; /* (appended) at load, see above */
+    const char *qs8_quantize_weights_name;
 } bge_kernels;
 
 /* ---------------------------------------------------------------------------------------

@@ -154,6 +154,8 @@ static void fill_ref(bge_kernels *t) {
     t->qu8s8_gemm_i32 = bge_qu8s8_gemm_i32__ref;
     t->qu8s8_gemm_i32_name = "bge_qu8s8_gemm_i32__ref";
     t->qu8s8_dot_loop = bge_qu8s8_dot_loop__ref;
+    t->qs8_quantize_weights = bge_qs8_quantize_weights;
+    t->qs8_quantize_weights_name = "bge_qs8_quantize_weights__ref";
 }
 
 static void overlay(int isa, bge_kernels *t) {

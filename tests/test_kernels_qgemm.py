@@ -365,6 +365,35 @@ def test_names(kern):
     assert n["qs8_pack"] == "bge_qs8_pack" + tile
     assert n["qu8s8_gemm_i32"] == "bge_qu8s8_gemm_i32" + tile
     assert re.fullmatch(r"bge_qu8_quantize__(avx2|avx512vnni)", n["qu8_quantize"]), n
+    want = {"vnni": "avx512vnni", "amx": "avx512vnni"}.get(kern.isa, "ref")
+    assert n["qs8_quantize_weights"] == "bge_qs8_quantize_weights__" + want, n
+
+
+@pytest.mark.parametrize("N,K", [(1, 1), (7, 17), (17, 63), (3, 64), (383, 65), (384, 383),
+                                 (385, 384), (16, 1536), (9, 1537)])
+def test_weight_quantiser_equals_reference(kern, N, K):
+    """Every level's qs8_quantize_weights writes the reference's bytes: random rows, an
+    all-zero row and group (scale 1), values on the rounding ties of their group's scale,
+    the largest finite float; a NaN or an infinity anywhere is refused."""
+    rng = np.random.default_rng(N * 7919 + K)
+    w = rng.standard_normal((N, K), dtype=np.float32)
+    w[0, :min(K, 64)] = 0.0
+    if N > 2:
+        w[2] = 0.0
+        w[1, 0] = np.float32(3.4e38)
+    if N > 3 and K > 1:  # |w| = 127: scale 1, so halves are exact ties of rint
+        w[3, 0] = 127.0
+        w[3, 1:min(K, 64)] = np.arange(1, min(K, 64), dtype=np.float32) * 0.5 - 16.25
+    want_q, want_s = _kernels.quantize_weight(w, table=REF)
+    for threads in (1, 3):
+        q, s = _kernels.quantize_weight(w, threads=threads, table=kern)
+        assert np.array_equal(q, want_q) and np.array_equal(s.view(np.int32),
+                                                            want_s.view(np.int32)), threads
+    for bad in (np.nan, np.inf, -np.inf):
+        w2 = w.copy()
+        w2[N - 1, K - 1] = bad
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            _kernels.quantize_weight(w2, table=kern)
 
 
 @pytest.mark.parametrize("M,K", [(1, 1), (2, 3), (3, 4), (7, 5), (15, 7), (16, 17), (9, 63),

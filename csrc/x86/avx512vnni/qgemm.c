@@ -379,7 +379,69 @@ static double bge_qu8s8_dot_loop__avx512vnni(long iters) {
     return 2.0 * 64.0 * DOT_CHAINS * (double)iters;
 }
 
+/* ---------------------------------------------------------------------------------------
+ * Weight quantisation at load (the qs8_quantize_weights slot)
+ * ------------------------------------------------------------------------------------- */
+
+/* One group of n <= 64 weights, as ref/qgemm.c's quantize_weight_group, byte for byte:
+ * the max of |w| on the bit patterns (sign cleared), the same scalar scale, then per lane
+ * the correctly rounded division, rint by adding and subtracting 1.5 * 2^23 (nearest
+ * even), the clamp to [-127, 127], and a truncating narrow (exact: the values are whole).
+ * Returns 0 on a non-finite value. */
+static inline __attribute__((always_inline)) int qweight_group(const float *w, int n,
+                                                               int8_t *q, float *scale) {
+    const __m512i abs = _mm512_set1_epi32(0x7FFFFFFF);
+    __m512i top = _mm512_setzero_si512();
+    for (int k = 0; k < n; k += 16) {
+        const __mmask16 m = n - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - k)) - 1u);
+        const __m512i b = _mm512_maskz_loadu_epi32(m, w + k);
+        top = _mm512_max_epi32(top, _mm512_and_si512(b, abs));
+    }
+    const int32_t t = _mm512_reduce_max_epi32(top);
+    if (t > 0x7F7FFFFF) return 0; /* inf or NaN */
+    float amax;
+    memcpy(&amax, &t, sizeof amax);
+    const float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+    *scale = s;
+    const __m512 vs = _mm512_set1_ps(s), magic = _mm512_set1_ps(12582912.0f);
+    const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    for (int k = 0; k < n; k += 16) {
+        const __mmask16 m = n - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - k)) - 1u);
+        const __m512 v = _mm512_div_ps(_mm512_maskz_loadu_ps(m, w + k), vs);
+        const __m512 r = _mm512_sub_ps(_mm512_add_ps(v, magic), magic);
+        const __m512 c = _mm512_min_ps(_mm512_max_ps(r, lo), hi);
+        _mm512_mask_cvtepi32_storeu_epi8(q + k, m, _mm512_cvttps_epi32(c));
+    }
+    return 1;
+}
+
+/* w (N, K) -> w_s8 (N, K), w_scale (N, ngroups): bge_qs8_quantize_weights (bge.h), byte for
+ * byte; rows split among threads. */
+static int bge_qs8_quantize_weights__avx512vnni(const float *w, int N, int K, int8_t *w_s8,
+                                                float *w_scale, int nthreads) {
+    if (!w || !w_s8 || !w_scale || N < 1 || K < 1 || K > BGE_Q8_MAX_K || nthreads < 1)
+        return BGE_ERR_ARG;
+    const int ng = BGE_Q8_NGROUPS(K);
+    int bad = 0;
+#pragma omp parallel for if (nthreads > 1) num_threads(nthreads) schedule(static) \
+    reduction(| : bad)
+    for (int n = 0; n < N; n++) {
+        const float *wr = w + (size_t)n * K;
+        int8_t *qr = w_s8 + (size_t)n * K;
+        float *sr = w_scale + (size_t)n * ng;
+        int ok = 1;
+        for (int g = 0, k0 = 0; k0 < K; g++, k0 += BGE_Q8_GROUP) {
+            const int len = K - k0 < BGE_Q8_GROUP ? K - k0 : BGE_Q8_GROUP;
+            ok &= qweight_group(wr + k0, len, qr + k0, sr + g);
+        }
+        bad |= !ok;
+    }
+    return bad ? BGE_ERR_ARG : BGE_OK;
+}
+
 void bge_overlay_vnni_qgemm(bge_kernels *t) {
+    t->qs8_quantize_weights = bge_qs8_quantize_weights__avx512vnni;
+    t->qs8_quantize_weights_name = "bge_qs8_quantize_weights__avx512vnni";
     t->qu8_quantize = bge_qu8_quantize__avx512vnni;
     t->qu8_quantize_name = "bge_qu8_quantize__avx512vnni";
     t->qs8_packed_size = bge_qs8_packed_size__avx512vnni;

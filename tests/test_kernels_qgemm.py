@@ -365,7 +365,7 @@ def test_names(kern):
     assert n["qs8_pack"] == "bge_qs8_pack" + tile
     assert n["qu8s8_gemm_i32"] == "bge_qu8s8_gemm_i32" + tile
     assert re.fullmatch(r"bge_qu8_quantize__(avx2|avx512vnni)", n["qu8_quantize"]), n
-    want = {"vnni": "avx512vnni", "amx": "avx512vnni"}.get(kern.isa, "ref")
+    want = {"vnni": "avx512vnni", "amx": "avx512vnni"}.get(kern.isa, "avx2")
     assert n["qs8_quantize_weights"] == "bge_qs8_quantize_weights__" + want, n
 
 

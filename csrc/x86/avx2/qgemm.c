@@ -378,7 +378,82 @@ static double bge_qu8s8_dot_loop__avx2(long iters) {
     return 2.0 * 16.0 * DOT_CHAINS * (double)iters;
 }
 
+/* ---------------------------------------------------------------------------------------
+ * Weight quantisation at load (the qs8_quantize_weights slot)
+ * ------------------------------------------------------------------------------------- */
+
+/* One group of n <= 64 weights, as ref/qgemm.c's quantize_weight_group, byte for byte: the
+ * max of |w| on the bit patterns (sign cleared), the same scalar scale, then per lane the
+ * correctly rounded division, rint by adding and subtracting 1.5 * 2^23 (nearest even),
+ * the clamp to [-127, 127] and a saturating narrow (exact: the values are whole in range);
+ * the last n % 8 weights by the same float ops, one at a time. 0 on a non-finite value. */
+static inline int qweight_group(const float *w, int n, int8_t *q, float *scale) {
+    const int n8 = n & ~7;
+    __m256i top8 = _mm256_setzero_si256();
+    const __m256i abs = _mm256_set1_epi32(0x7FFFFFFF);
+    for (int k = 0; k < n8; k += 8)
+        top8 = _mm256_max_epi32(top8, _mm256_and_si256(
+                                          _mm256_loadu_si256((const __m256i *)(w + k)), abs));
+    __m128i t4 = _mm_max_epi32(_mm256_castsi256_si128(top8), _mm256_extracti128_si256(top8, 1));
+    t4 = _mm_max_epi32(t4, _mm_shuffle_epi32(t4, 0x4E));
+    t4 = _mm_max_epi32(t4, _mm_shuffle_epi32(t4, 0xB1));
+    int32_t top = _mm_cvtsi128_si32(t4);
+    for (int k = n8; k < n; k++) {
+        int32_t b;
+        memcpy(&b, w + k, sizeof b);
+        b &= 0x7FFFFFFF;
+        top = b > top ? b : top;
+    }
+    if (top > 0x7F7FFFFF) return 0; /* inf or NaN */
+    float amax;
+    memcpy(&amax, &top, sizeof amax);
+    const float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+    *scale = s;
+    const float magic = 12582912.0f; /* 1.5 * 2^23 */
+    const __m256 vs = _mm256_set1_ps(s), vmagic = _mm256_set1_ps(magic);
+    const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+    for (int k = 0; k < n8; k += 8) {
+        const __m256 v = _mm256_div_ps(_mm256_loadu_ps(w + k), vs);
+        const __m256 r = _mm256_sub_ps(_mm256_add_ps(v, vmagic), vmagic);
+        const __m256i i = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi));
+        const __m128i h = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+        _mm_storel_epi64((__m128i *)(q + k), _mm_packs_epi16(h, h));
+    }
+    for (int k = n8; k < n; k++) {
+        float v = (w[k] / s + magic) - magic;
+        v = v < -127.0f ? -127.0f : v > 127.0f ? 127.0f : v;
+        q[k] = (int8_t)v;
+    }
+    return 1;
+}
+
+/* w (N, K) -> w_s8 (N, K), w_scale (N, ngroups): bge_qs8_quantize_weights (bge.h), byte for
+ * byte; rows split among threads. */
+static int bge_qs8_quantize_weights__avx2(const float *w, int N, int K, int8_t *w_s8,
+                                          float *w_scale, int nthreads) {
+    if (!w || !w_s8 || !w_scale || N < 1 || K < 1 || K > BGE_Q8_MAX_K || nthreads < 1)
+        return BGE_ERR_ARG;
+    const int ng = BGE_Q8_NGROUPS(K);
+    int bad = 0;
+#pragma omp parallel for if (nthreads > 1) num_threads(nthreads) schedule(static) \
+    reduction(| : bad)
+    for (int n = 0; n < N; n++) {
+        const float *wr = w + (size_t)n * K;
+        int8_t *qr = w_s8 + (size_t)n * K;
+        float *sr = w_scale + (size_t)n * ng;
+        int ok = 1;
+        for (int g = 0, k0 = 0; k0 < K; g++, k0 += BGE_Q8_GROUP) {
+            const int len = K - k0 < BGE_Q8_GROUP ? K - k0 : BGE_Q8_GROUP;
+            ok &= qweight_group(wr + k0, len, qr + k0, sr + g);
+        }
+        bad |= !ok;
+    }
+    return bad ? BGE_ERR_ARG : BGE_OK;
+}
+
 void bge_overlay_avx2_qgemm(bge_kernels *t) {
+    t->qs8_quantize_weights = bge_qs8_quantize_weights__avx2;
+    t->qs8_quantize_weights_name = "bge_qs8_quantize_weights__avx2";
     t->qu8_quantize = bge_qu8_quantize__avx2;
     t->qu8_quantize_name = "bge_qu8_quantize__avx2";
     t->qs8_packed_size = bge_qs8_packed_size__avx2;

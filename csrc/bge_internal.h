@@ -9,6 +9,7 @@
 #define BGE_INTERNAL_H
 
 #include <math.h>
+#include <string.h>
 
 #include "bge.h"
 
@@ -210,6 +211,39 @@ static inline int bge_q8_row_params(float mn, float mx, float *scale, float *inv
 }
 
 void bge_q8_quantize_span(const float *x, int n, float inv, int32_t zp, uint8_t *q);
+
+/* Weight quantisation steps (bge_qs8_quantize_weights, bge.h) shared by every level's
+ * qs8_quantize_weights, inline so that each folder compiles them with its own flags:
+ * bge_q8_abs_bits: the bit pattern of |w| (sign cleared); patterns of finite floats order
+ *   as their magnitudes, and every inf or NaN pattern is above BGE_Q8_FINITE_MAX;
+ * bge_q8_weight_scale: the group's scale from the largest such pattern (finite);
+ * bge_q8_weight_round: clamp(rint(w / s), -127, 127), rint half to even by adding and
+ *   subtracting 1.5 * 2^23 (exact for |w / s| < 2^22, which holds: |w / s| <= 127 (1 +
+ *   2^-23)), as the vector levels do lane by lane. */
+#define BGE_Q8_FINITE_MAX 0x7F7FFFFF
+static inline int32_t bge_q8_abs_bits(float w) {
+    int32_t b;
+    memcpy(&b, &w, sizeof b);
+    return b & 0x7FFFFFFF;
+}
+static inline float bge_q8_weight_scale(int32_t top) {
+    float amax;
+    memcpy(&amax, &top, sizeof amax);
+    return amax > 0.0f ? amax / 127.0f : 1.0f;
+}
+static inline int8_t bge_q8_weight_round(float w, float s) {
+    const float magic = 12582912.0f; /* 1.5 * 2^23 */
+    float v = (w / s + magic) - magic;
+    v = v < -127.0f ? -127.0f : v > 127.0f ? 127.0f : v;
+    return (int8_t)v;
+}
+
+/* Every level's qs8_quantize_weights: checks the arguments, then runs group(w, n, q, scale)
+ * on each group of each row (n = 64, or fewer for the last), rows split among nthreads;
+ * group returns 0 on a non-finite weight (then BGE_ERR_ARG). (csrc/ref/qgemm.c) */
+typedef int (*bge_q8_weight_group_fn)(const float *w, int n, int8_t *q, float *scale);
+int bge_q8_quantize_weight_rows(const float *w, int N, int K, int8_t *w_s8, float *w_scale,
+                                int nthreads, bge_q8_weight_group_fn group);
 
 /* Packed size and packing of the panel layouts (every SIMD level): see ref/qgemm.c. */
 size_t bge_q8_panels_size(int K, int N, int nr, int kgroup);

@@ -83,25 +83,15 @@ def test_kernels_for_a_level_the_host_lacks_is_refused():
         _kernels.Kernels("sse9")
 
 
-def test_import_sets_a_short_openmp_spin_unless_the_user_chose_one():
-    code = "import os, bge_engine; print(os.environ['GOMP_SPINCOUNT'])"
-    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.strip()
-    assert out == "10000"
-    env["GOMP_SPINCOUNT"] = "123"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.strip()
-    assert out == "123"
-
-
-def test_import_sets_a_short_openblas_spin_unless_the_user_chose_one():
-    code = "import os, bge_engine; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.strip()
-    assert out == "16"
-    env["OPENBLAS_THREAD_TIMEOUT"] = "24"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.strip()
-    assert out == "24"
+@pytest.mark.parametrize("var,ours,users", [("GOMP_SPINCOUNT", "10000", "123"),
+                                             ("OPENBLAS_THREAD_TIMEOUT", "16", "24")])
+def test_import_sets_a_short_thread_spin_unless_the_user_chose_one(var, ours, users):
+    """GNU OpenMP's and numpy's OpenBLAS idle threads: bge_engine's value, or the user's."""
+    code = "import os, bge_engine; print(os.environ[%r])" % var
+    env = {k: v for k, v in os.environ.items() if k != var}
+    for given, want in ((None, ours), (users, users)):
+        if given is not None:
+            env[var] = given
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        assert out == want

@@ -111,64 +111,53 @@ int bge_qu8_quantize__ref(const float *x, int M, int K, uint8_t *q, float *scale
  * Weight quantisation at load
  * ------------------------------------------------------------------------------------- */
 
-/* rint for |v| < 2^22, half to even, as a float: adding and subtracting 1.5 * 2^23 leaves
- * no fraction bits, and the addition rounds in the current (nearest-even) mode. A loop of
- * these vectorises at any level, where nearbyintf would be a call per element without
- * SSE4.1. The bound holds here: |w / w_scale| <= 127 (1 + 2^-23).                        */
-static inline float rint_small(float v) {
-    const float magic = 12582912.0f; /* 1.5 * 2^23 */
-    return (v + magic) - magic;
-}
-
 /* One group of n <= 64 weights: w (n) -> q (n), *scale. Returns 0 on a non-finite value.
  * Inlined with n = 64 for the full groups, so both loops vectorise with no peeling and no
- * aliasing checks (q is int8, w float: they can't alias).                               */
+ * aliasing checks (q is int8, w float: they can't alias). The max of |w| runs on the bit
+ * patterns (bge_q8_abs_bits): an integer max vectorises where a float one would need
+ * -ffast-math.                                                                           */
 static inline __attribute__((always_inline)) int quantize_weight_group(
     const float *restrict w, const int n, int8_t *restrict q, float *restrict scale) {
-    /* max |w| on the bit patterns: with the sign bit cleared, a float's pattern orders as its
-     * magnitude does, and every inf or NaN pattern is above FLT_MAX's. An integer max
-     * vectorises where a float one would need -ffast-math.                               */
-    int32_t top = 0; /* the patterns are below 2^31 once the sign is cleared */
+    int32_t top = 0;
     for (int k = 0; k < n; k++) {
-        int32_t b;
-        memcpy(&b, w + k, sizeof b);
-        b &= 0x7FFFFFFF;
+        const int32_t b = bge_q8_abs_bits(w[k]);
         top = b > top ? b : top;
     }
-    if (top > 0x7F7FFFFF) return 0; /* inf or NaN */
-    float amax;
-    memcpy(&amax, &top, sizeof amax);
-    const float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+    if (top > BGE_Q8_FINITE_MAX) return 0; /* inf or NaN */
+    const float s = bge_q8_weight_scale(top);
     *scale = s;
-    for (int k = 0; k < n; k++) {
-        float v = rint_small(w[k] / s);
-        v = v < -127.0f ? -127.0f : v > 127.0f ? 127.0f : v;
-        q[k] = (int8_t)v;
-    }
+    for (int k = 0; k < n; k++) q[k] = bge_q8_weight_round(w[k], s);
     return 1;
 }
 
-/* One row: w (K) -> w_s8 (K), w_scale (ngroups). Returns 0 on a non-finite value.      */
-static int quantize_weight_row(const float *w, int K, int8_t *q, float *w_scale) {
-    int ok = 1, g = 0, k0 = 0;
-    for (; k0 + BGE_Q8_GROUP <= K; g++, k0 += BGE_Q8_GROUP)
-        ok &= quantize_weight_group(w + k0, BGE_Q8_GROUP, q + k0, w_scale + g);
-    if (k0 < K) ok &= quantize_weight_group(w + k0, K - k0, q + k0, w_scale + g);
-    return ok;
+static int weight_group_ref(const float *w, int n, int8_t *q, float *scale) {
+    return n == BGE_Q8_GROUP ? quantize_weight_group(w, BGE_Q8_GROUP, q, scale)
+                             : quantize_weight_group(w, n, q, scale);
 }
 
-int bge_qs8_quantize_weights(const float *w, int N, int K, int8_t *w_s8, float *w_scale,
-                             int nthreads) {
+int bge_q8_quantize_weight_rows(const float *w, int N, int K, int8_t *w_s8, float *w_scale,
+                                int nthreads, bge_q8_weight_group_fn group) {
     if (!w || !w_s8 || !w_scale || N < 1 || K < 1 || K > BGE_Q8_MAX_K || nthreads < 1)
         return BGE_ERR_ARG;
     const int ng = BGE_Q8_NGROUPS(K);
     int bad = 0;
 #pragma omp parallel for if (nthreads > 1) num_threads(nthreads) schedule(static) \
     reduction(| : bad)
-    for (int n = 0; n < N; n++)
-        bad |= !quantize_weight_row(w + (size_t)n * K, K, w_s8 + (size_t)n * K,
-                                    w_scale + (size_t)n * ng);
+    for (int n = 0; n < N; n++) {
+        const float *wr = w + (size_t)n * K;
+        int8_t *qr = w_s8 + (size_t)n * K;
+        float *sr = w_scale + (size_t)n * ng;
+        int ok = 1;
+        for (int g = 0, k0 = 0; k0 < K; g++, k0 += BGE_Q8_GROUP)
+            ok &= group(wr + k0, K - k0 < BGE_Q8_GROUP ? K - k0 : BGE_Q8_GROUP, qr + k0, sr + g);
+        bad |= !ok;
+    }
     return bad ? BGE_ERR_ARG : BGE_OK;
+}
+
+int bge_qs8_quantize_weights(const float *w, int N, int K, int8_t *w_s8, float *w_scale,
+                             int nthreads) {
+    return bge_q8_quantize_weight_rows(w, N, K, w_s8, w_scale, nthreads, weight_group_ref);
 }
 
 /* ---------------------------------------------------------------------------------------

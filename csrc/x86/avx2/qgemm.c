@@ -387,7 +387,7 @@ static double bge_qu8s8_dot_loop__avx2(long iters) {
  * correctly rounded division, rint by adding and subtracting 1.5 * 2^23 (nearest even),
  * the clamp to [-127, 127] and a saturating narrow (exact: the values are whole in range);
  * the last n % 8 weights by the same float ops, one at a time. 0 on a non-finite value. */
-static inline int qweight_group(const float *w, int n, int8_t *q, float *scale) {
+static int qweight_group(const float *w, int n, int8_t *q, float *scale) {
     const int n8 = n & ~7;
     __m256i top8 = _mm256_setzero_si256();
     const __m256i abs = _mm256_set1_epi32(0x7FFFFFFF);
@@ -399,18 +399,13 @@ static inline int qweight_group(const float *w, int n, int8_t *q, float *scale) 
     t4 = _mm_max_epi32(t4, _mm_shuffle_epi32(t4, 0xB1));
     int32_t top = _mm_cvtsi128_si32(t4);
     for (int k = n8; k < n; k++) {
-        int32_t b;
-        memcpy(&b, w + k, sizeof b);
-        b &= 0x7FFFFFFF;
+        const int32_t b = bge_q8_abs_bits(w[k]);
         top = b > top ? b : top;
     }
-    if (top > 0x7F7FFFFF) return 0; /* inf or NaN */
-    float amax;
-    memcpy(&amax, &top, sizeof amax);
-    const float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+    if (top > BGE_Q8_FINITE_MAX) return 0; /* inf or NaN */
+    const float s = bge_q8_weight_scale(top);
     *scale = s;
-    const float magic = 12582912.0f; /* 1.5 * 2^23 */
-    const __m256 vs = _mm256_set1_ps(s), vmagic = _mm256_set1_ps(magic);
+    const __m256 vs = _mm256_set1_ps(s), vmagic = _mm256_set1_ps(12582912.0f);
     const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
     for (int k = 0; k < n8; k += 8) {
         const __m256 v = _mm256_div_ps(_mm256_loadu_ps(w + k), vs);
@@ -419,11 +414,7 @@ static inline int qweight_group(const float *w, int n, int8_t *q, float *scale) 
         const __m128i h = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
         _mm_storel_epi64((__m128i *)(q + k), _mm_packs_epi16(h, h));
     }
-    for (int k = n8; k < n; k++) {
-        float v = (w[k] / s + magic) - magic;
-        v = v < -127.0f ? -127.0f : v > 127.0f ? 127.0f : v;
-        q[k] = (int8_t)v;
-    }
+    for (int k = n8; k < n; k++) q[k] = bge_q8_weight_round(w[k], s);
     return 1;
 }
 
@@ -431,24 +422,7 @@ static inline int qweight_group(const float *w, int n, int8_t *q, float *scale) 
  * byte; rows split among threads. */
 static int bge_qs8_quantize_weights__avx2(const float *w, int N, int K, int8_t *w_s8,
                                           float *w_scale, int nthreads) {
-    if (!w || !w_s8 || !w_scale || N < 1 || K < 1 || K > BGE_Q8_MAX_K || nthreads < 1)
-        return BGE_ERR_ARG;
-    const int ng = BGE_Q8_NGROUPS(K);
-    int bad = 0;
-#pragma omp parallel for if (nthreads > 1) num_threads(nthreads) schedule(static) \
-    reduction(| : bad)
-    for (int n = 0; n < N; n++) {
-        const float *wr = w + (size_t)n * K;
-        int8_t *qr = w_s8 + (size_t)n * K;
-        float *sr = w_scale + (size_t)n * ng;
-        int ok = 1;
-        for (int g = 0, k0 = 0; k0 < K; g++, k0 += BGE_Q8_GROUP) {
-            const int len = K - k0 < BGE_Q8_GROUP ? K - k0 : BGE_Q8_GROUP;
-            ok &= qweight_group(wr + k0, len, qr + k0, sr + g);
-        }
-        bad |= !ok;
-    }
-    return bad ? BGE_ERR_ARG : BGE_OK;
+    return bge_q8_quantize_weight_rows(w, N, K, w_s8, w_scale, nthreads, qweight_group);
 }
 
 void bge_overlay_avx2_qgemm(bge_kernels *t) {

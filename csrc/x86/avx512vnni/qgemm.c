@@ -388,8 +388,7 @@ static double bge_qu8s8_dot_loop__avx512vnni(long iters) {
  * the correctly rounded division, rint by adding and subtracting 1.5 * 2^23 (nearest
  * even), the clamp to [-127, 127], and a truncating narrow (exact: the values are whole).
  * Returns 0 on a non-finite value. */
-static inline __attribute__((always_inline)) int qweight_group(const float *w, int n,
-                                                               int8_t *q, float *scale) {
+static int qweight_group(const float *w, int n, int8_t *q, float *scale) {
     const __m512i abs = _mm512_set1_epi32(0x7FFFFFFF);
     __m512i top = _mm512_setzero_si512();
     for (int k = 0; k < n; k += 16) {
@@ -398,10 +397,8 @@ static inline __attribute__((always_inline)) int qweight_group(const float *w, i
         top = _mm512_max_epi32(top, _mm512_and_si512(b, abs));
     }
     const int32_t t = _mm512_reduce_max_epi32(top);
-    if (t > 0x7F7FFFFF) return 0; /* inf or NaN */
-    float amax;
-    memcpy(&amax, &t, sizeof amax);
-    const float s = amax > 0.0f ? amax / 127.0f : 1.0f;
+    if (t > BGE_Q8_FINITE_MAX) return 0; /* inf or NaN */
+    const float s = bge_q8_weight_scale(t);
     *scale = s;
     const __m512 vs = _mm512_set1_ps(s), magic = _mm512_set1_ps(12582912.0f);
     const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
@@ -419,24 +416,7 @@ static inline __attribute__((always_inline)) int qweight_group(const float *w, i
  * byte; rows split among threads. */
 static int bge_qs8_quantize_weights__avx512vnni(const float *w, int N, int K, int8_t *w_s8,
                                                 float *w_scale, int nthreads) {
-    if (!w || !w_s8 || !w_scale || N < 1 || K < 1 || K > BGE_Q8_MAX_K || nthreads < 1)
-        return BGE_ERR_ARG;
-    const int ng = BGE_Q8_NGROUPS(K);
-    int bad = 0;
-#pragma omp parallel for if (nthreads > 1) num_threads(nthreads) schedule(static) \
-    reduction(| : bad)
-    for (int n = 0; n < N; n++) {
-        const float *wr = w + (size_t)n * K;
-        int8_t *qr = w_s8 + (size_t)n * K;
-        float *sr = w_scale + (size_t)n * ng;
-        int ok = 1;
-        for (int g = 0, k0 = 0; k0 < K; g++, k0 += BGE_Q8_GROUP) {
-            const int len = K - k0 < BGE_Q8_GROUP ? K - k0 : BGE_Q8_GROUP;
-            ok &= qweight_group(wr + k0, len, qr + k0, sr + g);
-        }
-        bad |= !ok;
-    }
-    return bad ? BGE_ERR_ARG : BGE_OK;
+    return bge_q8_quantize_weight_rows(w, N, K, w_s8, w_scale, nthreads, qweight_group);
 }
 
 void bge_overlay_vnni_qgemm(bge_kernels *t) {

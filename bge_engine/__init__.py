@@ -30,7 +30,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 # a 16-token encode took 27-35 ms instead of 5-7.5 (fp32) and 8-33 instead of 2.3-2.7 (int8).
 # 2^16 ticks (tens of microseconds) costs numpy's own matmuls nothing measurable.
 # OpenBLAS reads this when numpy loads, so it only takes effect where bge_engine is imported
-# first (README, "Threads"); a value the user set is kept.
+# first (README, "Kernels and CPUs"); a value the user set is kept.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
 
 from . import _kernels, schema  # noqa: E402

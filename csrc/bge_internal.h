@@ -108,6 +108,21 @@ void bge_run_units(int n, int nthreads, unsigned char *taken,
                    void (*fn)(void *ctx, int u, int next), void *ctx, void (*begin)(void),
                    void (*end)(void));
 
+/* The GEMM drivers' cut for more rows: rectangles of *rc row tiles x *pc panels of the
+ * (mt row tiles) x (np panels) grid, halving *pc, then *rc, until there are at least
+ * `want` (or every rectangle is one tile of one panel). */
+static inline void bge_cut_rectangles(int mt, int np, long long want, int *rc, int *pc) {
+    int r = mt, p = np;
+    while ((long long)((mt + r - 1) / r) * ((np + p - 1) / p) < want && (p > 1 || r > 1)) {
+        if (p > 1)
+            p = (p + 1) / 2;
+        else
+            r = (r + 1) / 2;
+    }
+    *rc = r;
+    *pc = p;
+}
+
 /* The scalar GELU every kernel agrees on at the reference level: 0.5 x (1 + erf(x / sqrt 2)). */
 float bge_gelu_erf_scalar(float x);
 

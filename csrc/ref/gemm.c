@@ -261,14 +261,8 @@ int bge_f32_gemm_run(const bge_f32_gemm_impl *impl, const float *x, int M, int K
     }
     /* else rectangles of rc row tiles x pc panels, taken dynamically: halve pc, then rc,
      * until 4 per thread */
-    int rc = mt, pc = np;
-    const long long want = 4LL * nthreads;
-    while ((long long)((mt + rc - 1) / rc) * ((np + pc - 1) / pc) < want && (pc > 1 || rc > 1)) {
-        if (pc > 1)
-            pc = (pc + 1) / 2;
-        else
-            rc = (rc + 1) / 2;
-    }
+    int rc, pc;
+    bge_cut_rectangles(mt, np, 4LL * nthreads, &rc, &pc);
     const int nr = (mt + rc - 1) / rc, npc = (np + pc - 1) / pc, items = nr * npc;
     const int nti = nthreads < items ? nthreads : items;
 #pragma omp parallel for num_threads(nti) schedule(dynamic, 1)

@@ -412,7 +412,7 @@ typedef struct q8_job {
     const char *weights;
     float *out;
     int32_t *acc;
-    int M, N, Kp, Np, ngroups, epilogue;
+    int M, N, Kp, ngroups, epilogue;
     size_t panel_bytes;
 } q8_job;
 
@@ -487,7 +487,7 @@ int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float 
         .impl = impl, .q = q, .scale = scale, .wscale = bge_q8_wscale(packed), .bias = bias,
         .res = res, .zp = zp, .colsum = bge_q8_colsum(packed),
         .weights = (const char *)packed + bge_q8_weights_offset(h->Np, h->ngroups),
-        .out = out, .acc = acc, .M = M, .N = N, .Kp = h->Kp, .Np = h->Np,
+        .out = out, .acc = acc, .M = M, .N = N, .Kp = h->Kp,
         .ngroups = h->ngroups, .epilogue = epilogue,
         .panel_bytes = (size_t)h->Kp * impl->nr,
     };
@@ -516,14 +516,8 @@ int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float 
     }
     /* else rectangles of rc row tiles x pc panels, taken dynamically: halve pc, then rc,
      * until 4 per thread */
-    int rc = mt, pc = np;
-    const long long want = 4LL * nthreads;
-    while ((long long)((mt + rc - 1) / rc) * ((np + pc - 1) / pc) < want && (pc > 1 || rc > 1)) {
-        if (pc > 1)
-            pc = (pc + 1) / 2;
-        else
-            rc = (rc + 1) / 2;
-    }
+    int rc, pc;
+    bge_cut_rectangles(mt, np, 4LL * nthreads, &rc, &pc);
     const int nrect = (mt + rc - 1) / rc, npc = (np + pc - 1) / pc, items = nrect * npc;
     const int nti = nthreads < items ? nthreads : items;
 #pragma omp parallel for num_threads(nti) schedule(dynamic, 1)

@@ -392,7 +392,7 @@ static int qweight_group(const float *w, int n, int8_t *q, float *scale) {
     const __m512i abs = _mm512_set1_epi32(0x7FFFFFFF);
     __m512i top = _mm512_setzero_si512();
     for (int k = 0; k < n; k += 16) {
-        const __mmask16 m = n - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - k)) - 1u);
+        const __mmask16 m = lanes(n - k < 16 ? n - k : 16);
         const __m512i b = _mm512_maskz_loadu_epi32(m, w + k);
         top = _mm512_max_epi32(top, _mm512_and_si512(b, abs));
     }
@@ -403,7 +403,7 @@ static int qweight_group(const float *w, int n, int8_t *q, float *scale) {
     const __m512 vs = _mm512_set1_ps(s), magic = _mm512_set1_ps(12582912.0f);
     const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
     for (int k = 0; k < n; k += 16) {
-        const __mmask16 m = n - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - k)) - 1u);
+        const __mmask16 m = lanes(n - k < 16 ? n - k : 16);
         const __m512 v = _mm512_div_ps(_mm512_maskz_loadu_ps(m, w + k), vs);
         const __m512 r = _mm512_sub_ps(_mm512_add_ps(v, magic), magic);
         const __m512 c = _mm512_min_ps(_mm512_max_ps(r, lo), hi);

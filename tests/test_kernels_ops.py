@@ -506,9 +506,11 @@ def test_attention_ragged(kern, heads, D):
     got = _attend(kern, qkv, off, heads, scale)
     assert_close(got, want, _attention_tol(qkv, off, heads, scale),
                  f"attention heads={heads} D={D}")
-    # threads 1 vs 2: the same bits
-    got2 = _attend(kern, qkv, off, heads, scale, threads=2)
-    assert np.array_equal(got2.view(np.uint32), got.view(np.uint32))
+    # threads 1 vs 2, 3, 7 (jobs cut into whole texts or runs of heads, bge_attention_chunk):
+    # the same bits
+    for threads in (2, 3, 7):
+        got2 = _attend(kern, qkv, off, heads, scale, threads=threads)
+        assert np.array_equal(got2.view(np.uint32), got.view(np.uint32)), threads
     # each text alone: the same bits as inside the batch
     for i, L in enumerate(lengths):
         if L == 0:
@@ -516,6 +518,22 @@ def test_attention_ragged(kern, heads, D):
         a, b = off[i], off[i + 1]
         alone = _attend(kern, np.ascontiguousarray(qkv[a:b]), _offsets([L]), heads, scale)
         assert np.array_equal(alone.view(np.uint32), got[a:b].view(np.uint32)), f"text {i}"
+
+
+@pytest.mark.parametrize("lengths", [[16], [5, 127], [1, 16, 7, 33, 16, 0, 127, 2, 9]])
+def test_attention_short_texts_any_threads(kern, lengths):
+    """Texts under 128 tokens, whose jobs go out as whole texts or as runs of heads
+    (bge_attention_chunk): the reference's values, the same bits on 1, 2, 3 and 7 threads."""
+    heads, D = 12, 32
+    off = _offsets(lengths)
+    qkv = _qkv(lengths, heads * D, seed=len(lengths))
+    scale = np.float32(1 / math.sqrt(D))
+    one = _attend(kern, qkv, off, heads, scale)
+    assert_close(one, _attend(REF, qkv, off, heads, scale),
+                 _attention_tol(qkv, off, heads, scale), f"attention {lengths}")
+    for threads in (2, 3, 7):
+        got = _attend(kern, qkv, off, heads, scale, threads=threads)
+        assert np.array_equal(got.view(np.uint32), one.view(np.uint32)), threads
 
 
 def test_attention_peaked_scores(kern):
@@ -533,9 +551,10 @@ def test_attention_peaked_scores(kern):
 @settings(max_examples=25, deadline=None)
 @given(lengths=st.lists(st.integers(0, 40), min_size=1, max_size=6),
        hd=st.sampled_from([(12, 32), (1, 5), (2, 9), (3, 16)]),
-       seed=st.integers(0, 2**31 - 1))
-def test_attention_batch_and_thread_invariance(lengths, hd, seed):
-    """Property: a text's rows are the same bits alone, in any batch, with 1 or 2 threads."""
+       threads=st.sampled_from([2, 3, 7]), seed=st.integers(0, 2**31 - 1))
+def test_attention_batch_and_thread_invariance(lengths, hd, threads, seed):
+    """Property: a text's rows are the same bits alone, in any batch, with 1 or more
+    threads."""
     heads, D = hd
     if not any(isa in _kernels.usable_isas() for isa in SIMD):
         pytest.skip("host lacks avx2 and avx512")
@@ -548,7 +567,7 @@ def test_attention_batch_and_thread_invariance(lengths, hd, seed):
             continue
         k = _kernels.Kernels(isa)
         one = _attend(k, qkv, off, heads, np.float32(0.3))
-        two = _attend(k, qkv, off, heads, np.float32(0.3), threads=2)
+        two = _attend(k, qkv, off, heads, np.float32(0.3), threads=threads)
         assert np.array_equal(one.view(np.uint32), two.view(np.uint32))
         for i, L in enumerate(lengths):
             if L:

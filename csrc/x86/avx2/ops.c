@@ -76,8 +76,9 @@ static int bge_f32_layernorm__avx2(const float *x, const float *gamma, const flo
     /* the tail's masked-off lanes: zeroed in (x - mean)^2 */
     const __m256d m0 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(mt)));
     const __m256d m1 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_extracti128_si256(mt, 1)));
-/* rows in chunks taken dynamically (see the AVX-512 LayerNorm) */
-#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16)
+/* rows in chunks of 16 taken dynamically, no more threads than chunks (see the AVX-512
+ * LayerNorm) */
+#pragma omp parallel for num_threads(bge_row_team(T, 16, nthreads)) schedule(dynamic, 16)
     for (int t = 0; t < T; t++) {
         const float *xr = x + (size_t)t * C;
         float *yr = out + (size_t)t * C;
@@ -485,8 +486,8 @@ static int bge_f32_attention__avx2(const float *qkv, const int32_t *offsets, int
     if (!scratch || scratch_floats < bge_f32_attention_scratch__avx2(L_max, D, nthreads))
         return BGE_ERR_SCRATCH;
     const size_t per_thread = thread_scratch(L_max, D);
-    const int jobs = n * heads;
-#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
+    const int jobs = n * heads, chunk = bge_attention_chunk(n, heads, L_max, nthreads);
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, chunk)
     for (int job = 0; job < jobs; job++) {
         const int i = job / heads, h = job % heads;
         const int t0 = offsets[i], L = offsets[i + 1] - offsets[i];

@@ -151,7 +151,8 @@ static int bge_qu8_quantize__avx2(const float *x, int M, int K, uint8_t *q, floa
         return BGE_ERR_ARG;
     const int Kp = BGE_Q8_KP(K), ng = BGE_Q8_NGROUPS(K);
 /* rows in chunks taken dynamically (see the AVX-512 quantiser) */
-#pragma omp parallel for if (nthreads > 1) num_threads(nthreads) schedule(dynamic, 16)
+#pragma omp parallel for if (nthreads > 1) num_threads(nthreads) \
+    schedule(dynamic, bge_row_chunk(M, nthreads))
     for (int m = 0; m < M; m++)
         quantize_row(x + (size_t)m * K, K, q + (size_t)m * Kp, scale + (size_t)m * ng,
                      zp + (size_t)m * ng);

@@ -65,9 +65,10 @@ static int bge_f32_layernorm__avx512(const float *x, const float *gamma, const f
     const int Cv = C & ~15;
     const __mmask16 mt = tail_mask(C - Cv);
     const __mmask8 mt0 = (__mmask8)(mt & 0xFF), mt1 = (__mmask8)(mt >> 8);
-/* rows in chunks taken dynamically: a thread the OS delays does not hold the others back
- * (rows are independent: the bytes never depend on who computes them) */
-#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16)
+/* rows in chunks of 16 taken dynamically: a thread the OS delays does not hold the others
+ * back (rows are independent: the bytes never depend on who computes them); no more
+ * threads than chunks */
+#pragma omp parallel for num_threads(bge_row_team(T, 16, nthreads)) schedule(dynamic, 16)
     for (int t = 0; t < T; t++) {
         const float *xr = x + (size_t)t * C;
         float *yr = out + (size_t)t * C;
@@ -460,8 +461,8 @@ static int bge_f32_attention__avx512(const float *qkv, const int32_t *offsets, i
     if (!scratch || scratch_floats < bge_f32_attention_scratch__avx512(L_max, D, nthreads))
         return BGE_ERR_SCRATCH;
     const size_t per_thread = thread_scratch(L_max, D);
-    const int jobs = n * heads;
-#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
+    const int jobs = n * heads, chunk = bge_attention_chunk(n, heads, L_max, nthreads);
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, chunk)
     for (int job = 0; job < jobs; job++) {
         const int i = job / heads, h = job % heads;
         const int t0 = offsets[i], L = offsets[i + 1] - offsets[i];

@@ -156,8 +156,10 @@ static int bge_qu8_quantize__avx512vnni(const float *x, int M, int K, uint8_t *q
     if (!x || !q || !scale || !zp || M < 1 || K < 1 || K > BGE_Q8_MAX_K || nthreads < 1)
         return BGE_ERR_ARG;
     const int Kp = BGE_Q8_KP(K), ng = BGE_Q8_NGROUPS(K);
-/* rows in chunks taken dynamically: a thread the OS delays does not hold the others back */
-#pragma omp parallel for if (nthreads > 1) num_threads(nthreads) schedule(dynamic, 16)
+/* rows in chunks taken dynamically: a thread the OS delays does not hold the others back;
+ * chunks small enough that every thread gets rows */
+#pragma omp parallel for if (nthreads > 1) num_threads(nthreads) \
+    schedule(dynamic, bge_row_chunk(M, nthreads))
     for (int m = 0; m < M; m++)
         quantize_row(x + (size_t)m * K, K, q + (size_t)m * Kp, scale + (size_t)m * ng,
                      zp + (size_t)m * ng);

@@ -9,7 +9,7 @@ batching never changes a bit of the result.
 from __future__ import annotations
 
 import os
-import threading
+import queue
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
@@ -93,11 +93,12 @@ class Engine:
             return Tokenizer(self.folder / "tokenizer.json", ckpt.config.vocab)
 
         self._model, self.tokenizer = run_on_threads(build, 2, 2)
-        # Concurrent calls: each takes a workspace from the pool, and at most
-        # cores // threads of them compute at once, so threads never oversubscribe the cores.
-        self._workspaces: List = []
-        self._ws_lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(max(1, available_cores() // threads))
+        # Concurrent calls: at most cores // threads of them compute at once, so threads
+        # never oversubscribe the cores. Each takes a slot from the queue (waiting while
+        # none is free): a workspace, or None until the slot's first call makes one.
+        self._slots = queue.SimpleQueue()
+        for _ in range(max(1, available_cores() // threads)):
+            self._slots.put(None)
 
     @property
     def dim(self) -> int:
@@ -209,6 +210,12 @@ class Engine:
         if not texts:
             return out
         all_ids = self._tokenize(texts)
+        if len(texts) == 1 and not progress:  # one text: one forward pass, nothing to sort
+            ids = all_ids[0]
+            offsets = np.array([0, ids.shape[0]], dtype=np.int32)
+            with self._compute() as ws:
+                h = self._model.forward(ids, offsets, ws, self.threads)
+                return self._model.pool(h, offsets, pooling, normalize)
         order = sorted(range(len(texts)), key=lambda i: all_ids[i].shape[0])
         bar = _progress(len(texts)) if progress else None
         try:
@@ -232,24 +239,27 @@ class Engine:
 
 
 class _ComputeSlot:
-    """Context manager: a compute slot and a workspace for one forward pass."""
+    """Context manager: a compute slot and its workspace for one forward pass."""
+
+    __slots__ = ("engine", "ws")
 
     def __init__(self, engine: Engine):
         self.engine = engine
 
     def __enter__(self):
         e = self.engine
-        e._slots.acquire()
-        with e._ws_lock:
-            self.ws = (e._workspaces.pop() if e._workspaces
-                       else e._model.new_workspace(max(TOKEN_BUDGET, e.max_tokens)))
-        return self.ws
+        ws = e._slots.get()
+        if ws is None:
+            try:
+                ws = e._model.new_workspace(max(TOKEN_BUDGET, e.max_tokens))
+            except BaseException:
+                e._slots.put(None)
+                raise
+        self.ws = ws
+        return ws
 
     def __exit__(self, *exc):
-        e = self.engine
-        with e._ws_lock:
-            e._workspaces.append(self.ws)
-        e._slots.release()
+        self.engine._slots.put(self.ws)
         return False
 
 

@@ -23,6 +23,10 @@ T = TypeVar("T")
 
 # The Linear layers of an encoder layer, by name.
 MATMULS = ("qkv", "out", "up", "down")
+# Batches of at most this many tokens read their word rows as the ids come (repeats read
+# twice); larger ones read each distinct row once (np.unique: ~8 us, more than the reads
+# it saves on a short batch)
+SHORT_BATCH = 64
 
 
 class Workspace:
@@ -314,14 +318,20 @@ class BertModel:
         """
         k, cfg = self.kernels, self.config
         T = ids.shape[0]
-        max_len = int(np.max(np.diff(offsets)))
+        bounds = offsets.tolist()
+        max_len = max(b - a for a, b in zip(bounds, bounds[1:]))
         ws.ensure(T, k.attention_scratch_size(max_len, cfg.head_dim, threads))
         h, qkv, ctx, up = ws.h[:T], ws.qkv[:T], ws.ctx[:T], ws.up[:T]
 
         # embeddings: word + token type 0 + position, then LayerNorm (the word rows the
-        # batch uses are read from the checkpoint, and ids renumbered into them)
-        used, local_ids = np.unique(ids, return_inverse=True)
-        k.embed(local_ids.astype(np.int32), offsets, self.word.rows(used), self.pos, self.type, h)
+        # batch uses are read from the checkpoint, and ids renumbered into them; a short
+        # batch reads its rows as they come, repeats and all)
+        if T <= SHORT_BATCH:
+            used, local_ids = ids, np.arange(T, dtype=np.int32)
+        else:
+            used, local_ids = np.unique(ids, return_inverse=True)
+            local_ids = local_ids.astype(np.int32)
+        k.embed(local_ids, offsets, self.word.rows(used), self.pos, self.type, h)
         k.layernorm(h, self.emb_ln_g, self.emb_ln_b, cfg.eps, h, threads)
         if hidden_states is not None:
             hidden_states.append(h.copy())

@@ -44,13 +44,14 @@ class Tokenizer:
         """Returns each text's ids as int32, specials included, untruncated."""
         # encode_batch_fast (tokenizers >= 0.20) skips the character offsets we never use
         encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
-        encodings = encode(texts, add_special_tokens=True)
-        out = [np.asarray(e.ids, dtype=np.int32) for e in encodings]
-        for ids in out:
-            if ids.size and int(ids.max()) >= self._vocab_size:
+        out = []
+        for e in encode(texts, add_special_tokens=True):
+            ids = e.ids
+            if ids and max(ids) >= self._vocab_size:
                 raise ModelFormatError(
-                    f"{self._path}: the tokenizer gave id {int(ids.max())}, beyond the "
+                    f"{self._path}: the tokenizer gave id {max(ids)}, beyond the "
                     f"model's vocab_size {self._vocab_size}")
+            out.append(np.asarray(ids, dtype=np.int32))
         return out
 
     def truncate(self, ids: np.ndarray, limit: int) -> np.ndarray:

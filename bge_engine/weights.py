@@ -251,14 +251,15 @@ class WordTable:
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """(len(ids), H) float32: the rows of `ids`, each in [0, vocab)."""
         vocab, H = self.shape
-        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        listed = ids.tolist()
+        if listed and (min(listed) < 0 or max(listed) >= vocab):
             raise ValueError(f"ids: every id must be in [0, {vocab})")
         if self._table is not None:
             return self._table[ids]
         out = np.empty((ids.shape[0], H), dtype=np.float32)
         flat = out.reshape(-1).view(np.uint8)
         row_bytes = 4 * H
-        for j, i in enumerate(ids.tolist()):
+        for j, i in enumerate(listed):
             got = os.preadv(self._fd, [flat[j * row_bytes:(j + 1) * row_bytes]],
                             self._offset + i * row_bytes)
             if got != row_bytes:

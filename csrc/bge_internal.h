@@ -139,11 +139,20 @@ static inline int bge_attention_chunk(int n, int heads, int L_max, int nthreads)
 
 /* The GEMM drivers' cut for more rows: rectangles of *rc row tiles x *pc panels of the
  * (mt row tiles) x (np panels) grid, halving *pc, then *rc, until there are at least
- * `want` (or every rectangle is one tile of one panel). */
-static inline void bge_cut_rectangles(int mt, int np, long long want, int *rc, int *pc) {
+ * `want` (or every rectangle is one tile of one panel); from BGE_ROWS_FIRST rows (M) on,
+ * *rc first, then *pc. Rows first gives each thread whole rows of the output, every panel
+ * passing over a block of its rows that stays in cache, at the price of reading each
+ * panel once per rectangle: measured on a Xeon with AMX, 2 threads, end to end (10
+ * alternated rounds), fp32 1.075-1.09x faster at 512 tokens and 1.06-1.09x at 256; int8
+ * (AMX) 1.00-1.05x at 512 and 1.07-1.12x at 256. Below it the weights dominate and each
+ * is read once. */
+#define BGE_ROWS_FIRST 256
+static inline void bge_cut_rectangles(int M, int mt, int np, long long want, int *rc,
+                                      int *pc) {
     int r = mt, p = np;
+    const int rows_first = M >= BGE_ROWS_FIRST;
     while ((long long)((mt + r - 1) / r) * ((np + p - 1) / p) < want && (p > 1 || r > 1)) {
-        if (p > 1)
+        if (rows_first ? r == 1 : p > 1)
             p = (p + 1) / 2;
         else
             r = (r + 1) / 2;

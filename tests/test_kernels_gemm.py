@@ -215,6 +215,19 @@ def test_few_rows_every_panel_once_whatever_the_threads(kern):
                 assert np.array_equal(bits(out), bits(one)), (M, N, threads)
 
 
+def test_many_rows_cut_rows_first_whatever_the_threads(kern):
+    # From 256 rows the rectangles are cut along the rows first (bge_cut_rectangles): row
+    # counts on both sides of it and off the tile, odd panel counts, more threads than
+    # cores, outputs pre-filled with the sentinel: the bits of one thread.
+    for M, K, N in ((255, 384, 385), (256, 385, 1152), (301, 384, 49), (513, 17, 1537)):
+        x, w, b, res = data(M, K, N, seed=M + N)
+        packed = kern.pack(w)
+        one = run(kern, x, packed, b, "residual", res, threads=1)
+        for threads in (2, 3, 7):
+            out = run(kern, x, packed, b, "residual", res, threads=threads)
+            assert np.array_equal(bits(out), bits(one)), (M, N, threads)
+
+
 # ---------------------------------------------------------------------------------------
 # Aliasing and arguments
 # ---------------------------------------------------------------------------------------

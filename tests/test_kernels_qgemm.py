@@ -476,6 +476,24 @@ def test_few_rows_every_panel_once_whatever_the_threads(kern):
                 assert np.array_equal(a, acc), (M, N, t)
 
 
+def test_many_rows_cut_rows_first_whatever_the_threads(kern):
+    """From 256 rows the rectangles are cut along the rows first (bge_cut_rectangles): row
+    counts on both sides of it and off the tile, odd panel counts, more threads than cores,
+    a sentinel in out: the bits of one thread, and the exact raw sums."""
+    for M, K, N in ((255, 384, 385), (256, 385, 1152), (301, 130, 49)):
+        x, q, scale, zp, w, w_scale, bias, res, acc, out = ref_case(M, K, N)
+        packed = kern.qpack(w, w_scale)
+        base = np.empty((M, N), np.float32)
+        kern.qgemm(q, scale, zp, packed, bias, base, "residual", res=res, threads=1)
+        for t in (2, 3, 7):
+            o = np.full((M, N), F_SENT, np.float32)
+            kern.qgemm(q, scale, zp, packed, bias, o, "residual", res=res, threads=t)
+            assert np.array_equal(o.view(np.int32), base.view(np.int32)), (M, N, t)
+            a = np.full((M, N), -1, np.int32)
+            kern.qgemm_i32(q, packed, a, threads=t)
+            assert np.array_equal(a, acc), (M, N, t)
+
+
 def test_thread_and_batch_invariance(kern):
     """A row's bits do not depend on the thread count, the batch or its place in it."""
     M, K, N = 129, 385, 1537

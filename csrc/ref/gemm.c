@@ -259,10 +259,10 @@ int bge_f32_gemm_run(const bge_f32_gemm_impl *impl, const float *x, int M, int K
         bge_run_units(np, nt, taken, f32_unit, &j, NULL, NULL);
         return BGE_OK;
     }
-    /* else rectangles of rc row tiles x pc panels, taken dynamically: halve pc, then rc,
-     * until 4 per thread */
+    /* else rectangles of rc row tiles x pc panels, taken dynamically: halve pc, then rc
+     * (from BGE_ROWS_FIRST rows, rc first), until 4 per thread */
     int rc, pc;
-    bge_cut_rectangles(mt, np, 4LL * nthreads, &rc, &pc);
+    bge_cut_rectangles(M, mt, np, 4LL * nthreads, &rc, &pc);
     const int nr = (mt + rc - 1) / rc, npc = (np + pc - 1) / pc, items = nr * npc;
     const int nti = nthreads < items ? nthreads : items;
 #pragma omp parallel for num_threads(nti) schedule(dynamic, 1)

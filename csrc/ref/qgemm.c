@@ -514,10 +514,10 @@ int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float 
         bge_run_units(np, nt, taken, q8_unit, &j, impl->begin, impl->end);
         return BGE_OK;
     }
-    /* else rectangles of rc row tiles x pc panels, taken dynamically: halve pc, then rc,
-     * until 4 per thread */
+    /* else rectangles of rc row tiles x pc panels, taken dynamically: halve pc, then rc
+     * (from BGE_ROWS_FIRST rows, rc first), until 4 per thread */
     int rc, pc;
-    bge_cut_rectangles(mt, np, 4LL * nthreads, &rc, &pc);
+    bge_cut_rectangles(M, mt, np, 4LL * nthreads, &rc, &pc);
     const int nrect = (mt + rc - 1) / rc, npc = (np + pc - 1) / pc, items = nrect * npc;
     const int nti = nthreads < items ? nthreads : items;
 #pragma omp parallel for num_threads(nti) schedule(dynamic, 1)

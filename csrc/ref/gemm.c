@@ -228,8 +228,8 @@ static void f32_unit(void *ctx, int u, int next) {
  *   bias   (N)
  *   res    (M, N) with BGE_EPI_BIAS_RESIDUAL, else ignored; may equal out
  *   out    (M, N) row-major; must not overlap x
- * Threads: the grid of (row tiles) x (panels) is cut into rectangles, panels first, until
- * there are about 4 per thread; threads take them dynamically, so a thread the OS delays
+ * Threads: the grid of (row tiles) x (panels) is cut into rectangles, panels first (rows
+ * first from BGE_ROWS_FIRST rows), until there are about 4 per thread; threads take them dynamically, so a thread the OS delays
  * does not hold the others back. For few rows each thread takes a run of panels instead
  * (see below). Each element's sum over k is never split.                                 */
 int bge_f32_gemm_run(const bge_f32_gemm_impl *impl, const float *x, int M, int K, int N,

@@ -201,31 +201,31 @@ def test_threads_bit_identical_model_shape(kern):
     assert np.array_equal(bits(one), bits(two))
 
 
-def test_few_rows_every_panel_once_whatever_the_threads(kern):
-    # Up to 16 row tiles each thread takes its own run of panels, then panels from the back
-    # of the others' runs: more threads than cores (so some start late and others take
-    # their panels), odd panel counts, outputs pre-filled with the sentinel.
-    for M, K, N in ((1, 384, 1537), (16, 384, 385), (100, 1536, 1152)):
+def _same_bits_any_threads(kern, shapes, repeats):
+    """gemm on 2, 3 and 7 threads (more than the cores), outputs pre-filled with the
+    sentinel: the bits of one thread."""
+    for M, K, N in shapes:
         x, w, b, res = data(M, K, N, seed=M + N)
         packed = kern.pack(w)
         one = run(kern, x, packed, b, "residual", res, threads=1)
         for threads in (2, 3, 7):
-            for _ in range(5):
+            for _ in range(repeats):
                 out = run(kern, x, packed, b, "residual", res, threads=threads)
                 assert np.array_equal(bits(out), bits(one)), (M, N, threads)
 
 
+def test_few_rows_every_panel_once_whatever_the_threads(kern):
+    # Up to 16 row tiles each thread takes its own run of panels, then panels from the back
+    # of the others' runs (some threads start late, the others take their panels: 5
+    # repeats); odd panel counts.
+    _same_bits_any_threads(kern, ((1, 384, 1537), (16, 384, 385), (100, 1536, 1152)), 5)
+
+
 def test_many_rows_cut_rows_first_whatever_the_threads(kern):
     # From 256 rows the rectangles are cut along the rows first (bge_cut_rectangles): row
-    # counts on both sides of it and off the tile, odd panel counts, more threads than
-    # cores, outputs pre-filled with the sentinel: the bits of one thread.
-    for M, K, N in ((255, 384, 385), (256, 385, 1152), (301, 384, 49), (513, 17, 1537)):
-        x, w, b, res = data(M, K, N, seed=M + N)
-        packed = kern.pack(w)
-        one = run(kern, x, packed, b, "residual", res, threads=1)
-        for threads in (2, 3, 7):
-            out = run(kern, x, packed, b, "residual", res, threads=threads)
-            assert np.array_equal(bits(out), bits(one)), (M, N, threads)
+    # counts on both sides of it and off the tile, odd panel counts.
+    _same_bits_any_threads(kern, ((255, 384, 385), (256, 385, 1152), (301, 384, 49),
+                                  (513, 17, 1537)), 1)
 
 
 # ---------------------------------------------------------------------------------------

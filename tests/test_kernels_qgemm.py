@@ -458,16 +458,16 @@ def test_simd_levels_agree_on_gelu(M, K, N):
         assert np.array_equal(o.view(np.int32), outs[0].view(np.int32)), (levels[0], isa)
 
 
-def test_few_rows_every_panel_once_whatever_the_threads(kern):
-    """Up to 8 row tiles each thread takes its own run of panels, then panels from the back
-    of the others' runs: more threads than cores, odd panel counts, a sentinel in out."""
-    for M, K, N in ((1, 384, 1537), (16, 1536, 385), (100, 384, 1152)):
+def _same_bits_any_threads(kern, shapes, repeats):
+    """qgemm on 2, 3 and 7 threads (more than the cores), out pre-filled with the sentinel:
+    the bits of one thread; qgemm_i32: the exact raw sums."""
+    for M, K, N in shapes:
         x, q, scale, zp, w, w_scale, bias, res, acc, out = ref_case(M, K, N)
         packed = kern.qpack(w, w_scale)
         base = np.empty((M, N), np.float32)
         kern.qgemm(q, scale, zp, packed, bias, base, "residual", res=res, threads=1)
         for t in (2, 3, 7):
-            for _ in range(5):
+            for _ in range(repeats):
                 o = np.full((M, N), F_SENT, np.float32)
                 kern.qgemm(q, scale, zp, packed, bias, o, "residual", res=res, threads=t)
                 assert np.array_equal(o.view(np.int32), base.view(np.int32)), (M, N, t)
@@ -476,22 +476,16 @@ def test_few_rows_every_panel_once_whatever_the_threads(kern):
                 assert np.array_equal(a, acc), (M, N, t)
 
 
+def test_few_rows_every_panel_once_whatever_the_threads(kern):
+    """Up to 8 row tiles each thread takes its own run of panels, then panels from the back
+    of the others' runs (some threads start late: 5 repeats); odd panel counts."""
+    _same_bits_any_threads(kern, ((1, 384, 1537), (16, 1536, 385), (100, 384, 1152)), 5)
+
+
 def test_many_rows_cut_rows_first_whatever_the_threads(kern):
     """From 256 rows the rectangles are cut along the rows first (bge_cut_rectangles): row
-    counts on both sides of it and off the tile, odd panel counts, more threads than cores,
-    a sentinel in out: the bits of one thread, and the exact raw sums."""
-    for M, K, N in ((255, 384, 385), (256, 385, 1152), (301, 130, 49)):
-        x, q, scale, zp, w, w_scale, bias, res, acc, out = ref_case(M, K, N)
-        packed = kern.qpack(w, w_scale)
-        base = np.empty((M, N), np.float32)
-        kern.qgemm(q, scale, zp, packed, bias, base, "residual", res=res, threads=1)
-        for t in (2, 3, 7):
-            o = np.full((M, N), F_SENT, np.float32)
-            kern.qgemm(q, scale, zp, packed, bias, o, "residual", res=res, threads=t)
-            assert np.array_equal(o.view(np.int32), base.view(np.int32)), (M, N, t)
-            a = np.full((M, N), -1, np.int32)
-            kern.qgemm_i32(q, packed, a, threads=t)
-            assert np.array_equal(a, acc), (M, N, t)
+    counts on both sides of it and off the tile, odd panel counts."""
+    _same_bits_any_threads(kern, ((255, 384, 385), (256, 385, 1152), (301, 130, 49)), 1)
 
 
 def test_thread_and_batch_invariance(kern):

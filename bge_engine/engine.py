@@ -206,16 +206,14 @@ class Engine:
 
     def _embed(self, texts: List[str], pooling: str, *, normalize: bool,
                batch_size: Optional[int], progress: bool = False) -> np.ndarray:
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
-            return out
+            return np.empty((0, self.dim), dtype=np.float32)
         all_ids = self._tokenize(texts)
         if len(texts) == 1 and not progress:  # one text: one forward pass, nothing to sort
             ids = all_ids[0]
-            offsets = np.array([0, ids.shape[0]], dtype=np.int32)
-            with self._compute() as ws:
-                h = self._model.forward(ids, offsets, ws, self.threads)
-                return self._model.pool(h, offsets, pooling, normalize)
+            return self._pooled(ids, np.array([0, ids.shape[0]], dtype=np.int32), pooling,
+                                normalize)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: all_ids[i].shape[0])
         bar = _progress(len(texts)) if progress else None
         try:
@@ -224,15 +222,20 @@ class Engine:
                 lengths = [all_ids[i].shape[0] for i in batch]
                 offsets = np.zeros(len(batch) + 1, dtype=np.int32)
                 np.cumsum(lengths, out=offsets[1:])
-                with self._compute() as ws:
-                    h = self._model.forward(ids, offsets, ws, self.threads)
-                    out[batch] = self._model.pool(h, offsets, pooling, normalize)
+                out[batch] = self._pooled(ids, offsets, pooling, normalize)
                 if bar is not None:
                     bar.update(len(batch))
         finally:
             if bar is not None:
                 bar.close()
         return out
+
+    def _pooled(self, ids: np.ndarray, offsets: np.ndarray, pooling: str,
+                normalize: bool) -> np.ndarray:
+        """The pooled rows of one ragged batch: its forward pass, in a compute slot."""
+        with self._compute() as ws:
+            h = self._model.forward(ids, offsets, ws, self.threads)
+            return self._model.pool(h, offsets, pooling, normalize)
 
     def _compute(self):
         return _ComputeSlot(self)

@@ -6,9 +6,9 @@ w_scale[n, g] = max_{k in g} |w[n, k]| / 127 and
 w_s8[n, k] = round_half_even(w[n, k] / w_scale[n, g]), clipped to [-127, 127] (an all-zero
 group gets scale 1). It runs in C at load (the table's `qs8_quantize_weights` slot: the
 plain-C `bge_qs8_quantize_weights`, or 8 lanes at a time on the AVX2 levels and 16 on the
-AVX-512 VNNI ones, ~3x faster, the same bytes); tests hold it to a numpy transcription of these lines, byte for
-byte, and every level to the plain-C one. Activations are
-quantised per token and group at run time, in C (Kernels.quantize).
+AVX-512 VNNI ones, ~3x faster, the same bytes); tests hold it to a numpy transcription of
+these lines, byte for byte, and every level to the plain-C one. Activations are quantised
+per token and group at run time, in C (Kernels.quantize).
 """
 
 from __future__ import annotations

@@ -137,31 +137,13 @@ static inline int bge_attention_chunk(int n, int heads, int L_max, int nthreads)
     return n >= 2 * nthreads ? heads : (heads + nthreads - 1) / nthreads;
 }
 
-/* The GEMM drivers' cut for more rows: rectangles of *rc row tiles x *pc panels of the
- * (mt row tiles) x (np panels) grid, halving *pc, then *rc, until there are at least
- * `want` (or every rectangle is one tile of one panel); from BGE_ROWS_FIRST rows (M) on,
- * *rc first, then *pc. Rows first gives each thread whole rows of the output, every panel
- * passing over a block of its rows that stays in cache, at the price of reading each
- * panel once per rectangle: measured on a Xeon with AMX, 2 threads, end to end (10
- * alternated rounds, one build per process), fp32 1.135x faster at 512 tokens, 1.30x at
- * 256, 1.08x at 200 and 1.11x at 160; int8 (AMX) 1.09x, 1.055x, 1.02x and 1.02x;
- * throughput in batches of 32 sentences 1.01x (fp32) and 1.07x (int8). Up to 128 rows the
- * drivers take runs of panels instead (fp32, AMX), or the weights dominate (vnni, avx2:
- * 33-128 rows), and each panel is read once. */
-#define BGE_ROWS_FIRST 129
-static inline void bge_cut_rectangles(int M, int mt, int np, long long want, int *rc,
-                                      int *pc) {
-    int r = mt, p = np;
-    const int rows_first = M >= BGE_ROWS_FIRST;
-    while ((long long)((mt + r - 1) / r) * ((np + p - 1) / p) < want && (p > 1 || r > 1)) {
-        if (rows_first ? r == 1 : p > 1)
-            p = (p + 1) / 2;
-        else
-            r = (r + 1) / 2;
-    }
-    *rc = r;
-    *pc = p;
-}
+/* Work sharing for the GEMM drivers on more rows: the (mt row tiles) x (np panels) grid of
+ * an (M, .) output is cut into rectangles, about 4 per thread (how: see the cut in
+ * csrc/ref/gemm.c), which the threads take dynamically, so a thread the OS delays does not
+ * hold the others back: fn(ctx, t0, t1, p0, p1) runs row tiles [t0, t1) x panels
+ * [p0, p1), each rectangle once. (csrc/ref/gemm.c) */
+void bge_run_rectangles(int M, int mt, int np, int nthreads,
+                        void (*fn)(void *ctx, int t0, int t1, int p0, int p1), void *ctx);
 
 /* The scalar GELU every kernel agrees on at the reference level: 0.5 x (1 + erf(x / sqrt 2)). */
 float bge_gelu_erf_scalar(float x);

@@ -483,7 +483,7 @@ def test_few_rows_every_panel_once_whatever_the_threads(kern):
 
 
 def test_many_rows_cut_rows_first_whatever_the_threads(kern):
-    """From 129 rows the rectangles are cut along the rows first (bge_cut_rectangles): row
+    """From 129 rows the rectangles are cut along the rows first (bge_run_rectangles): row
     counts on both sides of it and off the tile, odd panel counts."""
     _same_bits_any_threads(kern, ((128, 384, 385), (129, 385, 1152), (301, 130, 49)), 1)
 

@@ -471,6 +471,11 @@ static void q8_unit(void *ctx, int u, int next) {
     q8_panel(j, 0, (j->M - 1) / j->impl->mr + 1, u);
 }
 
+/* Rectangle row tiles [t0, t1) x panels [p0, p1) (more rows). */
+static void q8_rect(void *ctx, int t0, int t1, int p0, int p1) {
+    q8_block((const q8_job *)ctx, t0, t1, p0, p1);
+}
+
 int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float *scale,
                     const int32_t *zp, int M, int K, int N, const void *packed,
                     const float *bias, const float *res, float *out, int32_t *acc,
@@ -514,18 +519,6 @@ int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float 
         bge_run_units(np, nt, taken, q8_unit, &j, impl->begin, impl->end);
         return BGE_OK;
     }
-    /* else rectangles of rc row tiles x pc panels, taken dynamically: halve pc, then rc
-     * (from BGE_ROWS_FIRST rows, rc first), until 4 per thread */
-    int rc, pc;
-    bge_cut_rectangles(M, mt, np, 4LL * nthreads, &rc, &pc);
-    const int nrect = (mt + rc - 1) / rc, npc = (np + pc - 1) / pc, items = nrect * npc;
-    const int nti = nthreads < items ? nthreads : items;
-#pragma omp parallel for num_threads(nti) schedule(dynamic, 1)
-    for (int it = 0; it < items; it++) {
-        const int r = it / npc, c = it % npc;
-        const int t0 = r * rc, t1 = t0 + rc < mt ? t0 + rc : mt;
-        const int p0 = c * pc, p1 = p0 + pc < np ? p0 + pc : np;
-        q8_block(&j, t0, t1, p0, p1);
-    }
+    bge_run_rectangles(M, mt, np, nthreads, q8_rect, &j); /* else rectangles */
     return BGE_OK;
 }

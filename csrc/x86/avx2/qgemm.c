@@ -412,7 +412,8 @@ static int qweight_group(const float *w, int n, int8_t *q, float *scale) {
         const __m256 v = _mm256_div_ps(_mm256_loadu_ps(w + k), vs);
         const __m256 r = _mm256_sub_ps(_mm256_add_ps(v, vmagic), vmagic);
         const __m256i i = _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi));
-        const __m128i h = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+        const __m128i h =
+            _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
         _mm_storel_epi64((__m128i *)(q + k), _mm_packs_epi16(h, h));
     }
     for (int k = n8; k < n; k++) q[k] = bge_q8_weight_round(w[k], s);

@@ -10,14 +10,21 @@ owns (the engine's workspace), so the hot path allocates nothing.
 `Kernels("avx512")` a given level, which tests use to compare every level with "ref".
 """
 
-import numpy as np
+# numpy is imported when a function here first uses it, not with bge_engine: `Engine(...)`
+# starts the weight load (`Kernels.load_packed`, which needs no numpy before its C work)
+# first, and numpy's import runs beside it (see bge_engine/_lazy.py).
+from ._lazy import numpy_on_first_use
+
+np = numpy_on_first_use(globals())
 
 cimport cython
 from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release,
                              PyObject_GetBuffer)
 from cython.parallel cimport parallel, prange, threadid
 from libc.errno cimport EINTR, errno
-from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, uintptr_t
+from libc.stdlib cimport free, malloc
+from posix.stdlib cimport posix_memalign
 from posix.types cimport off_t
 from posix.unistd cimport pread
 
@@ -67,8 +74,11 @@ def cpu_features():
     return {name: bool(v) for name, v in zip(_FEATURES, values)}
 
 
-cdef object _check(object a, str name, tuple shape, object dtype=np.float32):
-    """Returns `a` when it is a C-contiguous ndarray of `dtype` and `shape`, else raises."""
+cdef object _check(object a, str name, tuple shape, object dtype=None):
+    """Returns `a` when it is a C-contiguous ndarray of `dtype` (default float32) and
+    `shape`, else raises."""
+    if dtype is None:
+        dtype = np.float32
     if not isinstance(a, np.ndarray):
         raise ValueError(f"{name}: expected a numpy array of shape {shape}, got {type(a).__name__}")
     if a.dtype != dtype or not a.flags.c_contiguous or tuple(a.shape) != shape:
@@ -306,6 +316,65 @@ def _out_bytes(out, size_t n, str name="out"):
     if out.ctypes.data % 64:
         raise ValueError(f"{name}: must start on a 64-byte boundary")
     return out
+
+
+cdef extern from *:
+    """
+    #include <sys/mman.h>
+    /* Asks for transparent huge pages on [p, p + n), where the OS has them. */
+    static void bge_advise_huge_pages(void *p, size_t n) {
+    #ifdef MADV_HUGEPAGE
+        (void)madvise(p, n, MADV_HUGEPAGE);
+    #else
+        (void)p; (void)n;
+    #endif
+    }
+    """
+    void bge_advise_huge_pages(void *p, size_t n) nogil
+
+
+cdef char *_BYTE_FORMAT = "B"
+
+
+cdef class Arena:
+    """n bytes for packed weights (uint8, writable, through the buffer protocol), starting on
+    a 2 MiB boundary, transparent huge pages asked for: packing 85 MB of weights then takes
+    ~40 page faults instead of ~20,000, each of which costs microseconds in a VM (most of
+    the fp32 load time once). Made without numpy, so that `Engine(...)` can start the load
+    before numpy is imported; `np.frombuffer(arena, np.uint8)` views it, and the memory
+    lives as long as any view."""
+
+    cdef uint8_t *p
+    cdef readonly size_t nbytes
+    cdef Py_ssize_t shape[1]
+
+    def __cinit__(self, size_t nbytes):
+        cdef void *mem = NULL
+        if nbytes == 0:
+            raise ValueError("nbytes: expected a positive size")
+        if posix_memalign(&mem, 2 << 20, nbytes) != 0:
+            raise MemoryError(f"cannot allocate a weight arena of {nbytes} bytes")
+        self.p, self.nbytes = <uint8_t *>mem, nbytes
+        self.shape[0] = <Py_ssize_t>nbytes
+        bge_advise_huge_pages(mem, nbytes)
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        view.buf = self.p
+        view.obj = self
+        view.len = <Py_ssize_t>self.nbytes
+        view.readonly = 0
+        view.itemsize = 1
+        view.format = NULL  # NULL means unsigned bytes ("B")
+        if flags & PyBUF_FORMAT:
+            view.format = _BYTE_FORMAT
+        view.ndim = 1
+        view.shape = self.shape
+        view.strides = &view.itemsize
+        view.suboffsets = NULL
+        view.internal = NULL
+
+    def __dealloc__(self):
+        free(self.p)
 
 
 class PackedQ8:
@@ -711,7 +780,9 @@ cdef class Kernels:
     def load_packed(self, int fd, jobs, arena, threads=1):
         """Reads, checks and packs many weights from an open file in one call, with the GIL
         released throughout (so that other Python threads, the tokenizer's build among them,
-        run beside it), on `threads` threads taking the weights in turn.
+        run beside it), on `threads` threads taking the weights in turn. Up to the end of
+        its C work it uses no numpy (its buffers come from malloc), so it may run while
+        another thread imports numpy; the views it returns are made after.
 
         Args:
             fd: the file (e.g. model.safetensors), read with pread.
@@ -719,7 +790,8 @@ cdef class Kernels:
                 (byte offset, rows) of little-endian float32 tensors stacked by rows (their
                 rows sum to N); int8 quantises (quantize_weight) and packs for qgemm, else
                 pack for gemm; the packed bytes go to arena[out_off:], 64-byte aligned.
-            arena: C-contiguous writable uint8, 64-byte aligned.
+            arena: a writable C-contiguous byte buffer (an `Arena`, or a uint8 array),
+                64-byte aligned.
 
         Returns:
             (packed, errors): packed[i] is job i's PackedF32 or PackedQ8 (a view of the
@@ -727,15 +799,16 @@ cdef class Kernels:
             `what` a phrase of LOAD_ERRORS ("is cut short", "holds NaN or infinity", ...).
         """
         cdef int nt = _threads(threads)
-        if not isinstance(arena, np.ndarray) or arena.ndim != 1:
-            raise ValueError("arena: expected a uint8 array of shape (n,)")
-        _out_bytes(arena, arena.shape[0], "arena")
+        cdef uint8_t[::1] av
+        try:
+            av = arena
+        except (TypeError, ValueError, BufferError):
+            raise ValueError("arena: expected a writable C-contiguous uint8 buffer") from None
+        if av.shape[0] == 0 or (<uintptr_t>&av[0]) % 64:
+            raise ValueError("arena: must be non-empty and start on a 64-byte boundary")
         cdef Py_ssize_t njobs = len(jobs), i
-        cdef size_t most = 1, size, cap = arena.shape[0]
+        cdef size_t most = 1, size, cap = av.shape[0]
         cdef int most_n = 1, most_g = 1, p
-        job_buf = np.zeros(max(njobs, 1) * sizeof(_LoadJob), dtype=np.uint8)
-        cdef uint8_t[::1] jb = job_buf
-        cdef _LoadJob *js = <_LoadJob *>&jb[0]
         sizes = []
         for i in range(njobs):
             parts, N, K, int8, out_off = jobs[i]
@@ -752,44 +825,54 @@ cdef class Kernels:
             if out_off < 0 or out_off % 64 or <size_t>out_off + size > cap:
                 raise ValueError(f"jobs[{i}]: out_off {out_off} is not a 64-byte aligned "
                                  f"slot of {size} bytes inside the arena ({cap} bytes)")
-            js[i].nparts, js[i].N, js[i].K, js[i].int8 = len(parts), N, K, bool(int8)
-            js[i].out_off = out_off
-            js[i].status, js[i].part = -1, 0
-            for p in range(len(parts)):
-                js[i].off[p], js[i].rows[p] = parts[p]
             most = max(most, <size_t>N * <size_t>K)
             most_n, most_g = max(most_n, N), max(most_g, q8_groups(K))
             sizes.append(size)
         if njobs == 0:
             return [], []
         nt = min(nt, njobs)
-        # each thread's buffers: the weight as read, and its int8 form with scales
-        floats = np.empty((nt, most), dtype=np.float32)
         need_q = any(job[3] for job in jobs)
-        qs = np.empty((nt, most if need_q else 1), dtype=np.int8)
-        ss = np.empty((nt, <size_t>most_n * most_g if need_q else 1), dtype=np.float32)
-        cdef float[:, ::1] fv = floats
-        cdef int8_t[:, ::1] qv = qs
-        cdef float[:, ::1] sv = ss
-        cdef uint8_t[::1] av = arena
-        cdef float *fp = &fv[0, 0]
-        cdef int8_t *qp = &qv[0, 0]
-        cdef float *sp = &sv[0, 0]
-        cdef size_t fs = floats.shape[1], qsz = qs.shape[1], ssz = ss.shape[1]
+        # the jobs for C, and each thread's buffers: the weight as read, and its int8 form
+        # with scales
+        cdef size_t fs = most, qsz = most if need_q else 1
+        cdef size_t ssz = <size_t>most_n * most_g if need_q else 1
+        cdef _LoadJob *js = <_LoadJob *>malloc(njobs * sizeof(_LoadJob))
+        cdef float *fp = <float *>malloc(nt * fs * sizeof(float))
+        cdef int8_t *qp = <int8_t *>malloc(nt * qsz)
+        cdef float *sp = <float *>malloc(nt * ssz * sizeof(float))
         cdef const bge_kernels *t = self.t
         cdef int tid = 0  # each thread's own (firstprivate)
-        with nogil, parallel(num_threads=nt):
-            tid = threadid()
-            for i in prange(njobs, schedule="dynamic", chunksize=1):
-                _load_one(t, fd, &js[i], fp + tid * fs, qp + tid * qsz, sp + tid * ssz, &av[0])
+        try:
+            if js == NULL or fp == NULL or qp == NULL or sp == NULL:
+                raise MemoryError("load_packed: cannot allocate the loading buffers")
+            for i in range(njobs):
+                parts, N, K, int8, out_off = jobs[i]
+                js[i].nparts, js[i].N, js[i].K, js[i].int8 = len(parts), N, K, bool(int8)
+                js[i].out_off = out_off
+                js[i].status, js[i].part = -1, 0
+                for p in range(len(parts)):
+                    js[i].off[p], js[i].rows[p] = parts[p]
+            with nogil, parallel(num_threads=nt):
+                tid = threadid()
+                for i in prange(njobs, schedule="dynamic", chunksize=1):
+                    _load_one(t, fd, &js[i], fp + tid * fs, qp + tid * qsz, sp + tid * ssz,
+                              &av[0])
+            status = [(js[i].status, js[i].part) for i in range(njobs)]
+        finally:
+            free(js)
+            free(fp)
+            free(qp)
+            free(sp)
+        base = np.asarray(arena).view(np.uint8).reshape(-1)
         packed, errors = [], []
         for i in range(njobs):
-            if js[i].status != _LOAD_OK:
-                errors.append((i, js[i].part, LOAD_ERRORS.get(js[i].status, "was not read")))
+            st, part = status[i]
+            if st != _LOAD_OK:
+                errors.append((i, part, LOAD_ERRORS.get(st, "was not read")))
                 packed.append(None)
                 continue
             N, K, int8, out_off = jobs[i][1:]
-            data = arena[out_off:out_off + sizes[i]]
+            data = base[out_off:out_off + sizes[i]]
             packed.append(PackedQ8(data, K, N, self.isa) if int8
                           else PackedF32(data.view(np.float32), K, N, self.isa))
         return packed, errors

@@ -12,12 +12,13 @@ import mmap
 import threading
 from typing import Callable, List, Optional, TypeVar
 
-import numpy as np
-
 from . import _kernels
+from ._lazy import numpy_on_first_use
 from .errors import ModelFormatError
 from .quant import quantize_weight
 from .weights import Checkpoint
+
+np = numpy_on_first_use(globals())
 
 T = TypeVar("T")
 
@@ -166,74 +167,108 @@ def _slot_offsets(kernels, H: int, F: int, int8: frozenset) -> List[int]:
     return offsets
 
 
-def load_matmuls(kernels, ckpt: Checkpoint, int8: frozenset, arena: np.ndarray,
-                 per_layer: int, threads: int) -> List[dict]:
-    """Every layer's matmul weights read from the checkpoint, checked and packed into the
-    arena (layer i from byte i * per_layer, at _slot_offsets): [{name: packed}] per layer.
+class MatmulLoad:
+    """Every layer's matmul weights read from the checkpoint, checked and packed into one
+    arena (layer i from byte i * per_layer, at _slot_offsets), on `threads` threads of
+    their own from construction on; `result()` waits for them.
 
     Weights stored as float32 go to `Kernels.load_packed`: read, checked for NaN and
-    infinity, quantised where int8 and packed, on `threads` threads, in one call that never
-    holds the GIL. Building the tokenizer holds the GIL for its whole ~50 ms, and the engine
-    does it beside this: with a Python step between matrices, the loading threads stalled
-    behind it (Zen 3, 2 threads: `Engine(...)` took 91-129 ms that way, 61-105 now). Others
-    (float16) are read by `Checkpoint.matrix` and packed one by one, each thread with its
-    own buffers.
+    infinity, quantised where int8 and packed in one call that never holds the GIL and
+    needs no numpy before its C work. So `Engine(...)` starts it before numpy is imported,
+    and numpy's import, the tokenizer's build (which holds the GIL for ~25 ms) and the
+    embeddings run beside it on the caller's thread. (With a Python step between matrices,
+    the loading threads stalled behind the tokenizer: Zen 3, 2 threads, `Engine(...)` took
+    91-129 ms that way, 61-105 in one call.) Others (float16) are read by
+    `Checkpoint.matrix` and packed one by one in `result()`, each thread with its own
+    buffers.
 
-    Raises:
-        ModelFormatError: a tensor missing, of the wrong shape or dtype, cut short, or
-            holding NaN or infinity (the first one found, by name).
+    Args:
+        kernels: the `_kernels.Kernels` table to pack for.
+        ckpt: the opened checkpoint.
+        int8: the Linear layers to quantise (names from MATMULS); the rest stay fp32.
+        threads: threads to load with.
     """
-    cfg = ckpt.config
-    offsets = _slot_offsets(kernels, cfg.hidden, cfg.intermediate, int8)
-    out: List[dict] = [{} for _ in range(cfg.layers)]
-    direct, by_python = [], []
-    for i in range(cfg.layers):
-        for name, at in zip(MATMULS, offsets):
-            parts, (N, K) = ckpt.matrix_sources(i, name)
-            slot = i * per_layer + at
-            if parts is None:
-                by_python.append((i, name, slot))
-            else:
-                direct.append((i, name, (parts, N, K, name in int8, slot)))
-    if direct:
-        packed, errors = kernels.load_packed(ckpt.reader.fd, [job for _i, _n, job in direct],
-                                             arena, threads)
-        if errors:
-            j, part, what = errors[0]
-            i, name, _job = direct[j]
-            raise ModelFormatError(
-                f"{ckpt.reader.path}: tensor {ckpt.matrix_tensor(i, name, part)!r} {what}")
-        for (i, name, _job), p in zip(direct, packed):
-            out[i][name] = p
-    if by_python:
-        local = threading.local()
 
-        def load(j: int):
-            i, name, slot = by_python[j]
-            if not hasattr(local, "scratch"):
-                local.scratch = LoadScratch(ckpt)
-            w = ckpt.matrix(i, name, local.scratch.floats)
-            q8 = name in int8
-            dst = arena[slot:slot + Linear.packed_bytes(kernels, *w.shape, q8)]
-            if q8:
-                q, scale = local.scratch.int8(*w.shape)
-                return kernels.qpack(*quantize_weight(w, q=q, scale=scale), out=dst)
-            return kernels.pack(w, out=dst)
+    def __init__(self, kernels, ckpt: Checkpoint, int8=(), threads: int = 1):
+        int8 = frozenset(int8)
+        unknown = int8 - set(MATMULS)
+        if unknown:
+            raise ValueError(f"int8: unknown matmuls {sorted(unknown)}; expected {MATMULS}")
+        cfg = ckpt.config
+        self.kernels, self.ckpt, self.int8, self.threads = kernels, ckpt, int8, threads
+        per_layer = PackedLayer.arena_bytes(kernels, cfg.hidden, cfg.intermediate, int8)
+        self.arena = _kernels.Arena(per_layer * cfg.layers)
+        offsets = _slot_offsets(kernels, cfg.hidden, cfg.intermediate, int8)
+        self._direct, self._by_python = [], []
+        for i in range(cfg.layers):
+            for name, at in zip(MATMULS, offsets):
+                parts, (N, K) = ckpt.matrix_sources(i, name)
+                slot = i * per_layer + at
+                if parts is None:
+                    self._by_python.append((i, name, slot))
+                else:
+                    self._direct.append((i, name, (parts, N, K, name in int8, slot)))
+        self._loaded, self._error = None, None
+        self._thread = None
+        if self._direct:
+            self._thread = threading.Thread(target=self._load_direct, name="bge-load",
+                                            daemon=True)
+            self._thread.start()
 
-        for (i, name, _slot), p in zip(by_python, run_on_threads(load, len(by_python), threads)):
-            out[i][name] = p
-    return out
+    def _load_direct(self) -> None:
+        try:
+            self._loaded = self.kernels.load_packed(
+                self.ckpt.reader.fd, [job for _i, _n, job in self._direct], self.arena,
+                self.threads)
+        except BaseException as exc:  # raised by result()
+            self._error = exc
 
+    def join(self) -> None:
+        """Waits for the loading threads to stop (result() does too)."""
+        if self._thread is not None:
+            self._thread.join()
 
-def weight_arena(nbytes: int) -> np.ndarray:
-    """One buffer for every packed weight, starting on a 2 MiB boundary: numpy asks the
-    kernel for transparent huge pages on allocations this large (madvise), and with 2 MiB
-    pages packing 85 MB of weights takes ~40 page faults instead of ~20,000, each of which
-    costs microseconds in a VM: most of the fp32 load time."""
-    huge = 2 << 20
-    buf = np.empty(nbytes + huge, dtype=np.uint8)
-    start = (-buf.ctypes.data) % huge
-    return buf[start:start + nbytes]
+    def result(self) -> List[dict]:
+        """[{name: packed}] per layer, once every weight is packed.
+
+        Raises:
+            ModelFormatError: a tensor missing, of the wrong shape or dtype, cut short, or
+                holding NaN or infinity (the first one found, by name).
+        """
+        self.join()
+        if self._error is not None:
+            raise self._error
+        ckpt = self.ckpt
+        out: List[dict] = [{} for _ in range(ckpt.config.layers)]
+        if self._direct:
+            packed, errors = self._loaded
+            if errors:
+                j, part, what = errors[0]
+                i, name, _job = self._direct[j]
+                raise ModelFormatError(
+                    f"{ckpt.reader.path}: tensor {ckpt.matrix_tensor(i, name, part)!r} {what}")
+            for (i, name, _job), p in zip(self._direct, packed):
+                out[i][name] = p
+        if self._by_python:
+            arena = np.asarray(self.arena)
+            local = threading.local()
+
+            def load(j: int):
+                i, name, slot = self._by_python[j]
+                if not hasattr(local, "scratch"):
+                    local.scratch = LoadScratch(ckpt)
+                w = ckpt.matrix(i, name, local.scratch.floats)
+                q8 = name in self.int8
+                dst = arena[slot:slot + Linear.packed_bytes(self.kernels, *w.shape, q8)]
+                if q8:
+                    q, scale = local.scratch.int8(*w.shape)
+                    return self.kernels.qpack(*quantize_weight(w, q=q, scale=scale), out=dst)
+                return self.kernels.pack(w, out=dst)
+
+            loaded = run_on_threads(load, len(self._by_python), self.threads)
+            for (i, name, _slot), p in zip(self._by_python, loaded):
+                out[i][name] = p
+        return out
 
 
 def run_on_threads(fn: Callable[[int], T], n: int, threads: int) -> List[T]:
@@ -275,24 +310,26 @@ class BertModel:
         kernels: a `_kernels.Kernels` table.
         int8: the Linear layers to run in int8 (names from MATMULS); the rest run in fp32.
         threads: threads to pack the weights with at load.
+        matmuls: the matmul weights, loading already (Engine starts the load first); by
+            default a MatmulLoad of `int8` on `threads` threads, started here.
     """
 
-    def __init__(self, ckpt: Checkpoint, kernels, int8=(), threads: int = 1):
-        unknown = set(int8) - set(MATMULS)
-        if unknown:
-            raise ValueError(f"int8: unknown matmuls {sorted(unknown)}; expected {MATMULS}")
+    def __init__(self, ckpt: Checkpoint, kernels, int8=(), threads: int = 1,
+                 matmuls: Optional[MatmulLoad] = None):
+        if matmuls is None:
+            matmuls = MatmulLoad(kernels, ckpt, int8, threads)
         cfg = self.config = ckpt.config
         self.kernels = kernels
-        self.word, self.pos, self.type = ckpt.word, ckpt.pos, ckpt.type
-        self.emb_ln_g, self.emb_ln_b = ckpt.emb_ln_g, ckpt.emb_ln_b
-        int8 = frozenset(int8)
-        # The matmul weights are read, checked and packed on `threads` threads at once (the
-        # cold start is mostly this), each thread with its own buffers, reused matrix after
-        # matrix, so at most one raw weight per thread is in memory beside the packed ones,
-        # which go to one arena.
-        per_layer = PackedLayer.arena_bytes(kernels, cfg.hidden, cfg.intermediate, int8)
-        arena = weight_arena(per_layer * cfg.layers)
-        packed = load_matmuls(kernels, ckpt, int8, arena, per_layer, threads)
+        # The matmul weights are read, checked and packed on their own threads meanwhile,
+        # each thread with its own buffers, reused matrix after matrix, so at most one raw
+        # weight per thread is in memory beside the packed ones, which go to one arena.
+        # The embeddings are read first: the first of them imports numpy, beside that load.
+        try:
+            self.word, self.pos, self.type = ckpt.word, ckpt.pos, ckpt.type
+            self.emb_ln_g, self.emb_ln_b = ckpt.emb_ln_g, ckpt.emb_ln_b
+            packed = matmuls.result()
+        finally:
+            matmuls.join()  # no loading thread left behind a failed read
         self.layers = [PackedLayer(packed[i], ckpt.biases(i)) for i in range(cfg.layers)]
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-import numpy as np
-
 from . import _kernels
+from ._lazy import numpy_on_first_use
+
+np = numpy_on_first_use(globals())
 
 
 def quantize_weight(w: np.ndarray, threads: int = 1, q: Optional[np.ndarray] = None,

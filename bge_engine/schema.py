@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
-import numpy as np
-
+from ._lazy import numpy_on_first_use
 from .errors import InvalidInput
+
+np = numpy_on_first_use(globals())
 
 MAX_TEXTS = 100
 POOLINGS = ("mean", "cls")

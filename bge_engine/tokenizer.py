@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List
 
-import numpy as np
-
+from ._lazy import numpy_on_first_use
 from .errors import ModelFormatError
+
+np = numpy_on_first_use(globals())
 
 
 class Tokenizer:

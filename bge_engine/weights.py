@@ -8,15 +8,18 @@ Every failure is a `ModelFormatError` naming the file and, where one is at fault
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
+from ._lazy import numpy_on_first_use
 from .errors import ModelFormatError
+
+np = numpy_on_first_use(globals())
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
@@ -59,19 +62,42 @@ class LayerWeights:
 
 @dataclass
 class Checkpoint:
-    """A BERT checkpoint: embeddings in memory, layers read on demand by `layer(i)` so that
-    a caller can pack one layer and drop it before reading the next (peak memory stays near
-    one copy of the weights)."""
+    """A BERT checkpoint: its config, pooling and the index of its tensors from the start
+    (no numpy needed, so the engine can start loading the matmul weights before numpy is
+    imported); the embeddings when first used; the layers read on demand by `layer(i)` so
+    that a caller can pack one layer and drop it before reading the next (peak memory stays
+    near one copy of the weights)."""
 
     folder: Path
     config: BertConfig
     pooling: str  # the checkpoint's own: "cls" or "mean"
-    word: "WordTable"  # (vocab, H), read row by row
-    pos: np.ndarray  # (max_positions, H)
-    type: np.ndarray  # (type_vocab, H)
-    emb_ln_g: np.ndarray
-    emb_ln_b: np.ndarray
     reader: "_TensorReader"
+
+    @cached_property
+    def word(self) -> "WordTable":
+        """The word embeddings (vocab, H), read row by row."""
+        return self.reader.word_table("embeddings.word_embeddings.weight",
+                                      (self.config.vocab, self.config.hidden))
+
+    @cached_property
+    def pos(self) -> np.ndarray:
+        """The position embeddings (max_positions, H)."""
+        return self.reader.get("embeddings.position_embeddings.weight",
+                               (self.config.max_positions, self.config.hidden))
+
+    @cached_property
+    def type(self) -> np.ndarray:
+        """The token type embeddings (type_vocab, H)."""
+        return self.reader.get("embeddings.token_type_embeddings.weight",
+                               (self.config.type_vocab, self.config.hidden))
+
+    @cached_property
+    def emb_ln_g(self) -> np.ndarray:
+        return self.reader.get("embeddings.LayerNorm.weight", (self.config.hidden,))
+
+    @cached_property
+    def emb_ln_b(self) -> np.ndarray:
+        return self.reader.get("embeddings.LayerNorm.bias", (self.config.hidden,))
 
     def _matrix_parts(self, name: str):
         """The tensors matmul `name` is read from, each with its (rows, K), stacked by rows
@@ -282,35 +308,59 @@ _DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "b
 class _TensorReader:
     """Reads named tensors from model.safetensors, with or without the 'bert.' prefix.
 
-    `safetensors` opens the file once to validate it and list its tensors. Float32 tensors are
-    then read with pread from their own byte ranges (the header gives them: an 8-byte
-    little-endian length, then that much JSON with each tensor's dtype, shape and offsets)
-    straight into the caller's buffer: the loader reads each weight into a buffer of its
-    thread's, reused matrix after matrix, so loading neither maps the file (no page faults, no
-    file pages left resident) nor holds more than a matrix per thread beyond the packed
-    weights. Other dtypes (float16) go through safetensors' own reader.
+    The tensors are listed from the file's header (an 8-byte little-endian length, then that
+    much JSON with each tensor's dtype, shape and byte offsets), read here without numpy so
+    that `Kernels.load_packed` can start on the matmul weights at once: it reads only the
+    ranges the header gives, and checks every read and value. `safetensors` checks the whole
+    file (offsets, sizes) before the first tensor is read here (`get`, `word_table`).
+    Float32 tensors are read with pread from their own byte ranges straight into the
+    caller's buffer: the loader reads each weight into a buffer of its thread's, reused
+    matrix after matrix, so loading neither maps the file (no page faults, no file pages left
+    resident) nor holds more than a matrix per thread beyond the packed weights. Other dtypes
+    (float16) go through safetensors' own reader.
     """
 
     def __init__(self, path: Path):
-        from safetensors import safe_open
-
         self.path = path
         try:
-            with safe_open(str(path), framework="numpy") as f:
-                self._names = set(f.keys())
             with open(path, "rb") as fh:
                 header_len = int.from_bytes(fh.read(8), "little")
-                self._header = json.loads(fh.read(header_len))
-        except Exception as exc:  # safetensors raises its own error types
+                if not 2 <= header_len <= os.fstat(fh.fileno()).st_size - 8:
+                    raise ValueError(f"a header of {header_len} bytes does not fit the file")
+                header = json.loads(fh.read(header_len))
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
+        except (OSError, ValueError) as exc:
             raise ModelFormatError(f"{path}: not a readable safetensors file ({exc})") from None
+        self._header = header
+        self._names = {n for n in header if n != "__metadata__"}
+        self._checked = False
         self._data_start = 8 + header_len
         self._fd = os.open(path, os.O_RDONLY)  # shared by the loading threads (pread)
         prefixed = any(n.startswith("bert.") for n in self._names)
         self._prefix = ("bert." if prefixed and "embeddings.word_embeddings.weight"
                         not in self._names else "")
 
+    def _check_file(self) -> None:
+        """Has safetensors validate the whole file once (it imports numpy)."""
+        if self._checked:
+            return
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.path), framework="numpy") as f:
+                names = set(f.keys())
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelFormatError(
+                f"{self.path}: not a readable safetensors file ({exc})") from None
+        if names != self._names:
+            raise ModelFormatError(f"{self.path}: not a readable safetensors file (its "
+                                   "header lists other tensors than safetensors reads)")
+        self._checked = True
+
     def word_table(self, name: str, shape: tuple) -> WordTable:
         """The table `name` (vocab, H), left in the file when it is float32."""
+        self._check_file()
         full = self._prefix + name
         info = self._header.get(full)
         if isinstance(info, dict) and info.get("dtype") == "F32" and \
@@ -353,7 +403,7 @@ class _TensorReader:
         if info["dtype"] != "F32" or sys.byteorder != "little":
             return None
         start, end = info["data_offsets"]
-        if end - start != 4 * int(np.prod(shape)):
+        if end - start != 4 * math.prod(shape):
             raise ModelFormatError(f"{self.path}: tensor {self._prefix + name!r} is cut short")
         return self._data_start + start
 
@@ -362,6 +412,7 @@ class _TensorReader:
         infinity; read into `out` (C-contiguous float32 `shape`) when given, else into a new
         array. Float32 tensors are read with one pread from their byte range: no mapping, so
         no page faults on the file and nothing of it left resident."""
+        self._check_file()
         full = self._prefix + name
         info = self._info(name, shape)
         a = np.empty(shape, dtype=np.float32) if out is None else out
@@ -389,21 +440,11 @@ class _TensorReader:
 
 
 def load_checkpoint(folder: Path) -> Checkpoint:
-    """Opens and validates a BERT checkpoint folder in the Hugging Face layout: config,
-    pooling and embeddings now; every layer's tensors when `layer(i)` reads them."""
+    """Opens a BERT checkpoint folder in the Hugging Face layout: its config and pooling
+    validated and its tensors indexed now, without numpy; the file checked whole by
+    safetensors before the first tensor is read through numpy (see _TensorReader)."""
     check_folder(folder)
     cfg = load_config(folder)
     pooling = load_pooling(folder)
-    r = _TensorReader(folder / "model.safetensors")
-    H = cfg.hidden
-    return Checkpoint(
-        folder=folder,
-        config=cfg,
-        pooling=pooling,
-        word=r.word_table("embeddings.word_embeddings.weight", (cfg.vocab, H)),
-        pos=r.get("embeddings.position_embeddings.weight", (cfg.max_positions, H)),
-        type=r.get("embeddings.token_type_embeddings.weight", (cfg.type_vocab, H)),
-        emb_ln_g=r.get("embeddings.LayerNorm.weight", (H,)),
-        emb_ln_b=r.get("embeddings.LayerNorm.bias", (H,)),
-        reader=r,
-    )
+    return Checkpoint(folder=folder, config=cfg, pooling=pooling,
+                      reader=_TensorReader(folder / "model.safetensors"))

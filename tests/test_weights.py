@@ -171,3 +171,104 @@ def test_run_on_threads_keeps_order_and_raises_the_error():
 
     with pytest.raises(KeyError, match="layer 5"):
         run_on_threads(boom, 12, 2)
+
+
+# ---------------------------------------------------------------------------------------
+# The load starts before numpy is imported (the cold start's overlap)
+# ---------------------------------------------------------------------------------------
+
+def _run(code: str) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_importing_bge_engine_leaves_numpy_out():
+    out = _run("import sys, bge_engine; bge_engine.cpu_info(); "
+               "print('numpy' in sys.modules)")
+    assert out.split() == ["False"]
+
+
+def test_the_load_starts_on_the_main_thread_without_numpy(minilm_path):
+    """load_checkpoint and MatmulLoad (which starts the loading threads) touch no numpy on
+    the calling thread: an import of numpy there fails in this process; the loading thread
+    may import it once its C work is done, and the weights are the ones BertModel packs."""
+    out = _run(f"""
+import sys, threading
+class NoNumpyHere:  # refuses numpy to the main thread
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "numpy" and threading.current_thread() is threading.main_thread():
+            raise ImportError("numpy imported on the main thread")
+sys.meta_path.insert(0, NoNumpyHere())
+from pathlib import Path
+from bge_engine import _kernels
+from bge_engine.model import MATMULS, BertModel, MatmulLoad
+from bge_engine.weights import load_checkpoint
+ckpt = load_checkpoint(Path({str(minilm_path)!r}))
+for int8 in ((), MATMULS):
+    load = MatmulLoad(_kernels.Kernels(), ckpt, int8, threads=2)
+    load.join()
+    del sys.meta_path[0]
+    import numpy as np
+    model = BertModel(ckpt, _kernels.Kernels(), int8, threads=2, matmuls=load)
+    again = BertModel(ckpt, _kernels.Kernels(), int8, threads=1)
+    for a, b in zip(model.layers, again.layers):
+        for m in MATMULS:
+            assert np.array_equal(getattr(a, m).w.data, getattr(b, m).w.data)
+    sys.meta_path.insert(0, NoNumpyHere())
+print("same")
+""")
+    assert out.split() == ["same"]
+
+
+def test_arena_is_a_writable_buffer_on_a_2mib_boundary():
+    arena = _kernels.Arena(3 << 20)
+    view = memoryview(arena)
+    assert (view.format, view.nbytes, view.readonly, arena.nbytes) == ("B", 3 << 20, False, 3 << 20)
+    a = np.frombuffer(arena, np.uint8)
+    assert a.flags.writeable and a.ctypes.data % (2 << 20) == 0
+    del arena, view
+    a[:] = 7  # the views keep the memory alive
+    assert int(a.sum()) == 7 * (3 << 20)
+    with pytest.raises(ValueError, match="positive size"):
+        _kernels.Arena(0)
+
+
+def test_load_packed_takes_an_arena_and_refuses_other_buffers(tmp_path):
+    import os
+
+    k = _kernels.Kernels()
+    w = np.random.default_rng(1).standard_normal((7, 17), dtype=np.float32)
+    path = tmp_path / "w.bin"
+    path.write_bytes(w.tobytes())
+    job = ([(0, 7)], 7, 17, False, 0)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        packed, errors = k.load_packed(fd, [job], _kernels.Arena(4096))
+        assert errors == [] and np.array_equal(packed[0].data, k.pack(w).data)
+        for bad, match in [(b"\0" * 4096, "writable C-contiguous uint8 buffer"),
+                           (_kernels._aligned_bytes(4160)[1:], "64-byte boundary"),
+                           (np.zeros(1024, np.float32), "writable C-contiguous uint8 buffer")]:
+            with pytest.raises(ValueError, match=match):
+                k.load_packed(fd, [job], bad)
+    finally:
+        os.close(fd)
+
+
+def test_a_failed_engine_leaves_no_loading_thread(tmp_path, minilm_path):
+    import threading
+
+    from bge_engine import Engine, ModelFormatError
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for item in minilm_path.iterdir():
+        if item.is_file() and item.name != "tokenizer.json":
+            (folder / item.name).symlink_to(item)
+    (folder / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ModelFormatError, match="tokenizer.json"):
+        Engine(str(folder))
+    assert not [t for t in threading.enumerate() if t.name == "bge-load"]

@@ -307,14 +307,14 @@ def _aligned_bytes(size_t n):
     return buf[off:off + n]
 
 
-def _out_bytes(out, size_t n, str name="out"):
+def _out_bytes(out, size_t n):
     """`out` checked as the destination of a packing: uint8 (n,), C-contiguous, writable,
-    64-byte aligned (the kernels' aligned loads); errors name it `name`."""
+    64-byte aligned (the kernels' aligned loads)."""
     if not isinstance(out, np.ndarray) or out.ndim != 1:
-        raise ValueError(f"{name}: expected a uint8 array of shape ({n},)")
-    _writable(_check(out, name, (n,), np.uint8), name)
+        raise ValueError(f"out: expected a uint8 array of shape ({n},)")
+    _writable(_check(out, "out", (n,), np.uint8), "out")
     if out.ctypes.data % 64:
-        raise ValueError(f"{name}: must start on a 64-byte boundary")
+        raise ValueError("out: must start on a 64-byte boundary")
     return out
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
-from typing import List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
 from . import _kernels, hub, schema
 from ._lazy import numpy_on_first_use
@@ -18,6 +18,9 @@ from .errors import InputTooLong, InvalidInput
 from .model import BertModel, MatmulLoad
 from .tokenizer import Tokenizer
 from .weights import load_checkpoint
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 np = numpy_on_first_use(globals())
 
@@ -79,8 +82,8 @@ class Engine:
             threads = default_threads()
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"threads: expected a positive int or None, got {schema.show(threads)}")
-        self.folder = hub.resolve(model)
-        ckpt = load_checkpoint(self.folder)  # config, pooling, the tensors' index: no numpy
+        self._folder = hub.locate(model)
+        ckpt = load_checkpoint(self._folder)  # config, pooling, the tensors' index: no numpy
         self.config = ckpt.config
         self.dtype, self.threads, self.truncate = dtype, threads, truncate
         self._pooling = ckpt.pooling
@@ -93,7 +96,8 @@ class Engine:
         loaders = max(1, min(threads, available_cores() - 1))
         matmuls = MatmulLoad(kernels, ckpt, INT8_MATMULS if dtype == "int8" else (), loaders)
         try:
-            self.tokenizer = Tokenizer(self.folder / "tokenizer.json", ckpt.config.vocab)
+            self.tokenizer = Tokenizer(os.path.join(self._folder, "tokenizer.json"),
+                                       ckpt.config.vocab)
             self._model = BertModel(ckpt, kernels, matmuls=matmuls)
         finally:
             matmuls.join()  # a failed construction leaves no loading thread behind
@@ -103,6 +107,14 @@ class Engine:
         self._slots = queue.SimpleQueue()
         for _ in range(max(1, available_cores() // threads)):
             self._slots.put(None)
+
+    @property
+    def folder(self) -> "Path":
+        """The model's local folder (where `model` was found: a folder, the Hugging Face
+        cache, or a download)."""
+        from pathlib import Path  # here, not at import: see hub.py
+
+        return Path(self._folder)
 
     @property
     def dim(self) -> int:
@@ -120,7 +132,7 @@ class Engine:
         return self._pooling
 
     def __repr__(self) -> str:
-        return (f"Engine(model={str(self.folder)!r}, dtype={self.dtype!r}, "
+        return (f"Engine(model={self._folder!r}, dtype={self.dtype!r}, "
                 f"threads={self.threads}, dim={self.dim}, pooling={self.pooling!r})")
 
     def count_tokens(self, texts: Union[str, Sequence[str]]) -> List[int]:

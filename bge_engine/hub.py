@@ -1,17 +1,18 @@
 """Where a model comes from: a local folder, the Hugging Face cache, or a download.
 
-`resolve(model)` tries, in order: a folder at that path; the snapshot of that hub id in the
+`locate(model)` (a path string; `resolve`: the same as a `pathlib.Path`) tries, in order: a folder at that path; the snapshot of that hub id in the
 Hugging Face cache (read directly, so no `huggingface_hub` is needed for it); a download with
 `huggingface_hub` (an optional dependency: `pip install "bge-engine[hub]"`), which shows a
 progress bar. When none works it raises `ModelNotFound` saying how to use a local folder.
+Paths are strings here (os.path): `Engine()` goes through `locate`, and pathlib's import
+(~4 ms, urllib.parse with it) would count against the cold start.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from .errors import ModelNotFound
 
@@ -19,33 +20,37 @@ DEFAULT_MODEL = "BAAI/bge-small-en-v1.5"
 # The files the engine reads; a download fetches these and nothing else.
 MODEL_FILES = ["config.json", "model.safetensors", "tokenizer.json", "1_Pooling/config.json",
                "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "modules.json"]
+if TYPE_CHECKING:
+    from pathlib import Path
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
-def hub_cache_dir() -> Path:
+def hub_cache_dir() -> str:
     """The Hugging Face hub cache: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub."""
     if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
     home = os.environ.get("HF_HOME") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface")
-    return Path(home).expanduser() / "hub"
+    return os.path.join(os.path.expanduser(home), "hub")
 
 
-def cached_snapshot(repo_id: str) -> Optional[Path]:
+def cached_snapshot(repo_id: str) -> Optional[str]:
     """The cached snapshot folder of `repo_id` that refs/main points at, if it holds a model."""
-    repo = hub_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+    repo = os.path.join(hub_cache_dir(), "models--" + repo_id.replace("/", "--"))
     try:
-        revision = (repo / "refs" / "main").read_text().strip()
-    except OSError:
+        with open(os.path.join(repo, "refs", "main"), encoding="utf-8") as f:
+            revision = f.read().strip()
+    except (OSError, ValueError):
         return None
-    snapshot = repo / "snapshots" / revision
-    if all((snapshot / name).is_file() for name in ("config.json", "model.safetensors",
-                                                      "tokenizer.json")):
+    snapshot = os.path.join(repo, "snapshots", revision)
+    if all(os.path.isfile(os.path.join(snapshot, name))
+           for name in ("config.json", "model.safetensors", "tokenizer.json")):
         return snapshot
     return None
 
 
-def _download(repo_id: str) -> Path:
+def _download(repo_id: str) -> str:
     """Downloads `repo_id`'s model files; raises ModelNotFound with the reason on failure."""
     try:
         import huggingface_hub
@@ -60,7 +65,7 @@ def _download(repo_id: str) -> Path:
         first_line = (str(exc).splitlines() or [""])[0][:200]
         reason = f"the download failed: {type(exc).__name__}" + (f": {first_line}" if first_line else "")
         raise ModelNotFound(_not_found(repo_id, reason)) from None
-    return Path(path)
+    return os.fspath(path)
 
 
 def _not_found(model: str, reason: str) -> str:
@@ -71,20 +76,27 @@ def _not_found(model: str, reason: str) -> str:
             "or `bge-engine embed --model /path/to/folder ...`")
 
 
-def resolve(model: Union[str, os.PathLike]) -> Path:
+def locate(model: Union[str, os.PathLike]) -> str:
     """Returns a local folder holding `model` (a folder path or a hub id such as
     "BAAI/bge-small-en-v1.5"), downloading it when it must and can.
 
     Raises:
         ModelNotFound: nothing found and nothing could be downloaded.
     """
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return path
     name = os.fspath(model)
-    if not _HUB_ID.match(name) or path.exists():
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        return path
+    if not _HUB_ID.match(name) or os.path.exists(path):
         raise ModelNotFound(
             f"model {name!r} not found: no folder at that path (and it is no hub id like "
             "'BAAI/bge-small-en-v1.5'). Point at a folder holding config.json, "
             "model.safetensors and tokenizer.json")
     return cached_snapshot(name) or _download(name)
+
+
+def resolve(model: Union[str, os.PathLike]) -> "Path":
+    """`locate(model)` as a `pathlib.Path`."""
+    from pathlib import Path
+
+    return Path(locate(model))

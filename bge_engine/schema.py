@@ -6,8 +6,7 @@ index at fault; `reply` and `batch_reply` shape the answer. Nothing here touches
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, List, NamedTuple, Optional
 
 from ._lazy import numpy_on_first_use
 from .errors import InvalidInput
@@ -19,8 +18,7 @@ POOLINGS = ("mean", "cls")
 DEFAULT_POOLING = "mean"
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):  # not a dataclass: see weights.py (cold start)
     """One embedding request: its texts and the pooling they want."""
 
     texts: List[str]

@@ -7,8 +7,8 @@ tokens a text had and keep [SEP] last.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import List
+import os
+from typing import List, Union
 
 from ._lazy import numpy_on_first_use
 from .errors import ModelFormatError
@@ -24,13 +24,13 @@ class Tokenizer:
         vocab_size: the model's vocabulary size; every id must fall below it.
     """
 
-    def __init__(self, path: Path, vocab_size: int):
+    def __init__(self, path: Union[str, os.PathLike], vocab_size: int):
         # Imported here, not with bge_engine (5-12 ms): the engine builds its tokenizer on one
         # thread while the weights load on the others, so the import runs beside the load.
         import tokenizers
 
         try:
-            self._tok = tokenizers.Tokenizer.from_file(str(path))
+            self._tok = tokenizers.Tokenizer.from_file(os.fspath(path))
         except Exception as exc:  # tokenizers raises its own exception type
             raise ModelFormatError(f"{path}: not a readable tokenizer.json ({exc})") from None
         self._tok.no_truncation()

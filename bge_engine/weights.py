@@ -11,10 +11,8 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional, Union
 
 from ._lazy import numpy_on_first_use
 from .errors import ModelFormatError
@@ -24,8 +22,13 @@ np = numpy_on_first_use(globals())
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
-@dataclass(frozen=True)
-class BertConfig:
+# The records below are NamedTuples and a plain class, not dataclasses, and paths are
+# strings, not pathlib's: `import dataclasses` with the classes it builds and `import pathlib`
+# cost ~9 ms of the cold start on the AMX Xeon, and nothing else on that path imports them.
+FolderPath = Union[str, os.PathLike]
+
+
+class BertConfig(NamedTuple):
     """The sizes of a BERT encoder, as its config.json gives them."""
 
     hidden: int
@@ -42,8 +45,7 @@ class BertConfig:
         return self.hidden // self.heads
 
 
-@dataclass
-class LayerWeights:
+class LayerWeights(NamedTuple):
     """One encoder layer, in torch Linear layout (out_features, in_features)."""
 
     qkv_w: np.ndarray  # (3H, H): query, key, value stacked
@@ -60,7 +62,6 @@ class LayerWeights:
     ln2_b: np.ndarray
 
 
-@dataclass
 class Checkpoint:
     """A BERT checkpoint: its config, pooling and the index of its tensors from the start
     (no numpy needed, so the engine can start loading the matmul weights before numpy is
@@ -68,10 +69,15 @@ class Checkpoint:
     that a caller can pack one layer and drop it before reading the next (peak memory stays
     near one copy of the weights)."""
 
-    folder: Path
-    config: BertConfig
-    pooling: str  # the checkpoint's own: "cls" or "mean"
-    reader: "_TensorReader"
+    def __init__(self, folder: FolderPath, config: BertConfig, pooling: str,
+                 reader: "_TensorReader"):
+        self.folder = folder
+        self.config = config
+        self.pooling = pooling  # the checkpoint's own: "cls" or "mean"
+        self.reader = reader
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({os.fspath(self.folder)!r}, pooling={self.pooling!r})"
 
     @cached_property
     def word(self) -> "WordTable":
@@ -181,7 +187,7 @@ class Checkpoint:
                             **self.biases(i))
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -192,18 +198,18 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def check_folder(folder: Path) -> None:
+def check_folder(folder: FolderPath) -> None:
     """Raises ModelFormatError naming the first required file the folder lacks."""
     for name in REQUIRED_FILES:
-        if not (folder / name).is_file():
+        if not os.path.isfile(os.path.join(folder, name)):
             raise ModelFormatError(
                 f"{folder}: missing {name}; a model folder in the Hugging Face layout holds "
                 f"{', '.join(REQUIRED_FILES)} (and optionally 1_Pooling/config.json)")
 
 
-def load_config(folder: Path) -> BertConfig:
+def load_config(folder: FolderPath) -> BertConfig:
     """Reads and validates config.json: a BERT encoder with absolute positions and erf GELU."""
-    path = folder / "config.json"
+    path = os.path.join(folder, "config.json")
     c = _read_json(path)
 
     def refuse(key, why):
@@ -242,10 +248,10 @@ def load_config(folder: Path) -> BertConfig:
     )
 
 
-def load_pooling(folder: Path) -> str:
+def load_pooling(folder: FolderPath) -> str:
     """The checkpoint's pooling from 1_Pooling/config.json ("cls" or "mean"); "mean" without it."""
-    path = folder / "1_Pooling" / "config.json"
-    if not path.is_file():
+    path = os.path.join(folder, "1_Pooling", "config.json")
+    if not os.path.isfile(path):
         return "mean"
     c = _read_json(path)
     modes = [k for k, v in c.items() if k.startswith("pooling_mode_") and v is True]
@@ -268,7 +274,7 @@ class WordTable:
     held in memory as float32.
     """
 
-    def __init__(self, path: Path, offset: int, shape: tuple, table: np.ndarray = None):
+    def __init__(self, path: str, offset: int, shape: tuple, table: np.ndarray = None):
         self.shape = shape
         self._table = table
         self._fd = None if table is not None else os.open(path, os.O_RDONLY)
@@ -320,7 +326,7 @@ class _TensorReader:
     (float16) go through safetensors' own reader.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: str):
         self.path = path
         try:
             with open(path, "rb") as fh:
@@ -439,7 +445,7 @@ class _TensorReader:
             os.close(self._fd)
 
 
-def load_checkpoint(folder: Path) -> Checkpoint:
+def load_checkpoint(folder: FolderPath) -> Checkpoint:
     """Opens a BERT checkpoint folder in the Hugging Face layout: its config and pooling
     validated and its tensors indexed now, without numpy; the file checked whole by
     safetensors before the first tensor is read through numpy (see _TensorReader)."""
@@ -447,4 +453,4 @@ def load_checkpoint(folder: Path) -> Checkpoint:
     cfg = load_config(folder)
     pooling = load_pooling(folder)
     return Checkpoint(folder=folder, config=cfg, pooling=pooling,
-                      reader=_TensorReader(folder / "model.safetensors"))
+                      reader=_TensorReader(os.path.join(folder, "model.safetensors")))

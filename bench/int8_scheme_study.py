@@ -386,7 +386,9 @@ class Config:
     group of `wgroup` K channels (0: per output channel), flushed with the activation groups.
     gptq: round the weights GPTQ-style (same grid and scales, but each column's rounding error
     is compensated on the columns not yet rounded, weighted by the calibration inputs' X^T X);
-    costs nothing at run time.
+    costs nothing at run time. whole: matmuls that take neither group (activations per
+    token, weights per output channel) while the others take `group` and `wgroup`: which
+    matmuls need the groups (a kernel could flush its sums once per row there).
     """
 
     name: str
@@ -397,6 +399,7 @@ class Config:
     group: int = 0
     shift: Tuple[str, ...] = ()
     wgroup: int = 0
+    whole: Tuple[str, ...] = ()
     gptq: bool = False
     quant_w: object = True
     quant_x: object = True
@@ -442,6 +445,10 @@ def study_configs() -> List[Config]:
         Config("(c) x+w groups 128", group=128, wgroup=128),
         Config("(c) x+w groups 64", group=64, wgroup=64),
         Config("(c) x+w groups 32", group=32, wgroup=32),
+        Config("(c) x+w groups 64 but up whole", group=64, wgroup=64, whole=("up",)),
+        Config("(c) x+w groups 64 but qkv whole", group=64, wgroup=64, whole=("qkv",)),
+        Config("(c) x+w groups 64 but out whole", group=64, wgroup=64, whole=("out",)),
+        Config("(c) x+w groups 64 but up+qkv whole", group=64, wgroup=64, whole=("up", "qkv")),
         Config("(b)+(c) smooth all + x groups 64", smooth=M, group=64),
         Config("(b)+(c) smooth all + x+w groups 128", smooth=M, group=128, wgroup=128),
         Config("(b)+(c) smooth all + x+w groups 64", smooth=M, group=64, wgroup=64),
@@ -468,8 +475,12 @@ def est_gemm_time(cfg: Config, n_layers: int, hidden: int, inter: int) -> float:
     if cfg.quant_w is not True or cfg.quant_x is not True:
         return float("nan")
     overhead = 0.0
-    if cfg.group:
-        overhead = (4 if cfg.wgroup else 3) / (cfg.group / 4)
+    if cfg.group and cfg.int8:
+        size = {"qkv": 3 * hidden * hidden, "out": hidden * hidden,
+                "up": hidden * inter, "down": hidden * inter}
+        grouped = sum(size[m] for m in cfg.int8 if m not in cfg.whole) / sum(
+            size[m] for m in cfg.int8)  # of the int8 FLOPs, those with groups
+        overhead = grouped * (4 if cfg.wgroup else 3) / (cfg.group / 4)
     return share + (1 - share) * (1 + overhead) / INT8_SPEEDUP
 
 
@@ -542,7 +553,8 @@ class SimModel:
         if asked), the per-input-channel factor and shift the activation gets (None: none), and
         the bias (shift folded in)."""
         smooth, shift = m in cfg.smooth, m in cfg.shift
-        key = (i, m, smooth, shift, cfg.alpha if smooth else None, cfg.wgroup, cfg.gptq)
+        wgroup = 0 if m in cfg.whole else cfg.wgroup
+        key = (i, m, smooth, shift, cfg.alpha if smooth else None, wgroup, cfg.gptq)
         if key not in self._qcache:
             w, b = self.layers[i][m]
             inv_s = c = None
@@ -561,7 +573,7 @@ class SimModel:
                 s_ = np.maximum(s_, 1e-5)
                 w = w * s_[None, :]
                 inv_s = (1.0 / s_).astype(np.float32)
-            qw, sw = quantize_weight(w, cfg.wgroup)
+            qw, sw = quantize_weight(w, wgroup)
             if cfg.gptq:
                 if shift:
                     raise ValueError("gptq with shift is not simulated")
@@ -581,12 +593,13 @@ class SimModel:
             x = x - c[None, :]
         if inv_s is not None:
             x = x * inv_s[None, :]
+        group = 0 if m in cfg.whole else cfg.group
         if cfg.quant_w is True and cfg.quant_x is True:
-            return int8_matmul(x, qw, sw, cfg.group) + b
+            return int8_matmul(x, qw, sw, group) + b
         if cfg.quant_x in ("fp16", "bf16"):
             x = round_float(x, cfg.quant_x)
         elif cfg.quant_x:
-            x = fake_quantize_activation(x, cfg.group)
+            x = fake_quantize_activation(x, group)
         if cfg.quant_w in ("fp16", "bf16"):
             w = round_float(w, cfg.quant_w)
         elif cfg.quant_w:

@@ -71,7 +71,7 @@ class Engine:
     Raises:
         ModelNotFound: no folder, cached copy or download.
         ModelFormatError: the checkpoint is not a BERT encoder in the expected layout.
-        ValueError: a bad dtype or threads.
+        ValueError: a model that is no str or path-like, a bad dtype or threads.
     """
 
     def __init__(self, model: Union[str, os.PathLike] = hub.DEFAULT_MODEL, *,

@@ -82,8 +82,12 @@ def locate(model: Union[str, os.PathLike]) -> str:
 
     Raises:
         ModelNotFound: nothing found and nothing could be downloaded.
+        ValueError: `model` is neither a str nor a path-like object naming a str path.
     """
-    name = os.fspath(model)
+    name = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+    if not isinstance(name, str):
+        raise ValueError("model: expected a folder path or a hub id (a str or a path-like "
+                         f"object), got {type(model).__name__}")
     path = os.path.expanduser(name)
     if os.path.isdir(path):
         return path

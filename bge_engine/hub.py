@@ -1,11 +1,12 @@
 """Where a model comes from: a local folder, the Hugging Face cache, or a download.
 
-`locate(model)` (a path string; `resolve`: the same as a `pathlib.Path`) tries, in order: a folder at that path; the snapshot of that hub id in the
-Hugging Face cache (read directly, so no `huggingface_hub` is needed for it); a download with
-`huggingface_hub` (an optional dependency: `pip install "bge-engine[hub]"`), which shows a
-progress bar. When none works it raises `ModelNotFound` saying how to use a local folder.
-Paths are strings here (os.path): `Engine()` goes through `locate`, and pathlib's import
-(~4 ms, urllib.parse with it) would count against the cold start.
+`locate(model)` (a path string; `resolve(model)`: the same as a `pathlib.Path`) tries, in
+order: a folder at that path; the snapshot of that hub id in the Hugging Face cache (read
+directly, so no `huggingface_hub` is needed for it); a download with `huggingface_hub` (an
+optional dependency: `pip install "bge-engine[hub]"`), which shows a progress bar. When none
+works it raises `ModelNotFound` saying how to use a local folder. Paths are strings here
+(os.path): `Engine()` goes through `locate`, and pathlib's import (~4 ms, urllib.parse with
+it) would count against the cold start.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from typing import TYPE_CHECKING, Optional, Union
 
 from .errors import ModelNotFound
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 DEFAULT_MODEL = "BAAI/bge-small-en-v1.5"
 # The files the engine reads; a download fetches these and nothing else.
 MODEL_FILES = ["config.json", "model.safetensors", "tokenizer.json", "1_Pooling/config.json",
                "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "modules.json"]
-if TYPE_CHECKING:
-    from pathlib import Path
-
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 

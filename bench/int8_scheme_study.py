@@ -448,6 +448,7 @@ def study_configs() -> List[Config]:
         Config("(c) x+w groups 64 but up whole", group=64, wgroup=64, whole=("up",)),
         Config("(c) x+w groups 64 but qkv whole", group=64, wgroup=64, whole=("qkv",)),
         Config("(c) x+w groups 64 but out whole", group=64, wgroup=64, whole=("out",)),
+        Config("(c) x+w groups 64 but down whole", group=64, wgroup=64, whole=("down",)),
         Config("(c) x+w groups 64 but up+qkv whole", group=64, wgroup=64, whole=("up", "qkv")),
         Config("(b)+(c) smooth all + x groups 64", smooth=M, group=64),
         Config("(b)+(c) smooth all + x+w groups 128", smooth=M, group=128, wgroup=128),

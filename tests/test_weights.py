@@ -179,11 +179,12 @@ def test_run_on_threads_keeps_order_and_raises_the_error():
 # The load starts before numpy is imported (the cold start's overlap)
 # ---------------------------------------------------------------------------------------
 
-def _run(code: str) -> str:
+def _run(code: str, *options: str) -> str:
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, *options, "-c", code], capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -200,8 +201,6 @@ def test_the_cold_path_imports_neither_pathlib_nor_dataclasses(minilm_path):
     install's import hook imports pathlib in every process (site-packages and the package
     are put on the path by hand instead)."""
     import site
-    import subprocess
-    import sys
 
     import bge_engine
 
@@ -210,9 +209,7 @@ def test_the_cold_path_imports_neither_pathlib_nor_dataclasses(minilm_path):
     code = (f"import sys; sys.path[:0] = {paths!r}; import bge_engine; "
             f"bge_engine.Engine({str(minilm_path)!r}, threads=1).encode('hello'); "
             "print([m for m in ('pathlib', 'dataclasses') if m in sys.modules])")
-    done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["[]"]
+    assert _run(code, "-S").split() == ["[]"]
 
 
 def test_the_load_starts_on_the_main_thread_without_numpy(minilm_path):
@@ -261,8 +258,6 @@ def test_arena_is_a_writable_buffer_on_a_2mib_boundary():
 
 
 def test_load_packed_takes_an_arena_and_refuses_other_buffers(tmp_path):
-    import os
-
     k = _kernels.Kernels()
     w = np.random.default_rng(1).standard_normal((7, 17), dtype=np.float32)
     path = tmp_path / "w.bin"

@@ -43,7 +43,12 @@ __all__ = ["embed", "Engine", "cpu_info", "default_engine", "BgeError", "Invalid
            "InputTooLong", "ModelNotFound", "ModelFormatError", "__version__"]
 
 if _kernels.init_warning():
-    warnings.warn(_kernels.init_warning(), RuntimeWarning, stacklevel=2)
+    # Located at the variable, not at a line of the importer (a console script's path said
+    # nothing useful): "<environment>:0: RuntimeWarning: BGE_ISA='...' names no known level".
+    warnings.warn_explicit(
+        f"BGE_ISA={os.environ.get('BGE_ISA', '')!r} names no known level; expected one of "
+        f"{', '.join(_kernels.isa_names())}; using the best level this machine has",
+        RuntimeWarning, "<environment>", 0, module="bge_engine")
 
 _default: Optional[Engine] = None
 _default_lock = threading.Lock()
@@ -55,7 +60,7 @@ def default_engine() -> Engine:
     global _default
     with _default_lock:
         if _default is None:
-            _default = Engine(os.environ.get("BGE_ENGINE_MODEL") or DEFAULT_MODEL)
+            _default = Engine()  # BGE_ENGINE_MODEL, else the default model: hub.default_model
         return _default
 
 

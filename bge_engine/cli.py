@@ -1,72 +1,64 @@
-"""The command line: `bge-engine embed | info`.
+"""The command line: `bge-engine COMMAND ...` (also `python -m bge_engine COMMAND ...`).
 
-    bge-engine embed [--model M] [--pooling mean|cls] [--dtype fp32] TEXT...
-    bge-engine embed [--model M] --input FILE.jsonl|-     # a payload per line in, a reply per line out
-    bge-engine bench [--model M] [--dtype fp32] [--threads N] [--json]
+    bge-engine embed [--model M] [--pooling mean|cls] [--dtype D] [--threads N] [--no-truncate] TEXT...
+    bge-engine embed [...] --input FILE.jsonl|-    # a payload per line in, a reply per line out
+    bge-engine bench [--model M] [--dtype D] [--threads N] [--json]
     bge-engine info [--json]
 
-Errors go to stderr as one line naming the error's code; the exit status is 2 for bad
-input, 1 for anything else.
+Errors go to stderr as one line naming the error's code; the exit status is 2 for bad input
+(payloads, option values, a missing --input file), 1 for anything else. A closed stdout
+(`| head`) ends the command quietly. Subcommands are the rows of COMMANDS.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional, Tuple
 
-from . import __version__, cpu_info
-from .engine import DTYPES, Engine, default_threads
+from . import __version__, cpu_info, log
+from .cliargs import ArgumentParser, add_model_options, engine
+from .engine import default_threads
 from .errors import BgeError, InvalidInput
-from .hub import DEFAULT_MODEL
+from .hub import default_model
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bge-engine", description=__doc__.split("\n\n")[0])
-    p.add_argument("--version", action="version", version=f"bge-engine {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_embed(sub) -> argparse.ArgumentParser:
     e = sub.add_parser("embed", help="embed texts; Workers AI JSON on stdout")
     e.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed")
-    e.add_argument("--model", default=None,
-                   help=f"a model folder or hub id (default: $BGE_ENGINE_MODEL, else {DEFAULT_MODEL})")
     e.add_argument("--pooling", choices=("mean", "cls"), default=None,
                    help="pooling for TEXT arguments (default: mean, as on Workers AI)")
-    e.add_argument("--dtype", choices=DTYPES, default="fp32")
-    e.add_argument("--threads", type=int, default=None, help="threads per call")
+    add_model_options(e)
+    e.add_argument("--no-truncate", action="store_true",
+                   help="refuse texts over the model's token limit (input_too_long) instead of "
+                        "cutting them")
     e.add_argument("--input", default=None, metavar="FILE",
                    help="read one JSON payload per line from FILE ('-' for stdin)")
+    return e
 
+
+def _add_bench(sub) -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="latency, throughput, peak RSS and cold start")
-    b.add_argument("--model", default=None,
-                   help=f"a model folder or hub id (default: $BGE_ENGINE_MODEL, else {DEFAULT_MODEL})")
-    b.add_argument("--dtype", choices=DTYPES, default="fp32")
-    b.add_argument("--threads", type=int, default=None, help="threads per call")
+    add_model_options(b)
     b.add_argument("--json", action="store_true", help="print JSON")
+    return b
 
+
+def _add_info(sub) -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="version, CPU features and the kernel of each slot")
     i.add_argument("--json", action="store_true", help="print JSON")
-    return p
-
-
-def _model(args) -> str:
-    return args.model or os.environ.get("BGE_ENGINE_MODEL") or DEFAULT_MODEL
-
-
-def _engine(args) -> Engine:
-    return Engine(_model(args), dtype=args.dtype, threads=args.threads)
+    return i
 
 
 def _bench(args) -> int:
     from . import bench
 
     threads = args.threads or default_threads()
-    print(f"bge-engine bench: {_model(args)}, {args.dtype}, {threads} threads "
+    print(f"bge-engine bench: {args.model or default_model()}, {args.dtype}, {threads} threads "
           f"({cpu_info()['isa']} kernels) ...", file=sys.stderr)
-    r = bench.run(_model(args), args.dtype, threads)
+    r = bench.run(args.model or default_model(), args.dtype, threads)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
@@ -90,40 +82,43 @@ def _embed(args) -> int:
         payload = {"text": args.texts}
         if args.pooling:
             payload["pooling"] = args.pooling
-        engine = _engine(args)
-        json.dump(engine.embed(payload), sys.stdout)
-        sys.stdout.write("\n")
+        reply = engine(args, truncate=not args.no_truncate).embed(payload)
+        sys.stdout.write(json.dumps(reply) + "\n")
         return 0
     # Bytes that are not UTF-8 become lone surrogates, which the schema refuses as invalid
     # Unicode naming the line, as it does for standard input.
-    stream = (sys.stdin if args.input == "-"
-              else open(args.input, encoding="utf-8", errors="surrogateescape"))
     try:
-        engine = _engine(args)
-        for number, line in enumerate(stream, 1):
-            if not line.strip():
-                continue
-            try:
-                payload = json.loads(line)
-            except ValueError as exc:
-                raise InvalidInput(f"line {number}: not JSON ({exc})") from None
-            try:
-                reply = engine.embed(payload)
-            except InvalidInput as exc:
-                raise type(exc)(f"line {number}: {exc}", **_extra(exc)) from None
-            sys.stdout.write(json.dumps(reply) + "\n")
-            sys.stdout.flush()
+        stream = (sys.stdin if args.input == "-"
+                  else open(args.input, encoding="utf-8", errors="surrogateescape"))
+    except OSError as exc:  # opened before the model loads: a typo fails at once
+        raise InvalidInput(f"--input {args.input!r}: {exc.strerror or exc}") from None
+    try:
+        return _embed_lines(stream, engine(args, truncate=not args.no_truncate))
     finally:
         if stream is not sys.stdin:
             stream.close()
-    return 0
 
 
-def _extra(exc) -> dict:
-    """The keyword attributes an InvalidInput subclass needs to be made again."""
-    if hasattr(exc, "index"):
-        return {"index": exc.index, "n_tokens": exc.n_tokens, "limit": exc.limit}
-    return {}
+def _embed_lines(stream, eng) -> int:
+    """A reply per payload line on stdout; a bad line gets an error line on stderr naming its
+    number, and the lines after it are still answered. Returns 2 if any line was bad."""
+    bad = 0
+    for number, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            try:
+                payload = json.loads(line)
+            except ValueError as exc:
+                raise InvalidInput(f"not JSON ({exc})") from None
+            reply = eng.embed(payload)
+        except InvalidInput as exc:
+            _report(exc, f"line {number}: ")
+            bad += 1
+            continue
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+    return 2 if bad else 0
 
 
 def _info(args) -> int:
@@ -147,16 +142,53 @@ def _info(args) -> int:
     return 0
 
 
+# The subcommands, in the order `--help` lists them: (name, add_parser(subparsers) -> the
+# subcommand's parser, run(args) -> exit status). A subcommand that lives in its own module
+# joins with one row here; its add_parser should import nothing heavy (it runs on every start).
+Command = Tuple[str, Callable[..., argparse.ArgumentParser], Callable[[argparse.Namespace], int]]
+COMMANDS: List[Command] = [
+    ("embed", _add_embed, _embed),
+    ("bench", _add_bench, _bench),
+    ("info", _add_info, _info),
+]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog="bge-engine",
+                       description="CPU text embeddings with BAAI/bge-small-en-v1.5 and other "
+                                   "BERT encoders.")
+    p.add_argument("--version", action="version", version=f"bge-engine {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, title="commands")
+    for name, add_parser, run in COMMANDS:
+        add_parser(sub).set_defaults(run=run)
+    return p
+
+
+def _report(exc: BaseException, where: str = "") -> None:
+    code = exc.code if isinstance(exc, BgeError) else "error"
+    print(f"bge-engine: error [{code}]: {where}{exc}", file=sys.stderr, flush=True)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="bge-engine: %(levelname)s: %(message)s")
+    log.to_stderr()
     try:
-        return {"embed": _embed, "bench": _bench, "info": _info}[args.command](args)
+        args = _parser().parse_args(argv)
+        status = args.run(args)
+        sys.stdout.flush()  # here, so that a closed stdout is caught below, not at exit
+        return status
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly. Python would flush stdout again at
+        # exit and complain, so stdout becomes /dev/null first. 141: killed by SIGPIPE, as
+        # a C program in a pipeline is.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
     except BgeError as exc:
-        print(f"bge-engine: error [{exc.code}]: {exc}", file=sys.stderr)
+        _report(exc)
         return 2 if isinstance(exc, InvalidInput) else 1
     except (OSError, ValueError) as exc:
-        print(f"bge-engine: error [error]: {exc}", file=sys.stderr)
+        _report(exc)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import queue
-from typing import TYPE_CHECKING, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
 
-from . import _kernels, hub, schema
+from . import _kernels, hub, prompts, schema
 from ._lazy import numpy_on_first_use
 from .errors import InputTooLong, InvalidInput
+from .log import logger
 from .model import BertModel, MatmulLoad
 from .tokenizer import Tokenizer
 from .weights import load_checkpoint
@@ -24,12 +25,6 @@ if TYPE_CHECKING:
 
 np = numpy_on_first_use(globals())
 
-
-def _log():
-    """The "bge_engine" logger (logging is imported on first use: ~4 ms of cold start)."""
-    import logging
-
-    return logging.getLogger("bge_engine")
 
 # The most tokens one forward pass holds: bounds the workspace (about 14 MB for bge-small)
 # while keeping batches large enough for the GEMMs (M = 1024 runs them at full speed).
@@ -60,7 +55,8 @@ class Engine:
 
     Args:
         model: a local folder in the Hugging Face layout, or a hub id resolved through the
-            Hugging Face cache or a download (see `bge_engine.hub`).
+            Hugging Face cache or a download (see `bge_engine.hub`); None (the default):
+            BGE_ENGINE_MODEL where it is set, else BAAI/bge-small-en-v1.5.
         dtype: "fp32" (matches PyTorch to float rounding) or "int8" (quantised matmuls;
             LayerNorm, softmax, GELU, attention and pooling stay fp32).
         threads: threads one call may use; default: OMP_NUM_THREADS, else the cores this
@@ -71,19 +67,28 @@ class Engine:
     Raises:
         ModelNotFound: no folder, cached copy or download.
         ModelFormatError: the checkpoint is not a BERT encoder in the expected layout.
-        ValueError: a model that is no str or path-like, a bad dtype or threads.
+        InvalidInput: a bad dtype or threads (a ValueError).
+        ValueError: a model that is no str or path-like.
     """
 
-    def __init__(self, model: Union[str, os.PathLike] = hub.DEFAULT_MODEL, *,
+    def __init__(self, model: Union[str, os.PathLike, None] = None, *,
                  dtype: str = "fp32", threads: Optional[int] = None, truncate: bool = True):
         if dtype not in DTYPES:
-            raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {schema.show(dtype)}")
+            raise InvalidInput(f"dtype: expected one of {list(DTYPES)}, got {schema.show(dtype)}")
         if threads is None:
             threads = default_threads()
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-            raise ValueError(f"threads: expected a positive int or None, got {schema.show(threads)}")
+            raise InvalidInput(
+                f"threads: expected a positive int or None, got {schema.show(threads)}")
+        if model is None:
+            model = hub.default_model()
         self._folder = hub.locate(model)
         ckpt = load_checkpoint(self._folder)  # config, pooling, the tensors' index: no numpy
+        # The hub id the model was loaded by (None for a local folder): it picks the built-in
+        # bge query prompt.
+        name = os.fspath(model)
+        self._prompts = prompts.load(
+            self._folder, None if os.path.isdir(os.path.expanduser(name)) else name)
         self.config = ckpt.config
         self.dtype, self.threads, self.truncate = dtype, threads, truncate
         self._pooling = ckpt.pooling
@@ -135,9 +140,17 @@ class Engine:
         return (f"Engine(model={self._folder!r}, dtype={self.dtype!r}, "
                 f"threads={self.threads}, dim={self.dim}, pooling={self.pooling!r})")
 
-    def count_tokens(self, texts: Union[str, Sequence[str]]) -> List[int]:
-        """Tokens each text has before truncation, [CLS] and [SEP] included."""
-        texts = schema.check_texts(_as_list(texts), "texts", max_texts=None)
+    @property
+    def prompts(self) -> Dict[str, str]:
+        """The checkpoint's prompts, name -> text ("query" and "document" always; see
+        `bge_engine.prompts`)."""
+        return dict(self._prompts.prompts)
+
+    def count_tokens(self, texts: Union[str, Sequence[str]], *, prompt: Optional[str] = None,
+                     prompt_name: Optional[str] = None) -> List[int]:
+        """Tokens each text has before truncation, [CLS] and [SEP] included, counted as
+        `encode` with the same prompt arguments embeds it (the prompt's tokens included)."""
+        texts = self._prompted(texts, prompt, prompt_name)[0]
         return [int(ids.shape[0]) for ids in self.tokenizer.encode(texts)]
 
     def embed(self, payload: dict) -> dict:
@@ -164,30 +177,57 @@ class Engine:
             replies.append(schema.reply(vectors, req.pooling))
         return schema.batch_reply(replies) if batched else replies[0]
 
-    def encode(self, texts: Union[str, Sequence[str]], *, batch_size: int = 32,
+    def encode(self, texts: Union[str, Sequence[str], "np.ndarray"], *, batch_size: int = 32,
                pooling: Optional[str] = None, normalize: bool = True,
+               prompt: Optional[str] = None, prompt_name: Optional[str] = None,
                show_progress_bar: bool = False) -> np.ndarray:
         """Embeds texts, sentence-transformers style.
 
         Args:
-            texts: a string or a list of strings (no limit on their number).
+            texts: a string, or a list, tuple or 1-D numpy array of strings (no limit on
+                their number).
             batch_size: the most texts per forward pass.
             pooling: "cls" or "mean"; None for the checkpoint's own.
             normalize: L2-normalise each row.
+            prompt: a string put before every text (its tokens count towards max_tokens).
+            prompt_name: one of `self.prompts` (e.g. "query"), when `prompt` is None; with
+                neither, the checkpoint's default prompt (config_sentence_transformers.json
+                "default_prompt_name"), usually none.
             show_progress_bar: a tqdm bar over the texts on stderr.
 
         Returns:
-            float32 array (n, dim); a bare string gives (1, dim), [] gives (0, dim).
+            float32 array (n, dim); a bare string gives (dim,), [] gives (0, dim).
+
+        Raises:
+            InvalidInput: a bad text (named by index) or argument, an unknown prompt name.
+            InputTooLong: a text over max_tokens, prompt included, with truncate=False.
         """
-        texts = schema.check_texts(_as_list(texts), "texts", max_texts=None)
+        texts, bare = self._prompted(texts, prompt, prompt_name)
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise InvalidInput(f"batch_size: expected a positive int, got {schema.show(batch_size)}")
         if pooling is None:
             pooling = self._pooling
         if pooling not in schema.POOLINGS:
             raise InvalidInput(f"pooling: expected 'mean', 'cls' or None, got {schema.show(pooling)}")
-        return self._embed(texts, pooling, normalize=bool(normalize), batch_size=batch_size,
-                           progress=show_progress_bar)
+        out = self._embed(texts, pooling, normalize=bool(normalize), batch_size=batch_size,
+                          progress=show_progress_bar)
+        return out[0] if bare else out
+
+    def encode_query(self, texts: Union[str, Sequence[str], "np.ndarray"], **kwargs) -> np.ndarray:
+        """`encode` with the checkpoint's "query" prompt (the retrieval instruction for bge
+        `*-en-v1.5` loaded by hub id), unless `prompt` or `prompt_name` is given."""
+        if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None:
+            kwargs["prompt_name"] = "query"
+        return self.encode(texts, **kwargs)
+
+    def encode_document(self, texts: Union[str, Sequence[str], "np.ndarray"],
+                        **kwargs) -> np.ndarray:
+        """`encode` with the checkpoint's document prompt (the first of "document", "passage",
+        "corpus" it has; the empty prompt for bge), unless `prompt` or `prompt_name` is given."""
+        if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None:
+            kwargs["prompt_name"] = next(n for n in prompts.DOCUMENT_NAMES
+                                         if n in self._prompts.prompts)
+        return self.encode(texts, **kwargs)
 
     def hidden_states(self, text: str) -> List[np.ndarray]:
         """Every layer's output (embeddings first) for one text, (tokens, dim) each."""
@@ -199,6 +239,14 @@ class Engine:
         return states
 
     # -- internals ------------------------------------------------------------------------
+
+    def _prompted(self, texts, prompt: Optional[str], prompt_name: Optional[str]):
+        """(the checked texts with the prompt put before each, whether `texts` was a bare
+        str). Texts are checked as given (so an empty one is refused even with a prompt)."""
+        texts, bare = _as_list(texts)
+        texts = schema.check_texts(texts, "texts", max_texts=None)
+        text = self._prompts.resolve(prompt, prompt_name)
+        return ([text + t for t in texts] if text else texts), bare
 
     def _tokenize(self, texts: List[str]) -> List[np.ndarray]:
         """Token ids per text, truncated to max_tokens or refused (InputTooLong)."""
@@ -216,8 +264,8 @@ class Engine:
             all_ids[i] = self.tokenizer.truncate(ids, limit)
             cut += 1
         if cut:
-            _log().warning("truncated %d of %d texts to the model's %d tokens", cut, len(texts),
-                        limit)
+            logger().warning("truncated %d of %d texts to the model's %d tokens", cut, len(texts),
+                         limit)
         return all_ids
 
     def _embed(self, texts: List[str], pooling: str, *, normalize: bool,
@@ -283,11 +331,18 @@ class _ComputeSlot:
 
 
 def _as_list(texts):
-    """A str becomes a list of one; a tuple a list (encode accepts any sequence type a
-    sentence-transformers user passes: list or tuple)."""
+    """(texts as a list, whether they were one bare str), for the texts `encode` takes as
+    sentence-transformers does: a str (or a 0-D numpy array of one), a list, a tuple, a 1-D numpy
+    array. Anything else is left for schema.check_texts to refuse by name."""
     if isinstance(texts, str):
-        return [texts]
-    return list(texts) if isinstance(texts, tuple) else texts
+        return [texts], True
+    if isinstance(texts, tuple):
+        return list(texts), False
+    if type(texts).__module__ == "numpy" and isinstance(texts, np.ndarray):
+        if texts.ndim > 1:
+            raise InvalidInput(f"texts: expected a 1-D array of str, got shape {texts.shape}")
+        return (texts.tolist(), False) if texts.ndim == 1 else ([texts.item()], True)
+    return texts, False
 
 
 def _batches(order: List[int], all_ids: List[np.ndarray], max_texts: int, max_tokens: int):

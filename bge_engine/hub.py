@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "BAAI/bge-small-en-v1.5"
 # The files the engine reads; a download fetches these and nothing else.
 MODEL_FILES = ["config.json", "model.safetensors", "tokenizer.json", "1_Pooling/config.json",
-               "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "modules.json"]
+               "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "modules.json",
+               "config_sentence_transformers.json"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
@@ -105,3 +106,10 @@ def resolve(model: Union[str, os.PathLike]) -> "Path":
     from pathlib import Path
 
     return Path(locate(model))
+
+
+def default_model() -> str:
+    """The model `Engine()`, `embed()` and the command line use when given none: the
+    environment variable BGE_ENGINE_MODEL (a folder or a hub id) where it is set, else
+    BAAI/bge-small-en-v1.5."""
+    return os.environ.get("BGE_ENGINE_MODEL") or DEFAULT_MODEL

@@ -31,7 +31,7 @@ def test_alone_equals_in_batch_of_100(minilm, texts, pooling):
     batch = minilm.encode(texts, pooling=pooling, batch_size=100)
     for i in (0, 1, 17, 42, 99):
         alone = minilm.encode(texts[i], pooling=pooling)
-        np.testing.assert_array_equal(alone[0], batch[i])
+        np.testing.assert_array_equal(alone, batch[i])
     # the Workers front: 100 texts in one call, the caller's order kept
     reply = minilm.embed({"text": texts, "pooling": pooling})
     np.testing.assert_array_equal(np.array(reply["data"], np.float32), batch)
@@ -48,7 +48,7 @@ def test_batch_size_and_order_do_not_matter(minilm, texts):
 def test_bge_alone_equals_in_batch(bge, texts):
     batch = bge.encode(texts[:24], batch_size=24)
     for i in (0, 5, 23):
-        np.testing.assert_array_equal(bge.encode(texts[i])[0], batch[i])
+        np.testing.assert_array_equal(bge.encode(texts[i]), batch[i])
 
 
 def test_thread_count_does_not_matter(minilm_path, texts):

@@ -8,7 +8,7 @@ fails because of an old compiler. `-march=native` is never used: the wheel runs 
 of its architecture and picks kernels at run time.
 
 Environment:
-    BGE_SKIP_ISA   comma-separated folder names to leave out, e.g. "avx512,avx2".
+    BGE_SKIP_ISA   comma-separated level names to leave out, e.g. "avx512,avx2".
     BGE_SANITIZE   "1" builds with AddressSanitizer + UndefinedBehaviorSanitizer.
 """
 
@@ -26,30 +26,21 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 MSVC = sys.platform == "win32"
 
-# name, folder, dispatch macro, gcc/clang flags
+# level (its name in csrc/registry.h's BGE_LEVELS), folder, gcc/clang flags. A folder that
+# compiles gets BGE_BUILT_<LEVEL> defined, which puts its overlay into dispatch.c's table.
 ISA_FOLDERS = [
-    ("avx2", "csrc/x86/avx2", "BGE_BUILT_AVX2", ["-mavx2", "-mfma", "-mf16c"]),
-    ("avxvnni", "csrc/x86/avxvnni", "BGE_BUILT_AVXVNNI", ["-mavx2", "-mfma", "-mavxvnni"]),
-    (
-        "avx512",
-        "csrc/x86/avx512",
-        "BGE_BUILT_AVX512",
-        ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-mavx2"],
-    ),
-    (
-        "vnni",
-        "csrc/x86/avx512vnni",
-        "BGE_BUILT_VNNI",
-        ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma"],
-    ),
-    (
-        "amx",
-        "csrc/x86/amx",
-        "BGE_BUILT_AMX",
-        ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma",
-         "-mamx-tile", "-mamx-int8"],
-    ),
+    ("avx2", "csrc/x86/avx2", ["-mavx2", "-mfma", "-mf16c"]),
+    ("avxvnni", "csrc/x86/avxvnni", ["-mavx2", "-mfma", "-mavxvnni"]),
+    ("avx512", "csrc/x86/avx512",
+     ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-mavx2"]),
+    ("avx512vnni", "csrc/x86/avx512vnni",
+     ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma"]),
+    ("amx", "csrc/x86/amx",
+     ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma",
+      "-mamx-tile", "-mamx-int8"]),
 ]
+# former level names BGE_SKIP_ISA still accepts
+ISA_ALIASES = {"vnni": "avx512vnni"}
 
 SANITIZE = os.environ.get("BGE_SANITIZE") == "1"
 # -ffp-contract=off: the compiler never fuses a multiply and an add on its own. Kernels that
@@ -90,8 +81,9 @@ class BuildExt(build_ext):
 
     def build_extension(self, ext):
         skip = {s.strip() for s in os.environ.get("BGE_SKIP_ISA", "").split(",") if s.strip()}
+        skip |= {ISA_ALIASES[s] for s in skip if s in ISA_ALIASES}
         objects, macros = [], []
-        for name, folder, macro, flags in ISA_FOLDERS if IS_X86 and not MSVC else []:
+        for name, folder, flags in ISA_FOLDERS if IS_X86 and not MSVC else []:
             sources = c_files(folder)
             if not sources or name in skip:
                 continue
@@ -105,7 +97,7 @@ class BuildExt(build_ext):
                 extra_postargs=BASE_CFLAGS + flags,
                 depends=sorted(glob.glob("csrc/**/*.h", recursive=True)),  # folders share headers
             )
-            macros.append((macro, "1"))
+            macros.append(("BGE_BUILT_" + name.upper(), "1"))
         ext.extra_objects = list(ext.extra_objects or []) + objects
         ext.define_macros = list(ext.define_macros or []) + macros
         super().build_extension(ext)

@@ -25,7 +25,7 @@ from conftest import AFTER_RUN, kernels_or_skip, sampled_peak
 
 from bge_engine import _kernels
 
-ISAS = ("avx2", "avxvnni", "vnni", "amx")
+ISAS = ("avx2", "avxvnni", "avx512vnni", "amx")
 TOKENS = (16, 128, 512)
 THREADS = (1, 2)
 # name: (K, N, epilogue) of x (T, K) @ W^T (K, N) in one encoder layer

@@ -23,11 +23,13 @@ cdef extern from "bge.h" nogil:
     enum:
         BGE_ISA_REF
         BGE_ISA_COUNT
+        BGE_SLOT_COUNT
 
     enum:
         BGE_Q8_MAX_K
         BGE_Q8_GROUP
 
+    # The fields the wrappers call; every slot is listed once, in csrc/registry.h.
     ctypedef struct bge_kernels:
         int isa
         const char *isa_name
@@ -36,48 +38,35 @@ cdef extern from "bge.h" nogil:
         int (*f32_gemm)(const float *x, int M, int K, int N, const float *packed,
                         const float *bias, const float *res, float *out, int epilogue,
                         int nthreads) noexcept nogil
-        const char *f32_gemm_name
         int (*f32_layernorm)(const float *x, const float *gamma, const float *beta, float eps,
                              float *out, int T, int C, int nthreads) noexcept nogil
-        const char *f32_layernorm_name
         int (*f32_softmax)(float *x, int R, int C) noexcept nogil
-        const char *f32_softmax_name
         int (*f32_gelu)(float *x, size_t n) noexcept nogil
-        const char *f32_gelu_name
         size_t (*f32_attention_scratch)(int max_len, int head_dim, int nthreads) noexcept nogil
         int (*f32_attention)(const float *qkv, const int32_t *offsets, int n, int H, int heads,
                              float scale, float *out, float *scratch, size_t scratch_floats,
                              int nthreads) noexcept nogil
-        const char *f32_attention_name
         int (*f32_embed)(const int32_t *ids, const int32_t *offsets, int n, const float *word,
                          int vocab, const float *pos, int max_pos, const float *type,
                          float *out, int C) noexcept nogil
-        const char *f32_embed_name
         int (*f32_pool)(const float *h, const int32_t *offsets, int n, int C, int mode,
                         float *out) noexcept nogil
-        const char *f32_pool_name
         int (*f32_l2norm)(float *x, int n, int C) noexcept nogil
-        const char *f32_l2norm_name
         double (*f32_fma_loop)(long iters) noexcept nogil
         int (*qu8_quantize)(const float *x, int M, int K, uint8_t *q, float *scale,
                             int32_t *zp, int nthreads) noexcept nogil
-        const char *qu8_quantize_name
         size_t (*qs8_packed_size)(int K, int N) noexcept nogil
         int (*qs8_pack)(const int8_t *w, const float *w_scale, int K, int N,
                         void *packed) noexcept nogil
-        const char *qs8_pack_name
         int (*qu8s8_gemm)(const uint8_t *q, const float *scale, const int32_t *zp, int M,
                           int K, int N, const void *packed, const float *bias,
                           const float *res, float *out, int epilogue,
                           int nthreads) noexcept nogil
-        const char *qu8s8_gemm_name
         int (*qu8s8_gemm_i32)(const uint8_t *q, int M, int K, int N, const void *packed,
                               int32_t *acc, int nthreads) noexcept nogil
-        const char *qu8s8_gemm_i32_name
         double (*qu8s8_dot_loop)(long iters) noexcept nogil
         int (*qs8_quantize_weights)(const float *w, int N, int K, int8_t *w_s8,
                                     float *w_scale, int nthreads) noexcept nogil
-        const char *qs8_quantize_weights_name
 
     ctypedef struct bge_cpu_features:
         int avx2, fma, avx512f, avx512bw, avx512dq, avx512vl, avx512_vnni, avx_vnni
@@ -91,5 +80,6 @@ cdef extern from "bge.h" nogil:
     int bge_isa_built(int isa)
     const char *bge_isa_name(int isa)
     int bge_isa_cap()
-    int bge_qs8_quantize_weights(const float *w, int N, int K, int8_t *w_s8, float *w_scale,
-                                 int nthreads)
+    int bge_isa_from_name(const char *name)
+    const char *bge_slot_name(int slot)
+    const char *bge_kernel_name(const bge_kernels *t, int slot)

@@ -481,19 +481,22 @@ LOAD_ERRORS = {_LOAD_SHORT: "is cut short", _LOAD_NONFINITE: "holds NaN or infin
 
 
 cdef class Kernels:
-    """One kernel table: the dispatched one, or the level named by `isa`."""
+    """One kernel table: the dispatched one, or the level named by `isa` (a name of
+    isa_names(), or an old alias such as "vnni")."""
 
     cdef const bge_kernels *t
     cdef readonly str isa
 
     def __init__(self, isa=None):
+        cdef int level
         if isa is None:
             self.t = bge_kernels_active()
         else:
-            names = isa_names()
-            if isa not in names:
-                raise ValueError(f"isa: expected one of {names}, got {isa!r}")
-            self.t = bge_kernels_for(names.index(isa))
+            level = (bge_isa_from_name(isa.encode())
+                     if isinstance(isa, str) and "\0" not in isa else -1)
+            if level < 0:
+                raise ValueError(f"isa: expected one of {isa_names()}, got {isa!r}")
+            self.t = bge_kernels_for(level)
             if self.t == NULL:
                 raise ValueError(f"isa {isa!r} is not usable on this machine or build "
                                  f"(usable: {usable_isas()})")
@@ -501,23 +504,9 @@ cdef class Kernels:
 
     @property
     def names(self):
-        """{slot: the C function behind it}."""
-        t = self.t
-        return {
-            "f32_gemm": t.f32_gemm_name.decode(),
-            "f32_layernorm": t.f32_layernorm_name.decode(),
-            "f32_softmax": t.f32_softmax_name.decode(),
-            "f32_gelu": t.f32_gelu_name.decode(),
-            "f32_attention": t.f32_attention_name.decode(),
-            "f32_embed": t.f32_embed_name.decode(),
-            "f32_pool": t.f32_pool_name.decode(),
-            "f32_l2norm": t.f32_l2norm_name.decode(),
-            "qu8_quantize": t.qu8_quantize_name.decode(),
-            "qs8_pack": t.qs8_pack_name.decode(),
-            "qu8s8_gemm": t.qu8s8_gemm_name.decode(),
-            "qu8s8_gemm_i32": t.qu8s8_gemm_i32_name.decode(),
-            "qs8_quantize_weights": t.qs8_quantize_weights_name.decode(),
-        }
+        """{slot: the C function behind it}, for every slot of csrc/registry.h."""
+        return {bge_slot_name(i).decode(): bge_kernel_name(self.t, i).decode()
+                for i in range(BGE_SLOT_COUNT)}
 
     def packed_bytes(self, int K, int N):
         """Bytes pack() needs for a weight (N, K) (an `out` buffer's size); 0 on bad sizes."""

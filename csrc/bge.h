@@ -20,6 +20,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "registry.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -44,17 +46,20 @@ typedef enum {
     BGE_POOL_MEAN = 1,  /* the mean of all rows of each text (no padding)  */
 } bge_pool_mode;
 
-/* ISA levels, lowest first. A level is usable when the CPU has its instructions, the OS
- * saves its registers (XCR0) and the compiler built its folder. The BGE_ISA environment
- * variable (ref|avx2|avxvnni|avx512|vnni|amx) caps the level chosen by bge_init(). */
+/* ISA levels, lowest first (the list: registry.h). A level is usable when the CPU has its
+ * instructions, the OS saves its registers (XCR0) and the compiler built its folder. The
+ * BGE_ISA environment variable (a level's name: ref|avx2|avxvnni|avx512|avx512vnni|amx, or
+ * an old alias such as vnni) caps the level chosen by bge_init().
+ *   avx2        AVX2 + FMA
+ *   avxvnni     AVX2 + FMA + AVX-VNNI (ymm vpdpbusd)
+ *   avx512      AVX-512 F, BW, DQ, VL
+ *   avx512vnni  AVX-512 VNNI (zmm vpdpbusd)
+ *   amx         AMX tiles, int8                                                       */
 typedef enum {
-    BGE_ISA_REF = 0,
-    BGE_ISA_AVX2 = 1,     /* AVX2 + FMA                                  */
-    BGE_ISA_AVXVNNI = 2,  /* AVX2 + FMA + AVX-VNNI (ymm vpdpbusd)        */
-    BGE_ISA_AVX512 = 3,   /* AVX-512 F, BW, DQ, VL                       */
-    BGE_ISA_VNNI = 4,     /* AVX-512 VNNI (zmm vpdpbusd)                 */
-    BGE_ISA_AMX = 5,      /* AMX tiles, int8                              */
-    BGE_ISA_COUNT = 6
+#define BGE_LEVEL_ENUM_(id, name) BGE_ISA_##id,
+    BGE_LEVELS(BGE_LEVEL_ENUM_)
+#undef BGE_LEVEL_ENUM_
+    BGE_ISA_COUNT
 } bge_isa;
 
 /* ---------------------------------------------------------------------------------------
@@ -178,8 +183,8 @@ typedef double (*bge_f32_fma_loop_fn)(long iters);
 typedef int (*bge_qu8_quantize_fn)(const float *x, int M, int K, uint8_t *q, float *scale,
                                    int32_t *zp, int nthreads);
 
-/* Quantises weights at load (the weight scheme above; the reference of the
- * qs8_quantize_weights slot, which every level computes byte for byte):
+/* Quantises weights at load (the weight scheme above; every level computes it byte for
+ * byte):
  *   w       (N, K) fp32, finite (BGE_ERR_ARG otherwise)
  *   w_s8    (N, K) int8, w_scale (N, ngroups) fp32, ngroups = BGE_Q8_NGROUPS(K):
  *           per row n and group g: amax = max_{k in g} |w[n, k]|,
@@ -187,8 +192,6 @@ typedef int (*bge_qu8_quantize_fn)(const float *x, int M, int K, uint8_t *q, flo
  *           w_s8[n, k] = clamp(rint(w[n, k] / w_scale[n, g]), -127, 127), rint rounding
  *           half to even, each division a correctly rounded fp32 one.
  * K <= BGE_Q8_MAX_K. Rows are independent; the bytes never depend on nthreads.          */
-int bge_qs8_quantize_weights(const float *w, int N, int K, int8_t *w_s8, float *w_scale,
-                             int nthreads);
 typedef int (*bge_qs8_quantize_weights_fn)(const float *w, int N, int K, int8_t *w_s8,
                                            float *w_scale, int nthreads);
 
@@ -233,46 +236,24 @@ typedef int (*bge_qu8s8_gemm_i32_fn)(const uint8_t *q, int M, int K, int N, cons
  * times it.                                                                              */
 typedef double (*bge_qu8s8_dot_loop_fn)(long iters);
 
-/* One kernel table. Every slot is always filled (at worst with the reference).          */
+/* Slot indices, BGE_SLOT_<slot>, in the order of BGE_SLOTS (registry.h). */
+enum {
+#define BGE_SLOT_ENUM_(slot, type) BGE_SLOT_##slot,
+    BGE_SLOTS(BGE_SLOT_ENUM_)
+#undef BGE_SLOT_ENUM_
+    BGE_SLOT_COUNT
+};
+
+/* One kernel table: a function per slot of BGE_SLOTS (registry.h), each always filled (at
+ * worst with the reference), and the name of the C function in each slot, e.g.
+ * names[BGE_SLOT_f32_gemm] = "bge_f32_gemm_8x48__avx512" (bge_kernel_name).              */
 typedef struct bge_kernels {
     int isa;                               /* the bge_isa level this table was built for */
     const char *isa_name;                  /* "ref", "avx2", ...                         */
-
-    bge_f32_packed_size_fn f32_packed_size;
-    bge_f32_pack_fn f32_pack;
-    bge_f32_gemm_fn f32_gemm;
-    const char *f32_gemm_name;             /* names the packing and the GEMM together    */
-
-    bge_f32_layernorm_fn f32_layernorm;
-    const char *f32_layernorm_name;
-    bge_f32_softmax_fn f32_softmax;
-    const char *f32_softmax_name;
-    bge_f32_gelu_fn f32_gelu;
-    const char *f32_gelu_name;
-    bge_f32_attention_scratch_fn f32_attention_scratch;
-    bge_f32_attention_fn f32_attention;
-    const char *f32_attention_name;
-    bge_f32_embed_fn f32_embed;
-    const char *f32_embed_name;
-    bge_f32_pool_fn f32_pool;
-    const char *f32_pool_name;
-    bge_f32_l2norm_fn f32_l2norm;
-    const char *f32_l2norm_name;
-    bge_f32_fma_loop_fn f32_fma_loop;
-
-    /* int8 (appended; see the scheme above) */
-    bge_qu8_quantize_fn qu8_quantize;
-    const char *qu8_quantize_name;
-    bge_qs8_packed_size_fn qs8_packed_size;
-    bge_qs8_pack_fn qs8_pack;
-    const char *qs8_pack_name;             /* names the packed layout                    */
-    bge_qu8s8_gemm_fn qu8s8_gemm;
-    const char *qu8s8_gemm_name;
-    bge_qu8s8_gemm_i32_fn qu8s8_gemm_i32;
-    const char *qu8s8_gemm_i32_name;
-    bge_qu8s8_dot_loop_fn qu8s8_dot_loop;
-    bge_qs8_quantize_weights_fn qs8_quantize_weights; /* (appended) at load, see above */
-    const char *qs8_quantize_weights_name;
+#define BGE_SLOT_FIELD_(slot, type) type slot;
+    BGE_SLOTS(BGE_SLOT_FIELD_)
+#undef BGE_SLOT_FIELD_
+    const char *names[BGE_SLOT_COUNT];
 } bge_kernels;
 
 /* ---------------------------------------------------------------------------------------
@@ -307,8 +288,18 @@ const bge_kernels *bge_kernels_active(void);
 /* 1 when the folder of that level was compiled into this build. */
 int bge_isa_built(int isa);
 
-/* "ref", "avx2", "avxvnni", "avx512", "vnni", "amx"; NULL for an unknown level. */
+/* The level's name from BGE_LEVELS ("ref", "avx2", ...); NULL for an unknown level. */
 const char *bge_isa_name(int isa);
+
+/* The level a name (or an old alias, BGE_LEVEL_ALIASES) stands for; -1 for none. */
+int bge_isa_from_name(const char *name);
+
+/* The name of slot `slot` ("f32_gemm", ...), NULL when slot is not in [0, BGE_SLOT_COUNT). */
+const char *bge_slot_name(int slot);
+
+/* The name of the C function in slot `slot` of table t ("bge_f32_gemm_8x48__avx512"), NULL
+ * when slot is out of range. */
+const char *bge_kernel_name(const bge_kernels *t, int slot);
 
 /* The level that BGE_ISA asked for (BGE_ISA_COUNT - 1 when unset). */
 int bge_isa_cap(void);

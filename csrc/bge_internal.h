@@ -3,7 +3,7 @@
  *
  * Every folder csrc/<arch>/<isa>/ defines one overlay function that replaces the slots it
  * has kernels for. dispatch.c calls the overlays of the levels the build compiled (it is
- * told which with BGE_BUILT_<ISA> macros from setup.py) and the machine can run.
+ * told which with BGE_BUILT_<ID> macros from setup.py) and the machine can run.
  */
 #ifndef BGE_INTERNAL_H
 #define BGE_INTERNAL_H
@@ -35,6 +35,11 @@ int bge_f32_pool__ref(const float *h, const int32_t *offsets, int n, int C, int 
                       float *out);
 int bge_f32_l2norm__ref(float *x, int n, int C);
 double bge_f32_fma_loop__ref(long iters);
+
+/* Puts fn into slot `slot` of table t under fn's own name, or under `name` (a string: e.g.
+ * one that tells the tile shape, "bge_f32_gemm_8x48__avx512"). */
+#define BGE_SET(t, slot, fn) ((t)->slot = (fn), (t)->names[BGE_SLOT_##slot] = #fn)
+#define BGE_SET_NAMED(t, slot, fn, name) ((t)->slot = (fn), (t)->names[BGE_SLOT_##slot] = (name))
 
 /* Prefetches, for writing, the bytes [0, bytes) of `rows` rows `stride` bytes apart from p:
  * the output block of one GEMM tile, asked for before the tile's k loop so that its lines
@@ -163,6 +168,8 @@ int bge_qu8s8_gemm__ref(const uint8_t *q, const float *scale, const int32_t *zp,
 int bge_qu8s8_gemm_i32__ref(const uint8_t *q, int M, int K, int N, const void *packed,
                             int32_t *acc, int nthreads);
 double bge_qu8s8_dot_loop__ref(long iters);
+int bge_qs8_quantize_weights__ref(const float *w, int N, int K, int8_t *w_s8, float *w_scale,
+                                  int nthreads);
 
 /* The first 64 bytes of every packed int8 weight. */
 #define BGE_Q8_MAGIC 0x38514742u /* "BGQ8" in memory order */
@@ -249,7 +256,7 @@ static inline int bge_q8_row_params(float mn, float mx, float *scale, float *inv
 
 void bge_q8_quantize_span(const float *x, int n, float inv, int32_t zp, uint8_t *q);
 
-/* Weight quantisation steps (bge_qs8_quantize_weights, bge.h) shared by every level's
+/* Weight quantisation steps (the qs8_quantize_weights slot, bge.h) shared by every level's
  * qs8_quantize_weights, inline so that each folder compiles them with its own flags:
  * bge_q8_abs_bits: the bit pattern of |w| (sign cleared); patterns of finite floats order
  *   as their magnitudes, and every inf or NaN pattern is above BGE_Q8_FINITE_MAX;
@@ -324,12 +331,11 @@ int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float 
                     const float *bias, const float *res, float *out, int32_t *acc,
                     int epilogue, int nthreads);
 
-/* Overlays, one per ISA folder. */
-void bge_overlay_avx2(bge_kernels *t);
-void bge_overlay_avxvnni(bge_kernels *t);
-void bge_overlay_avx512(bge_kernels *t);
-void bge_overlay_vnni(bge_kernels *t);
-void bge_overlay_amx(bge_kernels *t);
+/* Overlays, one per level (BGE_LEVELS): bge_overlay_<name> puts the kernels of its folder
+ * into their slots of a table that holds the levels below (the reference has none). */
+#define BGE_OVERLAY_DECL_(id, name) void bge_overlay_##name(bge_kernels *t);
+BGE_LEVELS(BGE_OVERLAY_DECL_)
+#undef BGE_OVERLAY_DECL_
 
 /* x86/amx: asks the OS for the tile data state (Linux: arch_prctl); 1 when granted. AMX
  * instructions fault until it is. */

@@ -1,7 +1,8 @@
 /*
  * dispatch.c: reads the CPU once, then fills one kernel table per usable ISA level.
  *
- * Level L is usable when (1) setup.py compiled its folder (it defines BGE_BUILT_<ISA>),
+ * The slots and levels are listed once, in registry.h.
+ * Level L is usable when (1) setup.py compiled its folder (it defines BGE_BUILT_<ID>),
  * (2) CPUID reports its instructions and (3) XCR0 shows the OS saves its registers. The table
  * of a usable level is the table of the best usable level below it, overlaid with that
  * level's kernels; level 0 is the plain-C reference. bge_kernels_active() is the best usable
@@ -22,8 +23,36 @@
 #include <cpuid.h>
 #endif
 
-static const char *const isa_names[BGE_ISA_COUNT] = {"ref",    "avx2", "avxvnni",
-                                                     "avx512", "vnni", "amx"};
+static const char *const isa_names[BGE_ISA_COUNT] = {
+#define LEVEL_NAME_(id, name) [BGE_ISA_##id] = #name,
+    BGE_LEVELS(LEVEL_NAME_)
+#undef LEVEL_NAME_
+};
+
+static const char *const slot_names[BGE_SLOT_COUNT] = {
+#define SLOT_NAME_(slot, type) [BGE_SLOT_##slot] = #slot,
+    BGE_SLOTS(SLOT_NAME_)
+#undef SLOT_NAME_
+};
+
+/* The overlay of each level whose folder setup.py compiled (NULL: not built). */
+static void (*const overlays[BGE_ISA_COUNT])(bge_kernels *t) = {
+#ifdef BGE_BUILT_AVX2
+    [BGE_ISA_AVX2] = bge_overlay_avx2,
+#endif
+#ifdef BGE_BUILT_AVXVNNI
+    [BGE_ISA_AVXVNNI] = bge_overlay_avxvnni,
+#endif
+#ifdef BGE_BUILT_AVX512
+    [BGE_ISA_AVX512] = bge_overlay_avx512,
+#endif
+#ifdef BGE_BUILT_AVX512VNNI
+    [BGE_ISA_AVX512VNNI] = bge_overlay_avx512vnni,
+#endif
+#ifdef BGE_BUILT_AMX
+    [BGE_ISA_AMX] = bge_overlay_amx,
+#endif
+};
 
 static bge_cpu_features cpu;
 static bge_kernels tables[BGE_ISA_COUNT];
@@ -77,25 +106,7 @@ static void read_cpu(bge_cpu_features *f) { memset(f, 0, sizeof *f); }
 #endif
 
 int bge_isa_built(int isa) {
-    switch (isa) {
-    case BGE_ISA_REF: return 1;
-#ifdef BGE_BUILT_AVX2
-    case BGE_ISA_AVX2: return 1;
-#endif
-#ifdef BGE_BUILT_AVXVNNI
-    case BGE_ISA_AVXVNNI: return 1;
-#endif
-#ifdef BGE_BUILT_AVX512
-    case BGE_ISA_AVX512: return 1;
-#endif
-#ifdef BGE_BUILT_VNNI
-    case BGE_ISA_VNNI: return 1;
-#endif
-#ifdef BGE_BUILT_AMX
-    case BGE_ISA_AMX: return 1;
-#endif
-    default: return 0;
-    }
+    return isa == BGE_ISA_REF || (isa > 0 && isa < BGE_ISA_COUNT && overlays[isa] != NULL);
 }
 
 /* Whether this CPU and OS can run the instructions of a level (whatever the build has). */
@@ -109,7 +120,7 @@ static int cpu_runs(int isa) {
     case BGE_ISA_AVX2: return avx2;
     case BGE_ISA_AVXVNNI: return avx2 && f->avx_vnni;
     case BGE_ISA_AVX512: return avx512;
-    case BGE_ISA_VNNI: return avx512 && f->avx512_vnni;
+    case BGE_ISA_AVX512VNNI: return avx512 && f->avx512_vnni;
     case BGE_ISA_AMX:
 #ifdef BGE_BUILT_AMX
         /* the OS must also grant the tile data state to this process (Linux asks for it) */
@@ -122,61 +133,22 @@ static int cpu_runs(int isa) {
     }
 }
 
+/* Every slot on its plain-C reference bge_<slot>__ref. */
 static void fill_ref(bge_kernels *t) {
     memset(t, 0, sizeof *t);
-    t->f32_packed_size = bge_f32_packed_size__ref;
-    t->f32_pack = bge_f32_pack__ref;
-    t->f32_gemm = bge_f32_gemm__ref;
-    t->f32_gemm_name = "bge_f32_gemm__ref";
-    t->f32_layernorm = bge_f32_layernorm__ref;
-    t->f32_layernorm_name = "bge_f32_layernorm__ref";
-    t->f32_softmax = bge_f32_softmax__ref;
-    t->f32_softmax_name = "bge_f32_softmax__ref";
-    t->f32_gelu = bge_f32_gelu__ref;
-    t->f32_gelu_name = "bge_f32_gelu__ref";
-    t->f32_attention_scratch = bge_f32_attention_scratch__ref;
-    t->f32_attention = bge_f32_attention__ref;
-    t->f32_attention_name = "bge_f32_attention__ref";
-    t->f32_embed = bge_f32_embed__ref;
-    t->f32_embed_name = "bge_f32_embed__ref";
-    t->f32_pool = bge_f32_pool__ref;
-    t->f32_pool_name = "bge_f32_pool__ref";
-    t->f32_l2norm = bge_f32_l2norm__ref;
-    t->f32_l2norm_name = "bge_f32_l2norm__ref";
-    t->f32_fma_loop = bge_f32_fma_loop__ref;
-    t->qu8_quantize = bge_qu8_quantize__ref;
-    t->qu8_quantize_name = "bge_qu8_quantize__ref";
-    t->qs8_packed_size = bge_qs8_packed_size__ref;
-    t->qs8_pack = bge_qs8_pack__ref;
-    t->qs8_pack_name = "bge_qs8_pack__ref";
-    t->qu8s8_gemm = bge_qu8s8_gemm__ref;
-    t->qu8s8_gemm_name = "bge_qu8s8_gemm__ref";
-    t->qu8s8_gemm_i32 = bge_qu8s8_gemm_i32__ref;
-    t->qu8s8_gemm_i32_name = "bge_qu8s8_gemm_i32__ref";
-    t->qu8s8_dot_loop = bge_qu8s8_dot_loop__ref;
-    t->qs8_quantize_weights = bge_qs8_quantize_weights;
-    t->qs8_quantize_weights_name = "bge_qs8_quantize_weights__ref";
+#define REF_(slot, type) BGE_SET(t, slot, bge_##slot##__ref);
+    BGE_SLOTS(REF_)
+#undef REF_
 }
 
-static void overlay(int isa, bge_kernels *t) {
-    switch (isa) {
-#ifdef BGE_BUILT_AVX2
-    case BGE_ISA_AVX2: bge_overlay_avx2(t); break;
-#endif
-#ifdef BGE_BUILT_AVXVNNI
-    case BGE_ISA_AVXVNNI: bge_overlay_avxvnni(t); break;
-#endif
-#ifdef BGE_BUILT_AVX512
-    case BGE_ISA_AVX512: bge_overlay_avx512(t); break;
-#endif
-#ifdef BGE_BUILT_VNNI
-    case BGE_ISA_VNNI: bge_overlay_vnni(t); break;
-#endif
-#ifdef BGE_BUILT_AMX
-    case BGE_ISA_AMX: bge_overlay_amx(t); break;
-#endif
-    default: (void)t; break;
-    }
+int bge_isa_from_name(const char *s) {
+    if (!s) return -1;
+    for (int i = 0; i < BGE_ISA_COUNT; i++)
+        if (strcmp(s, isa_names[i]) == 0) return i;
+#define ALIAS_(old, id) if (strcmp(s, #old) == 0) return BGE_ISA_##id;
+    BGE_LEVEL_ALIASES(ALIAS_)
+#undef ALIAS_
+    return -1;
 }
 
 /* Reads BGE_ISA into `cap`; an unknown name leaves the cap at the top and is reported. */
@@ -184,12 +156,10 @@ static int read_cap(void) {
     const char *s = getenv("BGE_ISA");
     cap = BGE_ISA_COUNT - 1;
     if (!s || !*s) return BGE_OK;
-    for (int i = 0; i < BGE_ISA_COUNT; i++)
-        if (strcmp(s, isa_names[i]) == 0) {
-            cap = i;
-            return BGE_OK;
-        }
-    return BGE_ERR_ARG;
+    const int isa = bge_isa_from_name(s);
+    if (isa < 0) return BGE_ERR_ARG;
+    cap = isa;
+    return BGE_OK;
 }
 
 static void init_once(void) {
@@ -206,7 +176,7 @@ static void init_once(void) {
         tables[isa] = tables[below];
         tables[isa].isa = isa;
         tables[isa].isa_name = isa_names[isa];
-        overlay(isa, &tables[isa]);
+        overlays[isa](&tables[isa]);
         usable[isa] = 1;
         below = isa;
         if (isa <= cap) active = isa;
@@ -250,6 +220,14 @@ const bge_kernels *bge_kernels_active(void) {
 
 const char *bge_isa_name(int isa) {
     return isa >= 0 && isa < BGE_ISA_COUNT ? isa_names[isa] : NULL;
+}
+
+const char *bge_slot_name(int slot) {
+    return slot >= 0 && slot < BGE_SLOT_COUNT ? slot_names[slot] : NULL;
+}
+
+const char *bge_kernel_name(const bge_kernels *t, int slot) {
+    return t && slot >= 0 && slot < BGE_SLOT_COUNT ? t->names[slot] : NULL;
 }
 
 int bge_isa_cap(void) {

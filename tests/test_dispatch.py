@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,7 +59,7 @@ def run_with_isa(value):
     return json.loads(proc.stdout), proc.stderr
 
 
-@pytest.mark.parametrize("level", ["ref", "avx2", "avxvnni", "avx512", "vnni", "amx"])
+@pytest.mark.parametrize("level", ["ref", "avx2", "avxvnni", "avx512", "avx512vnni", "amx"])
 def test_bge_isa_caps_the_level(level):
     info, _ = run_with_isa(level)
     names = _kernels.isa_names()
@@ -65,6 +67,39 @@ def test_bge_isa_caps_the_level(level):
     assert info["isa"] == allowed[-1]
     if level == "ref":
         assert all(name.endswith("__ref") for name in info["kernels"].values())
+
+
+@pytest.mark.parametrize("old,level", [("vnni", "avx512vnni")])
+def test_old_level_names_are_aliases(old, level):
+    """A former spelling caps BGE_ISA and names a table as the level's one name does."""
+    by_old, err = run_with_isa(old)
+    by_name, _ = run_with_isa(level)
+    assert "BGE_ISA" not in err
+    assert by_old["isa"] == by_name["isa"] and by_old["kernels"] == by_name["kernels"]
+    if level in _kernels.usable_isas():
+        assert _kernels.Kernels(old).isa == level
+        assert _kernels.Kernels(old).names == _kernels.Kernels(level).names
+    assert old not in _kernels.isa_names()
+
+
+def _registry(macro, column):
+    """Column `column` of the X(...) lines of a list in csrc/registry.h."""
+    text = (Path(__file__).parent.parent / "csrc" / "registry.h").read_text()
+    body = text.split(f"#define {macro}(X)", 1)[1].split("\n\n", 1)[0]
+    return [args.split(",")[column].strip() for args in re.findall(r"X\(([^)]*)\)", body)]
+
+
+def test_slots_and_levels_come_from_the_registry():
+    """Kernels.names has one entry per slot of BGE_SLOTS, in order, on every usable level,
+    and isa_names() the levels of BGE_LEVELS: the Python view is generated from them."""
+    slots = _registry("BGE_SLOTS", 0)
+    assert len(slots) >= 19
+    for isa in _kernels.usable_isas():
+        names = _kernels.Kernels(isa).names
+        assert list(names) == slots, isa
+        for slot, fn in names.items():
+            assert fn.startswith(f"bge_{slot}") and "__" in fn, (slot, fn)
+    assert _kernels.isa_names() == _registry("BGE_LEVELS", 1)
 
 
 def test_unknown_bge_isa_warns_and_runs():

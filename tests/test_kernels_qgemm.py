@@ -5,7 +5,7 @@ csrc/x86/<isa>/qgemm.c).
     of csrc/bge.h (bit for bit), the int32 sums against an int64 matmul, the fp32 epilogue
     against the same float32 operations in numpy;
   - every int8 level the host has (avx2, avxvnni, avx512 which carries the level below's
-    int8 kernels, vnni, amx; a level the host can't run is skipped, saying so) against the
+    int8 kernels, avx512vnni, amx; a level the host can't run is skipped, saying so) against the
     reference EXACTLY: quantised bytes, scales and zero points, int32 sums, and the fp32
     outputs of the bias and residual epilogues. GELU: the SIMD levels use their vector GELU
     (x86/<isa>/vmath.h, within 1.5e-7 |v| of the reference's scalar one), so there the
@@ -33,7 +33,7 @@ import pytest
 from bge_engine import _kernels
 
 REF = _kernels.Kernels("ref")
-INT8_LEVELS = ("avx2", "avxvnni", "avx512", "vnni", "amx")
+INT8_LEVELS = ("avx2", "avxvnni", "avx512", "avx512vnni", "amx")
 GUARD = 67
 F_SENT = np.float32(-7.25e30)
 I_SENT = np.int32(-0x5A5A5A5A)
@@ -358,14 +358,14 @@ def test_ref_gemm_near_int32_limit():
 
 def test_names(kern):
     n = kern.names
-    home = {"avx2": "avx2", "avxvnni": "avxvnni", "vnni": "avx512vnni", "amx": "amx",
+    home = {"avx2": "avx2", "avxvnni": "avxvnni", "avx512vnni": "avx512vnni", "amx": "amx",
             "avx512": r"(avx2|avxvnni)"}[kern.isa]
     assert re.fullmatch(rf"bge_qu8s8_gemm_\d+x\d+__{home}", n["qu8s8_gemm"]), n
     tile = n["qu8s8_gemm"][len("bge_qu8s8_gemm"):]
     assert n["qs8_pack"] == "bge_qs8_pack" + tile
     assert n["qu8s8_gemm_i32"] == "bge_qu8s8_gemm_i32" + tile
     assert re.fullmatch(r"bge_qu8_quantize__(avx2|avx512vnni)", n["qu8_quantize"]), n
-    want = {"vnni": "avx512vnni", "amx": "avx512vnni"}.get(kern.isa, "avx2")
+    want = {"avx512vnni": "avx512vnni", "amx": "avx512vnni"}.get(kern.isa, "avx2")
     assert n["qs8_quantize_weights"] == "bge_qs8_quantize_weights__" + want, n
 
 

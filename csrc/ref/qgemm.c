@@ -155,8 +155,8 @@ int bge_q8_quantize_weight_rows(const float *w, int N, int K, int8_t *w_s8, floa
     return bad ? BGE_ERR_ARG : BGE_OK;
 }
 
-int bge_qs8_quantize_weights(const float *w, int N, int K, int8_t *w_s8, float *w_scale,
-                             int nthreads) {
+int bge_qs8_quantize_weights__ref(const float *w, int N, int K, int8_t *w_s8, float *w_scale,
+                                  int nthreads) {
     return bge_q8_quantize_weight_rows(w, N, K, w_s8, w_scale, nthreads, weight_group_ref);
 }
 

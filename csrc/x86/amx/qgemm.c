@@ -353,12 +353,9 @@ static double bge_qu8s8_dot_loop__amx(long iters) {
 
 void bge_overlay_amx_qgemm(bge_kernels *t) {
     /* qu8_quantize stays the level below's (every level writes the same bytes) */
-    t->qs8_packed_size = bge_qs8_packed_size__amx;
-    t->qs8_pack = bge_qs8_pack__amx;
-    t->qs8_pack_name = "bge_qs8_pack" SUFFIX;
-    t->qu8s8_gemm = bge_qu8s8_gemm__amx;
-    t->qu8s8_gemm_name = "bge_qu8s8_gemm" SUFFIX;
-    t->qu8s8_gemm_i32 = bge_qu8s8_gemm_i32__amx;
-    t->qu8s8_gemm_i32_name = "bge_qu8s8_gemm_i32" SUFFIX;
-    t->qu8s8_dot_loop = bge_qu8s8_dot_loop__amx;
+    BGE_SET(t, qs8_packed_size, bge_qs8_packed_size__amx);
+    BGE_SET_NAMED(t, qs8_pack, bge_qs8_pack__amx, "bge_qs8_pack" SUFFIX);
+    BGE_SET_NAMED(t, qu8s8_gemm, bge_qu8s8_gemm__amx, "bge_qu8s8_gemm" SUFFIX);
+    BGE_SET_NAMED(t, qu8s8_gemm_i32, bge_qu8s8_gemm_i32__amx, "bge_qu8s8_gemm_i32" SUFFIX);
+    BGE_SET(t, qu8s8_dot_loop, bge_qu8s8_dot_loop__amx);
 }

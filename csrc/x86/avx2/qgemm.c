@@ -428,16 +428,11 @@ static int bge_qs8_quantize_weights__avx2(const float *w, int N, int K, int8_t *
 }
 
 void bge_overlay_avx2_qgemm(bge_kernels *t) {
-    t->qs8_quantize_weights = bge_qs8_quantize_weights__avx2;
-    t->qs8_quantize_weights_name = "bge_qs8_quantize_weights__avx2";
-    t->qu8_quantize = bge_qu8_quantize__avx2;
-    t->qu8_quantize_name = "bge_qu8_quantize__avx2";
-    t->qs8_packed_size = bge_qs8_packed_size__avx2;
-    t->qs8_pack = bge_qs8_pack__avx2;
-    t->qs8_pack_name = "bge_qs8_pack" SUFFIX;
-    t->qu8s8_gemm = bge_qu8s8_gemm__avx2;
-    t->qu8s8_gemm_name = "bge_qu8s8_gemm" SUFFIX;
-    t->qu8s8_gemm_i32 = bge_qu8s8_gemm_i32__avx2;
-    t->qu8s8_gemm_i32_name = "bge_qu8s8_gemm_i32" SUFFIX;
-    t->qu8s8_dot_loop = bge_qu8s8_dot_loop__avx2;
+    BGE_SET(t, qs8_quantize_weights, bge_qs8_quantize_weights__avx2);
+    BGE_SET(t, qu8_quantize, bge_qu8_quantize__avx2);
+    BGE_SET(t, qs8_packed_size, bge_qs8_packed_size__avx2);
+    BGE_SET_NAMED(t, qs8_pack, bge_qs8_pack__avx2, "bge_qs8_pack" SUFFIX);
+    BGE_SET_NAMED(t, qu8s8_gemm, bge_qu8s8_gemm__avx2, "bge_qu8s8_gemm" SUFFIX);
+    BGE_SET_NAMED(t, qu8s8_gemm_i32, bge_qu8s8_gemm_i32__avx2, "bge_qu8s8_gemm_i32" SUFFIX);
+    BGE_SET(t, qu8s8_dot_loop, bge_qu8s8_dot_loop__avx2);
 }

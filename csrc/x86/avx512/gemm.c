@@ -268,9 +268,8 @@ double bge_f32_fma_loop__avx512(long iters) {
 }
 
 void bge_overlay_avx512_gemm(bge_kernels *t) {
-    t->f32_packed_size = bge_f32_packed_size__avx512;
-    t->f32_pack = bge_f32_pack__avx512;
-    t->f32_gemm = bge_f32_gemm__avx512;
-    t->f32_gemm_name = GEMM_NAME;
-    t->f32_fma_loop = bge_f32_fma_loop__avx512;
+    BGE_SET(t, f32_packed_size, bge_f32_packed_size__avx512);
+    BGE_SET(t, f32_pack, bge_f32_pack__avx512);
+    BGE_SET_NAMED(t, f32_gemm, bge_f32_gemm__avx512, GEMM_NAME);
+    BGE_SET(t, f32_fma_loop, bge_f32_fma_loop__avx512);
 }

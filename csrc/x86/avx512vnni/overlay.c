@@ -3,6 +3,6 @@
  * Compiled, like every file of this folder, with AVX-512 F/BW/DQ/VL + VNNI + FMA flags. The
  * table it overlays already holds the kernels of the levels below (avx512, avx2).
  */
-#include "vnni.h"
+#include "avx512vnni.h"
 
-void bge_overlay_vnni(bge_kernels *t) { bge_overlay_vnni_qgemm(t); }
+void bge_overlay_avx512vnni(bge_kernels *t) { bge_overlay_avx512vnni_qgemm(t); }

@@ -31,7 +31,7 @@
 #include <immintrin.h>
 #include <string.h>
 
-#include "vnni.h"
+#include "avx512vnni.h"
 
 #include "../avx512/epilogue48.h" /* bge_avx512_epilogue_48: bias, GELU, residual */
 
@@ -421,17 +421,12 @@ static int bge_qs8_quantize_weights__avx512vnni(const float *w, int N, int K, in
     return bge_q8_quantize_weight_rows(w, N, K, w_s8, w_scale, nthreads, qweight_group);
 }
 
-void bge_overlay_vnni_qgemm(bge_kernels *t) {
-    t->qs8_quantize_weights = bge_qs8_quantize_weights__avx512vnni;
-    t->qs8_quantize_weights_name = "bge_qs8_quantize_weights__avx512vnni";
-    t->qu8_quantize = bge_qu8_quantize__avx512vnni;
-    t->qu8_quantize_name = "bge_qu8_quantize__avx512vnni";
-    t->qs8_packed_size = bge_qs8_packed_size__avx512vnni;
-    t->qs8_pack = bge_qs8_pack__avx512vnni;
-    t->qs8_pack_name = "bge_qs8_pack" SUFFIX;
-    t->qu8s8_gemm = bge_qu8s8_gemm__avx512vnni;
-    t->qu8s8_gemm_name = "bge_qu8s8_gemm" SUFFIX;
-    t->qu8s8_gemm_i32 = bge_qu8s8_gemm_i32__avx512vnni;
-    t->qu8s8_gemm_i32_name = "bge_qu8s8_gemm_i32" SUFFIX;
-    t->qu8s8_dot_loop = bge_qu8s8_dot_loop__avx512vnni;
+void bge_overlay_avx512vnni_qgemm(bge_kernels *t) {
+    BGE_SET(t, qs8_quantize_weights, bge_qs8_quantize_weights__avx512vnni);
+    BGE_SET(t, qu8_quantize, bge_qu8_quantize__avx512vnni);
+    BGE_SET(t, qs8_packed_size, bge_qs8_packed_size__avx512vnni);
+    BGE_SET_NAMED(t, qs8_pack, bge_qs8_pack__avx512vnni, "bge_qs8_pack" SUFFIX);
+    BGE_SET_NAMED(t, qu8s8_gemm, bge_qu8s8_gemm__avx512vnni, "bge_qu8s8_gemm" SUFFIX);
+    BGE_SET_NAMED(t, qu8s8_gemm_i32, bge_qu8s8_gemm_i32__avx512vnni, "bge_qu8s8_gemm_i32" SUFFIX);
+    BGE_SET(t, qu8s8_dot_loop, bge_qu8s8_dot_loop__avx512vnni);
 }

@@ -239,12 +239,9 @@ static double bge_qu8s8_dot_loop__avxvnni(long iters) {
 }
 
 void bge_overlay_avxvnni_qgemm(bge_kernels *t) {
-    t->qs8_packed_size = bge_qs8_packed_size__avxvnni;
-    t->qs8_pack = bge_qs8_pack__avxvnni;
-    t->qs8_pack_name = "bge_qs8_pack" SUFFIX;
-    t->qu8s8_gemm = bge_qu8s8_gemm__avxvnni;
-    t->qu8s8_gemm_name = "bge_qu8s8_gemm" SUFFIX;
-    t->qu8s8_gemm_i32 = bge_qu8s8_gemm_i32__avxvnni;
-    t->qu8s8_gemm_i32_name = "bge_qu8s8_gemm_i32" SUFFIX;
-    t->qu8s8_dot_loop = bge_qu8s8_dot_loop__avxvnni;
+    BGE_SET(t, qs8_packed_size, bge_qs8_packed_size__avxvnni);
+    BGE_SET_NAMED(t, qs8_pack, bge_qs8_pack__avxvnni, "bge_qs8_pack" SUFFIX);
+    BGE_SET_NAMED(t, qu8s8_gemm, bge_qu8s8_gemm__avxvnni, "bge_qu8s8_gemm" SUFFIX);
+    BGE_SET_NAMED(t, qu8s8_gemm_i32, bge_qu8s8_gemm_i32__avxvnni, "bge_qu8s8_gemm_i32" SUFFIX);
+    BGE_SET(t, qu8s8_dot_loop, bge_qu8s8_dot_loop__avxvnni);
 }

@@ -180,9 +180,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         # The reader went away (`| head`): stop quietly. Python would flush stdout again at
         # exit and complain, so stdout becomes /dev/null first. 141: killed by SIGPIPE, as
         # a C program in a pipeline is.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # a stdout with no file descriptor (an embedding app)
+            pass
         return 141
     except BgeError as exc:
         _report(exc)

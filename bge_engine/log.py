@@ -13,6 +13,7 @@ import threading
 NAME = "bge_engine"
 _setup_lock = threading.Lock()
 _setup_done = False
+_stderr_handler = None  # to_stderr's handler, once it has run
 
 
 def logger():
@@ -31,16 +32,26 @@ def logger():
 
 def to_stderr(level: int = 30) -> None:
     """Prints the library's records of `level` (default WARNING) and above on stderr as
-    `bge-engine: warning: ...` (the command line's setting)."""
+    `bge-engine: warning: ...` (the command line's setting; a second call changes only the
+    level, so that main() run twice in one process prints each record once)."""
+    global _stderr_handler
     import logging
     import sys
+
+    log = logger()
+    log.setLevel(level)
+    if _stderr_handler is not None:
+        return
 
     class Prefixed(logging.Formatter):
         def format(self, record):
             return f"bge-engine: {record.levelname.lower()}: {record.getMessage()}"
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(Prefixed())
-    log = logger()
-    log.addHandler(handler)
-    log.setLevel(level)
+    class Stderr(logging.StreamHandler):
+        """Writes to sys.stderr as it is at each record (an app may replace it later)."""
+
+        stream = property(lambda self: sys.stderr, lambda self, value: None)
+
+    _stderr_handler = Stderr()
+    _stderr_handler.setFormatter(Prefixed())
+    log.addHandler(_stderr_handler)

@@ -385,3 +385,28 @@ def test_version():
     proc = run("--version")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"bge-engine {bge_engine.__version__}"
+
+
+@pytest.fixture
+def logger_restored():
+    """The bge_engine logger's handlers and level put back after an in-process main()."""
+    from bge_engine import log
+
+    logger = log.logger()
+    handlers, level, stderr_handler = list(logger.handlers), logger.level, log._stderr_handler
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    log._stderr_handler = stderr_handler
+
+
+def test_main_in_process_twice_prints_each_warning_once(minilm_path, capsys, logger_restored):
+    """main() called twice in one process (as an app embedding the CLI may) sets up its stderr
+    handler once: the truncation warning of the second run is printed once."""
+    from bge_engine import cli
+
+    for _ in range(2):
+        assert cli.main(["embed", "--model", str(minilm_path), "hello " * 600]) == 0
+        out, err = capsys.readouterr()
+        assert json.loads(out)["shape"] == [1, 384]
+        assert err == "bge-engine: warning: truncated 1 of 1 texts to the model's 512 tokens\n"

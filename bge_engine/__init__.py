@@ -7,7 +7,7 @@
     engine = bge_engine.Engine("BAAI/bge-small-en-v1.5")
     engine.encode(["a", "b"])          # numpy (2, 384), the checkpoint's pooling (CLS)
 
-See CONTRACT.md for the whole public contract.
+docs/contract.md is the whole public contract.
 """
 
 from __future__ import annotations
@@ -18,19 +18,16 @@ import threading
 import warnings
 from typing import Optional
 
-# GNU OpenMP keeps idle worker threads spinning for ~300,000 pauses (milliseconds on current
-# x86) after each parallel region. Between two kernel calls of a forward pass ~10,000 is
-# plenty; beyond that the spinning only takes the cores from the tokenizer's threads and from
-# the rest of the process (measured: up to ~25 % of int8 throughput on 2 cores). A value the
-# user set is kept; libgomp reads it once, when _kernels loads it below.
+# GNU OpenMP keeps idle worker threads spinning long after each parallel region; between two
+# kernel calls of a forward pass a short spin is enough, and a longer one only takes the cores
+# from the tokenizer and the rest of the process (docs/performance.md). A value the user set
+# is kept; libgomp reads it once, when _kernels loads it below.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
-# numpy's OpenBLAS does the same with its own threads, for 2^28 TSC ticks (~0.1 s) after
-# numpy loads and after every BLAS call: on a machine with no spare core that spin competes
-# with the kernels' OpenMP threads. Measured on 2 cores, with a numpy matmul between calls,
-# a 16-token encode took 27-35 ms instead of 5-7.5 (fp32) and 8-33 instead of 2.3-2.7 (int8).
-# 2^16 ticks (tens of microseconds) costs numpy's own matmuls nothing measurable.
-# OpenBLAS reads this when numpy loads, so it only takes effect where bge_engine is imported
-# first (README, "Kernels and CPUs"); a value the user set is kept.
+# numpy's OpenBLAS spins its idle threads too, after numpy loads and after every BLAS call,
+# against the kernels' OpenMP threads; 2^16 ticks is short enough not to, and long enough for
+# numpy's own matmuls (docs/performance.md). OpenBLAS reads it when numpy loads, so it only
+# takes effect where bge_engine is imported first (docs/design/threads.md); a value the user
+# set is kept.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
 
 from . import _kernels, schema  # noqa: E402

@@ -30,7 +30,7 @@ np = numpy_on_first_use(globals())
 # while keeping batches large enough for the GEMMs (M = 1024 runs them at full speed).
 TOKEN_BUDGET = 1024
 DTYPES = ("fp32", "int8")
-# The Linear layers dtype="int8" runs in int8 (the others stay fp32); see README, "int8".
+# The Linear layers dtype="int8" runs in int8 (the others stay fp32); docs/design/int8.md.
 INT8_MATMULS = ("qkv", "out", "up", "down")
 
 
@@ -94,10 +94,8 @@ class Engine:
         self._pooling = ckpt.pooling
         kernels = _kernels.Kernels()
         # The matmul weights load on their own threads from here (C, no GIL, no numpy), so
-        # that numpy's import (bge_engine's own import leaves it out), the tokenizer's build
-        # and the embeddings run beside the load on this thread, which keeps a core to itself:
-        # on 2 cores, loading on both made the cold start 0.97x as fast as before this
-        # overlap, loading on one 1.09x (40 rounds, 3 builds alternated).
+        # that numpy's import, the tokenizer's build and the embeddings run beside the load on
+        # this thread, which keeps a core to itself (docs/design/loading.md).
         loaders = max(1, min(threads, available_cores() - 1))
         matmuls = MatmulLoad(kernels, ckpt, INT8_MATMULS if dtype == "int8" else (), loaders)
         try:

@@ -1,4 +1,4 @@
-"""The typed error family of bge-engine (CONTRACT.md section 3).
+"""The typed error family of bge-engine (docs/contract.md, section 3).
 
 Every error carries a stable `code` string and a message that says what was wrong, where,
 and what to do.

@@ -1,4 +1,5 @@
-"""The Workers AI input and output contract of `@cf/baai/bge-small-en-v1.5` (CONTRACT.md 1).
+"""The Workers AI input and output contract of `@cf/baai/bge-small-en-v1.5`
+(docs/contract.md, section 1).
 
 `parse` turns a payload into a list of `Request`s or raises `InvalidInput` naming the key or
 index at fault; `reply` and `batch_reply` shape the answer. Nothing here touches the model.

@@ -3,6 +3,7 @@
     bge-engine embed [--model M] [--pooling mean|cls] [--dtype D] [--threads N] [--no-truncate] TEXT...
     bge-engine embed [...] --input FILE.jsonl|-    # a payload per line in, a reply per line out
     bge-engine bench [--model M] [--dtype D] [--threads N] [--json]
+    bge-engine serve [--model M] [--port P] [...]   # HTTP: Workers AI and OpenAI routes
     bge-engine info [--json]
 
 Errors go to stderr as one line naming the error's code; the exit status is 2 for bad input
@@ -23,6 +24,7 @@ from .cliargs import ArgumentParser, add_model_options, engine
 from .engine import default_threads
 from .errors import BgeError, InvalidInput
 from .hub import default_model
+from .server import cli as serve_cli
 
 
 def _add_embed(sub) -> argparse.ArgumentParser:
@@ -149,6 +151,7 @@ Command = Tuple[str, Callable[..., argparse.ArgumentParser], Callable[[argparse.
 COMMANDS: List[Command] = [
     ("embed", _add_embed, _embed),
     ("bench", _add_bench, _bench),
+    ("serve", serve_cli.add_parser, serve_cli.run),
     ("info", _add_info, _info),
 ]
 

@@ -292,12 +292,52 @@ class Engine:
                 bar.close()
         return out
 
-    def _pooled(self, ids: np.ndarray, offsets: np.ndarray, pooling: str,
-                normalize: bool) -> np.ndarray:
-        """The pooled rows of one ragged batch: its forward pass, in a compute slot."""
+    def _pooled(self, ids: np.ndarray, offsets: np.ndarray,
+                pooling: Union[str, Sequence[str]], normalize: bool) -> np.ndarray:
+        """The pooled rows of one ragged batch: its forward pass, in a compute slot.
+
+        `pooling` is one pooling for every text, or a sequence with one per text.
+        """
         with self._compute() as ws:
             h = self._model.forward(ids, offsets, ws, self.threads)
-            return self._model.pool(h, offsets, pooling, normalize)
+            if isinstance(pooling, str):
+                return self._model.pool(h, offsets, pooling, normalize)
+            return self._pool_each(h, offsets, pooling, normalize)
+
+    def _pool_each(self, h: np.ndarray, offsets: np.ndarray, poolings: Sequence[str],
+                   normalize: bool) -> np.ndarray:
+        """(n, dim): text i of the ragged batch h (T, dim) pooled as poolings[i] says.
+
+        Pooling and normalising are per row, so pooling every text both ways and keeping
+        the asked row gives each text the bits it has alone (pooling costs ~T x dim adds,
+        nothing beside the forward pass).
+        """
+        kinds = set(poolings)
+        if len(kinds) == 1:
+            return self._model.pool(h, offsets, kinds.pop(), normalize)
+        unknown = kinds.difference(schema.POOLINGS)
+        if unknown:
+            raise InvalidInput(f"poolings: expected 'mean' or 'cls', got {sorted(unknown)!r}")
+        cls = np.fromiter((p == "cls" for p in poolings), dtype=bool, count=len(poolings))
+        out = self._model.pool(h, offsets, "mean", normalize)
+        out[cls] = self._model.pool(h, offsets, "cls", normalize)[cls]
+        return out
+
+    def _embed_tokenized(self, all_ids: Sequence[np.ndarray], poolings: Sequence[str],
+                         normalize: bool = True) -> np.ndarray:
+        """Rows (n, dim) of pre-tokenised texts (as `_tokenize` gives them) in ONE ragged
+        forward pass, text i pooled as poolings[i] says, in the given order.
+
+        For the server's batcher, which tokenises on arrival and cuts its own batches by a
+        token budget: the caller bounds the batch's tokens (the workspace grows to fit).
+        """
+        if len(all_ids) != len(poolings):
+            raise ValueError(f"poolings: {len(poolings)} for {len(all_ids)} texts")
+        if not all_ids:
+            return np.empty((0, self.dim), dtype=np.float32)
+        offsets = np.zeros(len(all_ids) + 1, dtype=np.int32)
+        np.cumsum([ids.shape[0] for ids in all_ids], out=offsets[1:])
+        return self._pooled(np.concatenate(all_ids), offsets, poolings, normalize)
 
     def _compute(self):
         return _ComputeSlot(self)

@@ -2,6 +2,7 @@
 
     bge-engine embed [--model M] [--pooling mean|cls] [--dtype D] [--threads N] [--no-truncate] TEXT...
     bge-engine embed [...] --input FILE.jsonl|-    # a payload per line in, a reply per line out
+    bge-engine encode INPUT -o OUTPUT [...]         # a corpus from a file to a file (corpus/)
     bge-engine bench [--model M] [--dtype D] [--threads N] [--json]
     bge-engine serve [--model M] [--port P] [...]   # HTTP: Workers AI and OpenAI routes
     bge-engine info [--json]
@@ -21,6 +22,7 @@ from typing import Callable, List, Optional, Tuple
 
 from . import __version__, cpu_info, log
 from .cliargs import ArgumentParser, add_model_options, engine
+from .corpus import command as encode_command
 from .engine import default_threads
 from .errors import BgeError, InvalidInput
 from .hub import default_model
@@ -150,6 +152,7 @@ def _info(args) -> int:
 Command = Tuple[str, Callable[..., argparse.ArgumentParser], Callable[[argparse.Namespace], int]]
 COMMANDS: List[Command] = [
     ("embed", _add_embed, _embed),
+    ("encode", encode_command.add_parser, encode_command.run),
     ("bench", _add_bench, _bench),
     ("serve", serve_cli.add_parser, serve_cli.run),
     ("info", _add_info, _info),

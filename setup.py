@@ -35,6 +35,8 @@ ISA_FOLDERS = [
      ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-mavx2"]),
     ("avx512vnni", "csrc/x86/avx512vnni",
      ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma"]),
+    ("avx512bf16", "csrc/x86/avx512bf16",
+     ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16", "-mfma"]),
     ("amx", "csrc/x86/amx",
      ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma",
       "-mamx-tile", "-mamx-int8"]),

@@ -1,7 +1,7 @@
 # Declarations of the C API (csrc/bge.h) for the Cython boundary. Every function and every
 # function pointer is nogil: the wrappers in _kernels.pyx release the GIL around each call.
 
-from libc.stdint cimport int8_t, int32_t, uint8_t
+from libc.stdint cimport int8_t, int32_t, uint8_t, uint16_t
 
 
 cdef extern from "bge.h" nogil:
@@ -67,6 +67,13 @@ cdef extern from "bge.h" nogil:
         double (*qu8s8_dot_loop)(long iters) noexcept nogil
         int (*qs8_quantize_weights)(const float *w, int N, int K, int8_t *w_s8,
                                     float *w_scale, int nthreads) noexcept nogil
+        size_t (*bf16_packed_size)(int K, int N) noexcept nogil
+        int (*bf16_pack)(const float *w, int K, int N, void *packed) noexcept nogil
+        size_t (*bf16_gemm_scratch)(int M, int K) noexcept nogil
+        int (*bf16_gemm)(const float *x, int M, int K, int N, const void *packed,
+                         const float *bias, const float *res, float *out, int epilogue,
+                         void *scratch, size_t scratch_bytes, int nthreads) noexcept nogil
+        double (*bf16_dot_loop)(long iters) noexcept nogil
 
     ctypedef struct bge_cpu_features:
         int avx2, fma, avx512f, avx512bw, avx512dq, avx512vl, avx512_vnni, avx_vnni
@@ -83,3 +90,4 @@ cdef extern from "bge.h" nogil:
     int bge_isa_from_name(const char *name)
     const char *bge_slot_name(int slot)
     const char *bge_kernel_name(const bge_kernels *t, int slot)
+    void bge_bf16_from_f32(const float *x, size_t n, uint16_t *out)

@@ -22,7 +22,7 @@ from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, P
                              PyObject_GetBuffer)
 from cython.parallel cimport parallel, prange, threadid
 from libc.errno cimport EINTR, errno
-from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, uintptr_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from posix.stdlib cimport posix_memalign
 from posix.types cimport off_t
@@ -393,6 +393,36 @@ class PackedQ8:
         return self.data.nbytes
 
 
+class PackedBF16:
+    """A weight (N, K) converted to bf16 and packed for one kernel table's bgemm (csrc/bge.h,
+    the bf16 scheme). `data` (uint8) starts with a header naming the panel width; a table
+    whose GEMM reads other panels rejects it."""
+
+    __slots__ = ("data", "K", "N", "isa")
+
+    def __init__(self, data, K, N, isa):
+        self.data, self.K, self.N, self.isa = data, K, N, isa
+
+    @property
+    def nbytes(self):
+        return self.data.nbytes
+
+
+def bf16_bits(x):
+    """bf16(x) of csrc/bge.h (the plain-C definition, bge_bf16_from_f32): the uint16 bits of
+    each float32 of x (any shape, C-contiguous), rounded to nearest even, denormals taken as
+    zero, NaN made quiet."""
+    _check(x, "x", tuple(x.shape) if isinstance(x, np.ndarray) else ())
+    out = np.empty(x.shape, dtype=np.uint16)
+    if x.size == 0:
+        return out
+    cdef const float[::1] xv = x.reshape(-1)
+    cdef uint16_t[::1] ov = out.reshape(-1)
+    with nogil:
+        bge_bf16_from_f32(&xv[0], xv.shape[0], &ov[0])
+    return out
+
+
 # ----------------------------------------------------------------------------------------
 # Loading: every matmul weight read, checked and packed in one call without the GIL
 # ----------------------------------------------------------------------------------------
@@ -406,10 +436,19 @@ cdef struct _LoadJob:
     # the arena at byte out_off
     int64_t off[_MAX_PARTS]
     int rows[_MAX_PARTS]
-    int nparts, N, K, int8
+    int nparts, N, K, kind  # _KIND_*
     size_t out_off
     # out: _LOAD_OK, or what went wrong and in which part
     int status, part
+
+
+cdef enum:
+    _KIND_F32 = 0
+    _KIND_INT8 = 1
+    _KIND_BF16 = 2
+
+_KINDS = {False: _KIND_F32, True: _KIND_INT8, "fp32": _KIND_F32, "int8": _KIND_INT8,
+          "bf16": _KIND_BF16}
 
 
 cdef enum:
@@ -465,9 +504,13 @@ cdef void _load_one(const bge_kernels *t, int fd, _LoadJob *j, float *w, int8_t 
             j.status, j.part = _LOAD_NONFINITE, p
             return
         at += n
-    if j.int8:
+    if j.kind == _KIND_INT8:
         if t.qs8_quantize_weights(w, j.N, j.K, q, s, 1) != BGE_OK or \
                 t.qs8_pack(q, s, j.K, j.N, <void *>(arena + j.out_off)) != BGE_OK:
+            j.status, j.part = _LOAD_PACK, 0
+            return
+    elif j.kind == _KIND_BF16:
+        if t.bf16_pack(w, j.K, j.N, <void *>(arena + j.out_off)) != BGE_OK:
             j.status, j.part = _LOAD_PACK, 0
             return
     elif t.f32_pack(w, j.K, j.N, <float *>(arena + j.out_off)) != BGE_OK:
@@ -775,15 +818,16 @@ cdef class Kernels:
 
         Args:
             fd: the file (e.g. model.safetensors), read with pread.
-            jobs: one (parts, N, K, int8, out_off) per weight (N, K): `parts` is a list of
+            jobs: one (parts, N, K, kind, out_off) per weight (N, K): `parts` is a list of
                 (byte offset, rows) of little-endian float32 tensors stacked by rows (their
-                rows sum to N); int8 quantises (quantize_weight) and packs for qgemm, else
-                pack for gemm; the packed bytes go to arena[out_off:], 64-byte aligned.
+                rows sum to N); kind "int8" (or True) quantises (quantize_weight) and packs
+                for qgemm, "bf16" converts and packs for bgemm (bpack), "fp32" (or False)
+                packs for gemm; the packed bytes go to arena[out_off:], 64-byte aligned.
             arena: a writable C-contiguous byte buffer (an `Arena`, or a uint8 array),
                 64-byte aligned.
 
         Returns:
-            (packed, errors): packed[i] is job i's PackedF32 or PackedQ8 (a view of the
+            (packed, errors): packed[i] is job i's PackedF32, PackedQ8 or PackedBF16 (a view of the
             arena), None where it failed; errors lists (i, part, what) for each failed job,
             `what` a phrase of LOAD_ERRORS ("is cut short", "holds NaN or infinity", ...).
         """
@@ -799,8 +843,14 @@ cdef class Kernels:
         cdef size_t most = 1, size, cap = av.shape[0]
         cdef int most_n = 1, most_g = 1, p
         sizes = []
+        kinds = []
         for i in range(njobs):
-            parts, N, K, int8, out_off = jobs[i]
+            parts, N, K, kind, out_off = jobs[i]
+            if kind not in _KINDS:
+                raise ValueError(f"jobs[{i}]: kind {kind!r} is none of 'fp32', 'int8', 'bf16'")
+            kind = _KINDS[kind]
+            kinds.append(kind)
+            int8 = kind == _KIND_INT8
             if not 1 <= len(parts) <= _MAX_PARTS:
                 raise ValueError(f"jobs[{i}]: expected 1 to {_MAX_PARTS} parts, got {len(parts)}")
             if N < 1 or K < 1 or (int8 and K > BGE_Q8_MAX_K):
@@ -808,7 +858,8 @@ cdef class Kernels:
             if sum(r for _o, r in parts) != N or any(r < 1 or o < 0 for o, r in parts):
                 raise ValueError(f"jobs[{i}]: expected parts of rows >= 1 at offsets >= 0, "
                                  f"their rows summing to N = {N}")
-            size = self.t.qs8_packed_size(K, N) if int8 else 4 * self.t.f32_packed_size(K, N)
+            size = (self.t.qs8_packed_size(K, N) if int8 else self.t.bf16_packed_size(K, N)
+                    if kind == _KIND_BF16 else 4 * self.t.f32_packed_size(K, N))
             if size == 0:
                 raise ValueError(f"jobs[{i}]: cannot pack shape {(N, K)}")
             if out_off < 0 or out_off % 64 or <size_t>out_off + size > cap:
@@ -820,7 +871,7 @@ cdef class Kernels:
         if njobs == 0:
             return [], []
         nt = min(nt, njobs)
-        need_q = any(job[3] for job in jobs)
+        need_q = any(kind == _KIND_INT8 for kind in kinds)
         # the jobs for C, and each thread's buffers: the weight as read, and its int8 form
         # with scales
         cdef size_t fs = most, qsz = most if need_q else 1
@@ -835,8 +886,8 @@ cdef class Kernels:
             if js == NULL or fp == NULL or qp == NULL or sp == NULL:
                 raise MemoryError("load_packed: cannot allocate the loading buffers")
             for i in range(njobs):
-                parts, N, K, int8, out_off = jobs[i]
-                js[i].nparts, js[i].N, js[i].K, js[i].int8 = len(parts), N, K, bool(int8)
+                parts, N, K, _kind, out_off = jobs[i]
+                js[i].nparts, js[i].N, js[i].K, js[i].kind = len(parts), N, K, kinds[i]
                 js[i].out_off = out_off
                 js[i].status, js[i].part = -1, 0
                 for p in range(len(parts)):
@@ -860,9 +911,10 @@ cdef class Kernels:
                 errors.append((i, part, LOAD_ERRORS.get(st, "was not read")))
                 packed.append(None)
                 continue
-            N, K, int8, out_off = jobs[i][1:]
+            N, K, _kind, out_off = jobs[i][1:]
             data = base[out_off:out_off + sizes[i]]
-            packed.append(PackedQ8(data, K, N, self.isa) if int8
+            packed.append(PackedQ8(data, K, N, self.isa) if kinds[i] == _KIND_INT8
+                          else PackedBF16(data, K, N, self.isa) if kinds[i] == _KIND_BF16
                           else PackedF32(data.view(np.float32), K, N, self.isa))
         return packed, errors
 
@@ -1010,4 +1062,88 @@ cdef class Kernels:
         cdef double ops
         with nogil:
             ops = self.t.qu8s8_dot_loop(iters)
+        return ops
+
+    # ------------------------------------------------------------------------------------
+    # bf16: the scheme of csrc/bge.h (bf16 weights packed at load, x converted by the call,
+    # fp32 sums over the whole of K, fp32 epilogue)
+    # ------------------------------------------------------------------------------------
+
+    def bpacked_bytes(self, int K, int N):
+        """Bytes bpack() needs for a weight (N, K) (an `out` buffer's size); 0 on bad sizes."""
+        return self.t.bf16_packed_size(K, N)
+
+    def bgemm_scratch_bytes(self, int M, int K):
+        """Bytes of scratch bgemm() needs for x (M, K) (at most 4 * M * (K rounded up to
+        even) on every level)."""
+        return self.t.bf16_gemm_scratch(M, K) if M > 0 else 0
+
+    def bpack(self, w, out=None):
+        """Converts a torch Linear weight w (N, K) float32 to bf16 and packs it for this
+        table's bgemm, into `out` (a C-contiguous uint8 array of bpacked_bytes(K, N), 64-byte
+        aligned) or new memory; returns a PackedBF16."""
+        if not isinstance(w, np.ndarray) or w.ndim != 2:
+            raise ValueError("w: expected a float32 array of shape (N, K)")
+        cdef int N = w.shape[0], K = w.shape[1]
+        _check(w, "w", (N, K))
+        cdef size_t size = self.t.bf16_packed_size(K, N)
+        if size == 0:
+            raise ValueError(f"w: cannot pack shape {(N, K)}")
+        data = _aligned_bytes(size) if out is None else _out_bytes(out, size)
+        cdef const float[:, ::1] wv = w
+        cdef uint8_t[::1] dv = data
+        cdef int st
+        with nogil:
+            st = self.t.bf16_pack(&wv[0, 0], K, N, <void *>&dv[0])
+        _check_status(st, "bpack")
+        return PackedBF16(data, K, N, self.isa)
+
+    def bgemm(self, x, packed, bias, out, epilogue="bias", res=None, scratch=None, threads=1):
+        """out (M, N) = epilogue(bf16(x) (M, K) @ bf16(W)^T + bias (N)) [+ res (M, N)], the
+        sums in fp32 over the whole of K (csrc/bge.h). packed: this table's bpack; scratch:
+        a flat uint8 buffer of at least bgemm_scratch_bytes(M, K) (new memory when None)."""
+        if not isinstance(packed, PackedBF16):
+            raise ValueError("packed: expected the PackedBF16 that Kernels.bpack returned")
+        if packed.isa != self.isa:
+            raise ValueError(f"packed: made for the {packed.isa!r} table, used with {self.isa!r}")
+        cdef int K = packed.K, N = packed.N
+        cdef const float *xp
+        cdef const float *bp
+        cdef const float *rp
+        cdef float *op
+        cdef const uint8_t *pp
+        cdef uint8_t *sp
+        cdef int M = _rows(&xp, x, K)
+        cdef int epi = _epilogue(epilogue, bias, res, out, M, N, &bp, &rp, &op)
+        cdef int nt = _threads(threads)
+        if M == 0:
+            return out
+        cdef size_t need = self.t.bf16_gemm_scratch(M, K)
+        if scratch is None:
+            scratch = _aligned_bytes(need)
+        cdef Py_ssize_t ns, n_
+        _flat(<void **>&sp, scratch, "scratch", <Py_ssize_t>need, np.uint8, b'B', &ns)
+        _flat(<void **>&pp, packed.data, "packed.data", 0, np.uint8, b'B', &n_, False)
+        if n_ < 64:
+            raise ValueError("packed: too short to hold a packed bf16 weight")
+        if _overlap(xp, <size_t>M * K * 4, op, <size_t>M * N * 4):
+            raise ValueError("out: must not overlap x")
+        if (_overlap(sp, <size_t>ns, op, <size_t>M * N * 4)
+                or _overlap(sp, <size_t>ns, xp, <size_t>M * K * 4)):
+            raise ValueError("scratch: must not overlap x or out")
+        cdef int st
+        with nogil:
+            st = self.t.bf16_gemm(xp, M, K, N, <const void *>pp, bp, rp, op, epi,
+                                  <void *>sp, <size_t>ns, nt)
+        _check_status(st, "bgemm")
+        return out
+
+    def bf16_dot_loop(self, long iters):
+        """Runs the table's bf16 dot-product peak loop; returns the floating-point operations
+        done (2 per bf16 product)."""
+        if iters < 1:
+            raise ValueError(f"iters: expected >= 1, got {iters}")
+        cdef double ops
+        with nogil:
+            ops = self.t.bf16_dot_loop(iters)
         return ops

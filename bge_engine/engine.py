@@ -29,9 +29,12 @@ np = numpy_on_first_use(globals())
 # The most tokens one forward pass holds: bounds the workspace (about 14 MB for bge-small)
 # while keeping batches large enough for the GEMMs (M = 1024 runs them at full speed).
 TOKEN_BUDGET = 1024
-DTYPES = ("fp32", "int8")
+DTYPES = ("fp32", "bf16", "int8")
 # The Linear layers dtype="int8" runs in int8 (the others stay fp32); docs/design/int8.md.
 INT8_MATMULS = ("qkv", "out", "up", "down")
+# The Linear layers dtype="bf16" runs in bf16 (docs/bf16.md): all four; attention, LayerNorm,
+# softmax, GELU and pooling stay fp32.
+BF16_MATMULS = ("qkv", "out", "up", "down")
 
 
 def available_cores() -> int:
@@ -57,8 +60,10 @@ class Engine:
         model: a local folder in the Hugging Face layout, or a hub id resolved through the
             Hugging Face cache or a download (see `bge_engine.hub`); None (the default):
             BGE_ENGINE_MODEL where it is set, else BAAI/bge-small-en-v1.5.
-        dtype: "fp32" (matches PyTorch to float rounding) or "int8" (quantised matmuls;
-            LayerNorm, softmax, GELU, attention and pooling stay fp32).
+        dtype: "fp32" (matches PyTorch to float rounding), "bf16" (matmul inputs in bfloat16
+            with fp32 sums; LayerNorm, softmax, GELU, attention and pooling in fp32) or
+            "int8" (quantised matmuls; LayerNorm, softmax, GELU, attention and pooling stay
+            fp32).
         threads: threads one call may use; default: OMP_NUM_THREADS, else the cores this
             process may run on.
         truncate: cut texts past the model's limit to it (with a logged warning), or raise
@@ -97,7 +102,8 @@ class Engine:
         # that numpy's import, the tokenizer's build and the embeddings run beside the load on
         # this thread, which keeps a core to itself (docs/design/loading.md).
         loaders = max(1, min(threads, available_cores() - 1))
-        matmuls = MatmulLoad(kernels, ckpt, INT8_MATMULS if dtype == "int8" else (), loaders)
+        matmuls = MatmulLoad(kernels, ckpt, INT8_MATMULS if dtype == "int8" else (), loaders,
+                             bf16=BF16_MATMULS if dtype == "bf16" else ())
         try:
             self.tokenizer = Tokenizer(os.path.join(self._folder, "tokenizer.json"),
                                        ckpt.config.vocab)

@@ -46,6 +46,8 @@ class Workspace:
         self.reserve = reserve
         self.scratch = np.empty(0, dtype=np.float32)
         self.row_bytes = _kernels.q8_row_bytes(max(hidden, intermediate))
+        # bf16: the GEMM's converted input, at most 4 bytes per k (K rounded up to even)
+        self.xb_row_bytes = 4 * (max(hidden, intermediate) + 1) // 2 * 2
 
     def ensure(self, tokens: int, scratch_floats: int) -> None:
         """Makes room for `tokens` rows and `scratch_floats` floats of attention scratch."""
@@ -59,7 +61,8 @@ class Workspace:
                       ("up", (cap, F), np.float32),  # FFN intermediate
                       ("q", (cap * self.row_bytes,), np.uint8),  # int8: quantised input
                       ("q_scale", (cap * G,), np.float32),  # int8: (T, groups)
-                      ("q_zp", (cap * G,), np.int32))
+                      ("q_zp", (cap * G,), np.int32),
+                      ("xb", (cap * self.xb_row_bytes,), np.uint8))  # bf16: converted input
             sizes = [-(-int(np.prod(shape)) * np.dtype(dt).itemsize // 64) * 64
                      for _, shape, dt in layout]
             buf = _anonymous(sum(sizes))
@@ -100,27 +103,38 @@ class LoadScratch:
 
 
 class Linear:
-    """y = x W^T + b with W packed once for the kernel table: fp32, or int8 (s8 weights with a
-    scale per output channel and group of 64 k; the input quantised per token and group when
-    it runs, with a zero point).
+    """y = x W^T + b with W packed once for the kernel table: fp32; bf16 (weights in bf16,
+    the input converted by the GEMM call, fp32 sums over all of K); or int8 (s8 weights with
+    a scale per output channel and group of 64 k; the input quantised per token and group
+    when it runs, with a zero point).
 
     Args:
-        w: the packed weight (N, K): a `_kernels.PackedF32` (Kernels.pack or load_packed)
-            or a `_kernels.PackedQ8` (Kernels.qpack or load_packed), which runs in int8.
+        w: the packed weight (N, K): a `_kernels.PackedF32` (Kernels.pack or load_packed),
+            a `_kernels.PackedBF16` (Kernels.bpack or load_packed), which runs in bf16, or a
+            `_kernels.PackedQ8` (Kernels.qpack or load_packed), which runs in int8.
         b: (N,) float32, the bias.
     """
 
     def __init__(self, w, b: np.ndarray):
         self.w, self.b = w, b
         self.int8 = isinstance(w, _kernels.PackedQ8)
+        self.bf16 = isinstance(w, _kernels.PackedBF16)
 
     @staticmethod
-    def packed_bytes(kernels, N: int, K: int, int8: bool) -> int:
-        """Bytes the packed weight (N, K) needs."""
-        return kernels.qpacked_bytes(K, N) if int8 else kernels.packed_bytes(K, N)
+    def packed_bytes(kernels, N: int, K: int, kind) -> int:
+        """Bytes the packed weight (N, K) needs; kind "fp32", "bf16" or "int8" (or a bool:
+        int8 or not)."""
+        if kind is True or kind == "int8":
+            return kernels.qpacked_bytes(K, N)
+        if kind == "bf16":
+            return kernels.bpacked_bytes(K, N)
+        return kernels.packed_bytes(K, N)
 
     def __call__(self, k, x: np.ndarray, out: np.ndarray, ws: "Workspace", threads: int,
                  epilogue: str = "bias", res: Optional[np.ndarray] = None) -> None:
+        if self.bf16:
+            k.bgemm(x, self.w, self.b, out, epilogue, res=res, scratch=ws.xb, threads=threads)
+            return
         if not self.int8:
             k.gemm(x, self.w, self.b, out, epilogue, res=res, threads=threads)
             return
@@ -146,22 +160,31 @@ class PackedLayer:
         self.ln2_g, self.ln2_b = v["ln2_g"], v["ln2_b"]
 
     @staticmethod
-    def arena_bytes(kernels, H: int, F: int, int8: frozenset) -> int:
+    def arena_bytes(kernels, H: int, F: int, int8: frozenset,
+                    bf16: frozenset = frozenset()) -> int:
         """Bytes of one layer's packed weights, each slot rounded up to 64."""
-        return sum(-(-n // 64) * 64 for n in _slot_bytes(kernels, H, F, int8))
+        return sum(-(-n // 64) * 64 for n in _slot_bytes(kernels, H, F, int8, bf16))
 
 
-def _slot_bytes(kernels, H: int, F: int, int8: frozenset) -> List[int]:
+def _kind(name: str, int8: frozenset, bf16: frozenset) -> str:
+    """How the matmul `name` runs: "int8", "bf16" or "fp32"."""
+    return "int8" if name in int8 else "bf16" if name in bf16 else "fp32"
+
+
+def _slot_bytes(kernels, H: int, F: int, int8: frozenset,
+                bf16: frozenset = frozenset()) -> List[int]:
     """Bytes of each matmul's packed weight in a layer, in MATMULS order."""
     shapes = ((3 * H, H), (H, H), (F, H), (H, F))  # (N, K) of qkv, out, up, down
-    return [Linear.packed_bytes(kernels, N, K, m in int8) for m, (N, K) in zip(MATMULS, shapes)]
+    return [Linear.packed_bytes(kernels, N, K, _kind(m, int8, bf16))
+            for m, (N, K) in zip(MATMULS, shapes)]
 
 
-def _slot_offsets(kernels, H: int, F: int, int8: frozenset) -> List[int]:
+def _slot_offsets(kernels, H: int, F: int, int8: frozenset,
+                  bf16: frozenset = frozenset()) -> List[int]:
     """Where each matmul's packed weight starts in its layer's part of the arena, in MATMULS
     order, each on 64 bytes."""
     offsets, at = [], 0
-    for n in _slot_bytes(kernels, H, F, int8):
+    for n in _slot_bytes(kernels, H, F, int8, bf16):
         offsets.append(at)
         at += -(-n // 64) * 64
     return offsets
@@ -185,20 +208,26 @@ class MatmulLoad:
     Args:
         kernels: the `_kernels.Kernels` table to pack for.
         ckpt: the opened checkpoint.
-        int8: the Linear layers to quantise (names from MATMULS); the rest stay fp32.
+        int8: the Linear layers to quantise (names from MATMULS).
         threads: threads to load with.
+        bf16: the Linear layers to convert to bf16 (names from MATMULS, none of int8's);
+            the rest stay fp32.
     """
 
-    def __init__(self, kernels, ckpt: Checkpoint, int8=(), threads: int = 1):
-        int8 = frozenset(int8)
-        unknown = int8 - set(MATMULS)
-        if unknown:
-            raise ValueError(f"int8: unknown matmuls {sorted(unknown)}; expected {MATMULS}")
+    def __init__(self, kernels, ckpt: Checkpoint, int8=(), threads: int = 1, bf16=()):
+        int8, bf16 = frozenset(int8), frozenset(bf16)
+        for what, names in (("int8", int8), ("bf16", bf16)):
+            unknown = names - set(MATMULS)
+            if unknown:
+                raise ValueError(f"{what}: unknown matmuls {sorted(unknown)}; expected {MATMULS}")
+        if int8 & bf16:
+            raise ValueError(f"int8 and bf16 both name {sorted(int8 & bf16)}")
         cfg = ckpt.config
         self.kernels, self.ckpt, self.int8, self.threads = kernels, ckpt, int8, threads
-        per_layer = PackedLayer.arena_bytes(kernels, cfg.hidden, cfg.intermediate, int8)
+        self.bf16 = bf16
+        per_layer = PackedLayer.arena_bytes(kernels, cfg.hidden, cfg.intermediate, int8, bf16)
         self.arena = _kernels.Arena(per_layer * cfg.layers)
-        offsets = _slot_offsets(kernels, cfg.hidden, cfg.intermediate, int8)
+        offsets = _slot_offsets(kernels, cfg.hidden, cfg.intermediate, int8, bf16)
         self._direct, self._by_python = [], []
         for i in range(cfg.layers):
             for name, at in zip(MATMULS, offsets):
@@ -207,7 +236,7 @@ class MatmulLoad:
                 if parts is None:
                     self._by_python.append((i, name, slot))
                 else:
-                    self._direct.append((i, name, (parts, N, K, name in int8, slot)))
+                    self._direct.append((i, name, (parts, N, K, _kind(name, int8, bf16), slot)))
         self._loaded, self._error = None, None
         self._thread = None
         if self._direct:
@@ -258,11 +287,13 @@ class MatmulLoad:
                 if not hasattr(local, "scratch"):
                     local.scratch = LoadScratch(ckpt)
                 w = ckpt.matrix(i, name, local.scratch.floats)
-                q8 = name in self.int8
-                dst = arena[slot:slot + Linear.packed_bytes(self.kernels, *w.shape, q8)]
-                if q8:
+                kind = _kind(name, self.int8, self.bf16)
+                dst = arena[slot:slot + Linear.packed_bytes(self.kernels, *w.shape, kind)]
+                if kind == "int8":
                     q, scale = local.scratch.int8(*w.shape)
                     return self.kernels.qpack(*quantize_weight(w, q=q, scale=scale), out=dst)
+                if kind == "bf16":
+                    return self.kernels.bpack(w, out=dst)
                 return self.kernels.pack(w, out=dst)
 
             loaded = run_on_threads(load, len(self._by_python), self.threads)
@@ -308,16 +339,17 @@ class BertModel:
     Args:
         ckpt: the opened checkpoint; each layer is read, packed and dropped in turn.
         kernels: a `_kernels.Kernels` table.
-        int8: the Linear layers to run in int8 (names from MATMULS); the rest run in fp32.
+        int8: the Linear layers to run in int8 (names from MATMULS).
         threads: threads to pack the weights with at load.
         matmuls: the matmul weights, loading already (Engine starts the load first); by
-            default a MatmulLoad of `int8` on `threads` threads, started here.
+            default a MatmulLoad of `int8` and `bf16` on `threads` threads, started here.
+        bf16: the Linear layers to run in bf16 (names from MATMULS); the rest run in fp32.
     """
 
     def __init__(self, ckpt: Checkpoint, kernels, int8=(), threads: int = 1,
-                 matmuls: Optional[MatmulLoad] = None):
+                 matmuls: Optional[MatmulLoad] = None, bf16=()):
         if matmuls is None:
-            matmuls = MatmulLoad(kernels, ckpt, int8, threads)
+            matmuls = MatmulLoad(kernels, ckpt, int8, threads, bf16=bf16)
         cfg = self.config = ckpt.config
         self.kernels = kernels
         # The matmul weights are read, checked and packed on their own threads meanwhile,

@@ -48,12 +48,14 @@ typedef enum {
 
 /* ISA levels, lowest first (the list: registry.h). A level is usable when the CPU has its
  * instructions, the OS saves its registers (XCR0) and the compiler built its folder. The
- * BGE_ISA environment variable (a level's name: ref|avx2|avxvnni|avx512|avx512vnni|amx, or
+ * BGE_ISA environment variable (a level's name: ref|avx2|avxvnni|avx512|avx512vnni|
+ * avx512bf16|amx, or
  * an old alias such as vnni) caps the level chosen by bge_init().
  *   avx2        AVX2 + FMA
  *   avxvnni     AVX2 + FMA + AVX-VNNI (ymm vpdpbusd)
  *   avx512      AVX-512 F, BW, DQ, VL
  *   avx512vnni  AVX-512 VNNI (zmm vpdpbusd)
+ *   avx512bf16  AVX-512 BF16 (zmm vdpbf16ps, vcvtneps2bf16)
  *   amx         AMX tiles, int8                                                       */
 typedef enum {
 #define BGE_LEVEL_ENUM_(id, name) BGE_ISA_##id,
@@ -235,6 +237,78 @@ typedef int (*bge_qu8s8_gemm_i32_fn)(const uint8_t *q, int M, int K, int N, cons
  * vpmaddwd + vpaddd) and returns the integer operations done (2 per product). The caller
  * times it.                                                                              */
 typedef double (*bge_qu8s8_dot_loop_fn)(long iters);
+
+/* ---------------------------------------------------------------------------------------
+ * bf16 GEMM: bfloat16 inputs, fp32 accumulation over the whole of K (no groups), the fp32
+ * epilogues of the fp32 GEMM. The scheme, exactly (every level gives the same bits as the
+ * reference, csrc/ref/bgemm.c, except GELU: SIMD levels use their vector GELU, within
+ * 1.5e-7 |v| of the scalar one, as for fp32 and int8). docs/design/bf16.md tells why.
+ *
+ *   bf16(v), fp32 -> bfloat16 (the top 16 bits of an fp32), as vcvtneps2bf16 computes it
+ *     (checked bit for bit on Zen 4 over 32 million values of every class):
+ *       a denormal v is taken as +-0 first (DAZ); a NaN keeps its sign and top 7 payload
+ *       bits and is made quiet (bf16 bit 6 set); anything else is rounded to nearest, ties
+ *       to even (a finite v near FLT_MAX may round to +-inf). So a bf16 is never denormal.
+ *     bge_bf16_from_f32 below is its plain-C definition.
+ *   Kp = BGE_BF16_KP(K) = K rounded up to even; x and W are taken as 0 at k = K when K is odd.
+ *   Weights, at load: wb[n, k] = bf16(w[n, k]), packed in pairs of k ("VNNI-2"): the 32-bit
+ *     word of (column n, pair g) holds wb[n, 2g] in its low half and wb[n, 2g+1] in its high
+ *     half (the operand layout of vdpbf16ps and tdpbf16ps). The packed buffer starts with a
+ *     64-byte header (bge_bf16_header, csrc/bge_internal.h); its panels are documented there.
+ *   Activations: xb[m, k] = bf16(x[m, k]), converted by the GEMM call itself into the
+ *     caller's scratch (each level in the form its kernel reads).
+ *   Sum, per output (m, n): acc = +0.0f, then for g = 0, 1, ..., Kp/2 - 1 in this order
+ *       acc = step(acc, xb[m, 2g+1], wb[n, 2g+1]);      (the odd k of the pair first)
+ *       acc = step(acc, xb[m, 2g],   wb[n, 2g]);
+ *     step(a, x, w) = ftz(fma(x, w, a)): the exact product x w added to a with ONE rounding
+ *     to nearest even, then a denormal result flushed to the zero of its sign.
+ *     That is one lane of vdpbf16ps on one pair, which this CPU was measured to compute bit
+ *     for bit (Zen 4, 22 million lanes: random, wide-range, cancelling, tie, denormal-input,
+ *     tiny-product and denormal-accumulator cases; the Intel SDM's pseudocode gives the same
+ *     order, DAZ and FTZ). Rounding the products first, summing the pair first, the even k
+ *     first or not flushing the middle step each disagree on such inputs.
+ *   out[m, n] = epi(acc + bias[n]) with epi as for fp32 (identity, GELU, + res[m, n]).
+ * Thread count, batch and tile never change the order above: bit-identical results.
+ * The AMX level has no bf16 kernel: tdpbf16ps could not be run on the machines this was
+ * built on, and no kernel is offered before it is checked against the reference on AMX.
+ * ------------------------------------------------------------------------------------- */
+
+#define BGE_BF16_KP(K) (((K) + 1) & ~1) /* k per converted row: pairs of k                */
+
+/* The plain-C definition of bf16() above: out[i] = bf16(x[i]) for i < n (bits).           */
+void bge_bf16_from_f32(const float *x, size_t n, uint16_t *out);
+
+/* Bytes needed to hold W (N, K) packed for this table's bf16 GEMM; 0 on bad sizes.       */
+typedef size_t (*bge_bf16_packed_size_fn)(int K, int N);
+
+/* Converts W to bf16 and packs it for this table's bf16 GEMM.
+ *   w      (N, K) fp32: a torch Linear weight, row-major
+ *   packed (bf16_packed_size(K, N)) bytes, written whole: the header, then the panels.
+ *          No alignment is required; a 64-byte aligned buffer keeps the kernel's loads
+ *          aligned.                                                                     */
+typedef int (*bge_bf16_pack_fn)(const float *w, int K, int N, void *packed);
+
+/* Bytes of scratch bf16_gemm needs for M rows of K: at most 4 * M * Kp on every level.  */
+typedef size_t (*bge_bf16_gemm_scratch_fn)(int M, int K);
+
+/* out = epilogue(bf16(x) @ bf16(W)^T + bias), the sum of the scheme above.
+ *   x       (M, K) fp32
+ *   packed  W (N, K) as packed by a table whose packing has the same panel width (the
+ *           header says; BGE_ERR_PACKING otherwise, BGE_ERR_ARG when its K, N differ)
+ *   bias    (N); res (M, N) with BGE_EPI_BIAS_RESIDUAL, else ignored; may equal out
+ *   out     (M, N) fp32; must not overlap x or scratch
+ *   scratch (scratch_bytes) bytes, at least bf16_gemm_scratch(M, K) (BGE_ERR_SCRATCH
+ *           otherwise): receives the converted x                                        */
+typedef int (*bge_bf16_gemm_fn)(const float *x, int M, int K, int N, const void *packed,
+                                const float *bias, const float *res, float *out,
+                                int epilogue, void *scratch, size_t scratch_bytes,
+                                int nthreads);
+
+/* The machine's bf16 dot-product peak, for benchmarks: `iters` rounds of independent chains
+ * of the level's bf16 instruction (vdpbf16ps); returns the floating-point operations done
+ * (2 per bf16 product). The caller times it. The emulating levels keep the reference's
+ * scalar loop: one FMA per product, their peak is f32_fma_loop's.                        */
+typedef double (*bge_bf16_dot_loop_fn)(long iters);
 
 /* Slot indices, BGE_SLOT_<slot>, in the order of BGE_SLOTS (registry.h). */
 enum {

@@ -331,6 +331,89 @@ int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float 
                     const float *bias, const float *res, float *out, int32_t *acc,
                     int epilogue, int nthreads);
 
+/* ---------------------------------------------------------------------------------------
+ * bf16 (csrc/ref/bgemm.c): the reference, the conversion, the packed header and panels,
+ * and the driver every SIMD bf16 GEMM shares. The scheme is bge.h's.
+ * ------------------------------------------------------------------------------------- */
+
+/* bf16(v) of bge.h on the bits u of v: DAZ, NaN made quiet, else round to nearest even.
+ * Inline, so that every folder compiles it with its own flags; the vector levels do the
+ * same integer steps lane by lane. */
+static inline uint16_t bge_bf16_bits(uint32_t u) {
+    if ((u & 0x7F800000u) == 0) u &= 0x80000000u;                     /* denormal: +-0 */
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x0040u); /* NaN */
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* The fp32 value of a bf16 (exact: the bf16 bits on top, zeros below). */
+static inline float bge_bf16_to_f32(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* The first 64 bytes of every packed bf16 weight. The panels follow, from byte 64:
+ *   panel p = 0 .. ceil(N / nr) - 1 covers columns n = nr p .. nr p + nr - 1; inside it,
+ *   pair g = 0 .. Kp/2 - 1 ascending, each pair one row of nr 32-bit words, the word of
+ *   column j holding bf16(w[nr p + j, 2g]) (low half) and bf16(w[nr p + j, 2g + 1]) (high
+ *   half); zeros past N and at k = K. So the bf16 of (n, k) sits at byte
+ *     64 + 4 * ((p * Kp/2 + g) * nr + j) + 2 * (k % 2),  p = n / nr, j = n % nr, g = k / 2,
+ *   a panel is Kp * nr * 2 bytes and a pair row nr * 4 (192 bytes for nr = 48: an AMX B
+ *   tile's row stride for 16 of the columns). The reference packs one panel as wide as N. */
+#define BGE_BF16_MAGIC 0x32424742u /* "BGB2" in memory order */
+#define BGE_BF16_HEADER_BYTES 64
+typedef struct bge_bf16_header {
+    uint32_t magic;       /* BGE_BF16_MAGIC                                             */
+    int32_t nr;           /* columns per panel: names the layout                       */
+    int32_t K, N;         /* the weight's shape (N, K)                                 */
+    int32_t Kp, Np;       /* K up to even; N up to a multiple of nr                    */
+    int32_t reserved[10];
+} bge_bf16_header;
+_Static_assert(sizeof(bge_bf16_header) == BGE_BF16_HEADER_BYTES, "the header is 64 bytes");
+
+size_t bge_bf16_panels_size(int K, int N, int nr);       /* header + panels, bytes; 0: bad */
+int bge_bf16_pack_panels(const float *w, int K, int N, int nr, void *packed);
+/* BGE_OK; BGE_ERR_PACKING when `packed` is not a bf16 packing of panel width nr (nr = 0:
+ * any width, returned in *nr_out); BGE_ERR_ARG when its K, N differ. */
+int bge_bf16_check_header(const void *packed, int nr, int K, int N, int *nr_out);
+
+size_t bge_bf16_packed_size__ref(int K, int N);
+int bge_bf16_pack__ref(const float *w, int K, int N, void *packed);
+size_t bge_bf16_gemm_scratch__ref(int M, int K);
+int bge_bf16_gemm__ref(const float *x, int M, int K, int N, const void *packed,
+                       const float *bias, const float *res, float *out, int epilogue,
+                       void *scratch, size_t scratch_bytes, int nthreads);
+double bge_bf16_dot_loop__ref(long iters);
+
+/* One SIMD bf16 GEMM for the shared driver (bge_bf16_gemm_run):
+ *   xelt: bytes per converted activation (2: bf16; 4: an fp32 holding the bf16's value);
+ *   convert(x, K, xc): one row x (K) fp32 -> xc (Kp) elements, bf16(x[k]) for k < K and
+ *     0 at k = K when K is odd;
+ *   tile(xc, ldx, Kp, panel, mr, nw, tile, pf, pf_bytes): tile[i*nr + j] = the sum of the
+ *     scheme for row i (xc + i*ldx elements) and column j of the panel, i < mr, j < nw
+ *     (entries past nw may be written too; tile 64-byte aligned, mr x nr floats); when pf
+ *     is not NULL it also prefetches the bytes [pf, pf + pf_bytes) into L2 on its way;
+ *   epilogue: as bge_f32_gemm_impl's. */
+typedef struct bge_bf16_gemm_impl {
+    int mr, nr, xelt;
+    void (*convert)(const float *x, int K, void *xc);
+    void (*tile)(const void *xc, size_t ldx, int Kp, const void *panel, int mr, int nw,
+                 float *tile, const char *pf, int pf_bytes);
+    void (*epilogue)(const float *tile, int mr, int nw, const float *bias, const float *res,
+                     float *out, size_t ldo, int epilogue);
+} bge_bf16_gemm_impl;
+
+/* Scratch bytes of the impl for M rows of K. */
+size_t bge_bf16_gemm_scratch(const bge_bf16_gemm_impl *impl, int M, int K);
+
+/* Checks the arguments, the header and the scratch, converts x row by row into the
+ * scratch, then runs the tiles as the fp32 driver does (threads split rows and panels,
+ * never k). The contract is the bf16_gemm slot's (bge.h). */
+int bge_bf16_gemm_run(const bge_bf16_gemm_impl *impl, const float *x, int M, int K, int N,
+                      const void *packed, const float *bias, const float *res, float *out,
+                      int epilogue, void *scratch, size_t scratch_bytes, int nthreads);
+
 /* Overlays, one per level (BGE_LEVELS): bge_overlay_<name> puts the kernels of its folder
  * into their slots of a table that holds the levels below (the reference has none). */
 #define BGE_OVERLAY_DECL_(id, name) void bge_overlay_##name(bge_kernels *t);

@@ -49,6 +49,9 @@ static void (*const overlays[BGE_ISA_COUNT])(bge_kernels *t) = {
 #ifdef BGE_BUILT_AVX512VNNI
     [BGE_ISA_AVX512VNNI] = bge_overlay_avx512vnni,
 #endif
+#ifdef BGE_BUILT_AVX512BF16
+    [BGE_ISA_AVX512BF16] = bge_overlay_avx512bf16,
+#endif
 #ifdef BGE_BUILT_AMX
     [BGE_ISA_AMX] = bge_overlay_amx,
 #endif
@@ -121,6 +124,7 @@ static int cpu_runs(int isa) {
     case BGE_ISA_AVXVNNI: return avx2 && f->avx_vnni;
     case BGE_ISA_AVX512: return avx512;
     case BGE_ISA_AVX512VNNI: return avx512 && f->avx512_vnni;
+    case BGE_ISA_AVX512BF16: return avx512 && f->avx512_bf16;
     case BGE_ISA_AMX:
 #ifdef BGE_BUILT_AMX
         /* the OS must also grant the tile data state to this process (Linux asks for it) */

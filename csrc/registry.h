@@ -42,7 +42,12 @@
     X(qs8_pack, bge_qs8_pack_fn)                         \
     X(qu8s8_gemm, bge_qu8s8_gemm_fn)                     \
     X(qu8s8_gemm_i32, bge_qu8s8_gemm_i32_fn)             \
-    X(qu8s8_dot_loop, bge_qu8s8_dot_loop_fn)
+    X(qu8s8_dot_loop, bge_qu8s8_dot_loop_fn)             \
+    X(bf16_packed_size, bge_bf16_packed_size_fn)         \
+    X(bf16_pack, bge_bf16_pack_fn)                       \
+    X(bf16_gemm_scratch, bge_bf16_gemm_scratch_fn)       \
+    X(bf16_gemm, bge_bf16_gemm_fn)                       \
+    X(bf16_dot_loop, bge_bf16_dot_loop_fn)
 
 /* X(ID, name): every ISA level, lowest first. `name` is what BGE_ISA, Kernels(isa) and
  * cpu_info() say, the suffix of the level's kernels (bge_<op>__<name>) and of its overlay
@@ -53,6 +58,7 @@
     X(AVXVNNI, avxvnni)        \
     X(AVX512, avx512)          \
     X(AVX512VNNI, avx512vnni)  \
+    X(AVX512BF16, avx512bf16)  \
     X(AMX, amx)
 
 /* X(old, ID): former spellings of a level's name that BGE_ISA and Kernels(isa) accept. */

@@ -59,7 +59,8 @@ def run_with_isa(value):
     return json.loads(proc.stdout), proc.stderr
 
 
-@pytest.mark.parametrize("level", ["ref", "avx2", "avxvnni", "avx512", "avx512vnni", "amx"])
+@pytest.mark.parametrize("level", ["ref", "avx2", "avxvnni", "avx512", "avx512vnni",
+                                   "avx512bf16", "amx"])
 def test_bge_isa_caps_the_level(level):
     info, _ = run_with_isa(level)
     names = _kernels.isa_names()

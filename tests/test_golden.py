@@ -16,7 +16,7 @@ from synthetic import synthetic_digest
 
 MIN_COSINE = 0.99999
 MAX_ABS = 1e-4
-LEVELS = ["ref", "avx2", "avxvnni", "avx512", "avx512vnni", "amx"]
+LEVELS = ["ref", "avx2", "avxvnni", "avx512", "avx512vnni", "avx512bf16", "amx"]
 
 
 def check_rows(got: np.ndarray, want: np.ndarray, what: str) -> None:

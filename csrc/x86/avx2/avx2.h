@@ -7,5 +7,6 @@
 void bge_overlay_avx2_gemm(bge_kernels *t); /* f32_packed_size, f32_pack, f32_gemm      */
 void bge_overlay_avx2_ops(bge_kernels *t);  /* layernorm, softmax, gelu, attention, ... */
 void bge_overlay_avx2_qgemm(bge_kernels *t); /* qu8_quantize, qs8_pack, qu8s8_gemm, ...  */
+void bge_overlay_avx2_bgemm(bge_kernels *t); /* bf16_pack, bf16_gemm (emulated)          */
 
 #endif

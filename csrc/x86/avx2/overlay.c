@@ -8,4 +8,5 @@ void bge_overlay_avx2(bge_kernels *t) {
     bge_overlay_avx2_gemm(t);
     bge_overlay_avx2_ops(t);
     bge_overlay_avx2_qgemm(t);
+    bge_overlay_avx2_bgemm(t);
 }

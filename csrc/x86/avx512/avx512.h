@@ -6,5 +6,6 @@
 
 void bge_overlay_avx512_gemm(bge_kernels *t); /* f32_packed_size, f32_pack, f32_gemm      */
 void bge_overlay_avx512_ops(bge_kernels *t);  /* layernorm, softmax, gelu, attention, ... */
+void bge_overlay_avx512_bgemm(bge_kernels *t); /* bf16_pack, bf16_gemm (emulated)       */
 
 #endif

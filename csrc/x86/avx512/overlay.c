@@ -7,4 +7,5 @@
 void bge_overlay_avx512(bge_kernels *t) {
     bge_overlay_avx512_gemm(t);
     bge_overlay_avx512_ops(t);
+    bge_overlay_avx512_bgemm(t);
 }

@@ -3,7 +3,9 @@ the same bge-small-shaped checkpoint:
 
   - ONNX Runtime fp32: the model exported with torch.onnx (opset 17), default session
     optimisations (ORT_ENABLE_ALL), fed with `tokenizers` and padding to the longest text;
-  - PyTorch fp32: transformers BertModel, eager, inference mode.
+  - PyTorch fp32: transformers BertModel, eager, inference mode;
+  - PyTorch bf16: the same under `torch.autocast("cpu", dtype=torch.bfloat16)` (--dtype bf16);
+  - ONNX Runtime int8: `quantize_dynamic`, QInt8, per channel (--dtype int8 and bf16).
 
 Each engine runs in its own process (thread pools of different libraries never share one),
 with the same thread count. Measured: batch-1 latency at 8, 16, 32, 128 and 512 tokens;
@@ -52,11 +54,14 @@ from bge_engine import bench  # noqa: E402
 LINEUPS = {
     "fp32": ("bge-engine", "onnxruntime", "pytorch"),
     "int8": ("bge-engine-int8", "onnxruntime-int8", "bge-engine"),
+    "bf16": ("bge-engine-bf16", "bge-engine", "onnxruntime-int8", "pytorch-bf16"),
 }
-ENGINES = ("bge-engine", "bge-engine-int8", "onnxruntime", "onnxruntime-int8", "pytorch")
+ENGINES = ("bge-engine", "bge-engine-int8", "bge-engine-bf16", "onnxruntime",
+           "onnxruntime-int8", "pytorch", "pytorch-bf16")
 LABELS = {"bge-engine": "bge-engine fp32", "bge-engine-int8": "bge-engine int8",
+          "bge-engine-bf16": "bge-engine bf16",
           "onnxruntime": "ONNX Runtime fp32", "onnxruntime-int8": "ONNX Runtime int8",
-          "pytorch": "PyTorch fp32"}
+          "pytorch": "PyTorch fp32", "pytorch-bf16": "PyTorch bf16 autocast"}
 
 
 # -- workers: each runs in a fresh process and prints one JSON line --------------------------
@@ -121,12 +126,14 @@ def _peer_embedder(engine, folder, onnx_path, threads, pooling):
     torch.set_num_threads(threads)
     model = BertModel.from_pretrained(folder, attn_implementation="eager").eval()
 
+    bf16 = engine == "pytorch-bf16"
+
     def embed(texts):
         ids, mask = _padded(tok, texts)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             h = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                       token_type_ids=torch.zeros_like(torch.from_numpy(ids))).last_hidden_state
-        return _pool(h.numpy(), mask, pooling)
+        return _pool(h.float().numpy(), mask, pooling)
     return embed
 
 
@@ -204,7 +211,7 @@ def _first_vector(engine, folder, onnx_path, threads, pooling):
 
 
 def _dtype(engine):
-    return "int8" if engine.endswith("-int8") else "fp32"
+    return engine.rsplit("-", 1)[1] if engine.endswith(("-int8", "-bf16")) else "fp32"
 
 
 # -- the driver ------------------------------------------------------------------------------
@@ -365,7 +372,8 @@ def main(argv=None):
     p.add_argument("--pooling", choices=("cls", "mean"), default="cls")
     p.add_argument("--dtype", choices=tuple(LINEUPS), default="fp32",
                    help="fp32: vs ONNX Runtime and PyTorch fp32; int8: vs ONNX Runtime int8 "
-                        "(quantize_dynamic, QInt8, per channel) and our own fp32")
+                        "(quantize_dynamic, QInt8, per channel) and our own fp32; bf16: vs our "
+                        "own fp32, ONNX Runtime int8 and PyTorch bf16 autocast")
     p.add_argument("--rounds", type=int, default=5,
                    help="sweeps over every measure, engines interleaved within each; the "
                         "table gives medians and the median (and range) of each round's ratios")

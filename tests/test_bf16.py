@@ -43,10 +43,18 @@ def test_goldens_at_the_bf16_bar(case, isa):
     folder, golden = case
     model = BertModel(load_checkpoint(folder), _kernels.Kernels(isa), bf16=MATMULS)
     assert all(layer.qkv.bf16 and layer.down.bf16 for layer in model.layers)
+    ids, offsets = golden["ids"], golden["offsets"]
+    keep = np.arange(offsets.shape[0] - 1)
+    if isa == "ref":  # the scalar reference: the texts up to 64 tokens (the SIMD levels
+        # equal it bit for bit, tests/test_kernels_bgemm.py)
+        keep = keep[np.diff(offsets) <= 64]
+        ids = np.concatenate([ids[offsets[i]:offsets[i + 1]] for i in keep])
+        offsets = np.concatenate([[0], np.cumsum(np.diff(golden["offsets"])[keep])])
+        offsets = offsets.astype(np.int32)
     ws = model.new_workspace()
-    h = model.forward(golden["ids"], golden["offsets"], ws, 2)
+    h = model.forward(ids, offsets, ws, 2)
     for pooling in ("cls", "mean"):
-        cos = cosines(model.pool(h, golden["offsets"], pooling, True), golden[pooling])
+        cos = cosines(model.pool(h, offsets, pooling, True), golden[pooling][keep])
         assert cos.min() >= MIN_COSINE, f"{isa} {pooling}: min cosine {cos.min():.6f}"
 
 

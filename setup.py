@@ -107,7 +107,7 @@ class BuildExt(build_ext):
 
 extension = Extension(
     "bge_engine._kernels",
-    sources=["bge_engine/_kernels.pyx", "csrc/dispatch.c"] + c_files("csrc/ref"),
+    sources=["bge_engine/_kernels.pyx"] + c_files("csrc") + c_files("csrc/ref"),
     include_dirs=["csrc"],
     extra_compile_args=BASE_CFLAGS,
     extra_link_args=BASE_LDFLAGS,

@@ -41,6 +41,32 @@ double bge_f32_fma_loop__ref(long iters);
 #define BGE_SET(t, slot, fn) ((t)->slot = (fn), (t)->names[BGE_SLOT_##slot] = #fn)
 #define BGE_SET_NAMED(t, slot, fn, name) ((t)->slot = (fn), (t)->names[BGE_SLOT_##slot] = (name))
 
+/* The slot groups a level fills together, from its functions bge_<slot>__<isa>:
+ * the fp32 GEMM (named with its tile, e.g. "_8x48__avx512"), the row and attention ops,
+ * the int8 weight and activation quantisers, the int8 GEMM (named with its tile). */
+#define BGE_SET_F32_GEMM(t, isa, tile)                                                  \
+    (BGE_SET(t, f32_packed_size, bge_f32_packed_size__##isa),                           \
+     BGE_SET(t, f32_pack, bge_f32_pack__##isa),                                         \
+     BGE_SET_NAMED(t, f32_gemm, bge_f32_gemm__##isa, "bge_f32_gemm" tile),              \
+     BGE_SET(t, f32_fma_loop, bge_f32_fma_loop__##isa))
+#define BGE_SET_F32_OPS(t, isa)                                                         \
+    (BGE_SET(t, f32_layernorm, bge_f32_layernorm__##isa),                               \
+     BGE_SET(t, f32_softmax, bge_f32_softmax__##isa),                                   \
+     BGE_SET(t, f32_gelu, bge_f32_gelu__##isa),                                         \
+     BGE_SET(t, f32_attention_scratch, bge_f32_attention_scratch__##isa),               \
+     BGE_SET(t, f32_attention, bge_f32_attention__##isa),                               \
+     BGE_SET(t, f32_embed, bge_f32_embed__##isa), BGE_SET(t, f32_pool, bge_f32_pool__##isa), \
+     BGE_SET(t, f32_l2norm, bge_f32_l2norm__##isa))
+#define BGE_SET_Q8_QUANTIZERS(t, isa)                                                   \
+    (BGE_SET(t, qs8_quantize_weights, bge_qs8_quantize_weights__##isa),                 \
+     BGE_SET(t, qu8_quantize, bge_qu8_quantize__##isa))
+#define BGE_SET_Q8_GEMM(t, isa, tile)                                                   \
+    (BGE_SET(t, qs8_packed_size, bge_qs8_packed_size__##isa),                           \
+     BGE_SET_NAMED(t, qs8_pack, bge_qs8_pack__##isa, "bge_qs8_pack" tile),              \
+     BGE_SET_NAMED(t, qu8s8_gemm, bge_qu8s8_gemm__##isa, "bge_qu8s8_gemm" tile),        \
+     BGE_SET_NAMED(t, qu8s8_gemm_i32, bge_qu8s8_gemm_i32__##isa, "bge_qu8s8_gemm_i32" tile), \
+     BGE_SET(t, qu8s8_dot_loop, bge_qu8s8_dot_loop__##isa))
+
 /* Prefetches, for writing, the bytes [0, bytes) of `rows` rows `stride` bytes apart from p:
  * the output block of one GEMM tile, asked for before the tile's k loop so that its lines
  * are in cache when the epilogue stores to them. Without it the stores missed the cache
@@ -61,18 +87,31 @@ static inline void bge_prefetch_block(const void *p, int rows, size_t stride, in
 }
 
 /* Checks shared by every implementation of a slot, so that the SIMD kernels reject exactly
- * what the reference rejects. Return BGE_OK or BGE_ERR_ARG. */
+ * what the reference rejects. Return BGE_OK or BGE_ERR_ARG. (csrc/check.c) */
 int bge_check_offsets(const int32_t *offsets, int n, int T_expected);
 int bge_check_pool_args(const float *h, const int32_t *offsets, int n, int C, int mode,
                         const float *out);
 int bge_check_gemm_args(const float *x, int M, int K, int N, const float *packed,
                         const float *bias, const float *res, const float *out, int epilogue,
                         int nthreads);
+int bge_check_q8_args(const uint8_t *q, int M, int K, int N, const void *packed,
+                      int nthreads);
+int bge_check_q8_epi_args(const float *scale, const int32_t *zp, const float *bias,
+                          const float *res, const float *out, int epilogue);
 
-/* Packs w (N, K) into column panels of width nr (layout: csrc/ref/gemm.c). */
+/* Runs fn(ctx, i, thread) once for every i in [0, n) on up to nthreads threads: in
+ * contiguous blocks of about n / nthreads (dynamic = 0) or one i at a time (dynamic = 1),
+ * each taken by the next free thread;
+ * `thread` in [0, nthreads) is the running thread's index (for its own scratch). Returns
+ * the bitwise OR of fn's results. The references' and the loaders' parallel loop.
+ * (csrc/schedule.c) */
+int bge_run_each(int n, int nthreads, int dynamic, int (*fn)(void *ctx, int i, int thread),
+                 void *ctx);
+
+/* Packs w (N, K) into column panels of width nr (layout: csrc/pack.c). */
 void bge_f32_pack_panels(const float *w, int K, int N, int nr, float *packed);
 
-/* One SIMD fp32 GEMM for the shared driver (bge_f32_gemm_run, csrc/ref/gemm.c):
+/* One SIMD fp32 GEMM for the shared driver (bge_f32_gemm_run, csrc/gemm_driver.c):
  *   tile(x, ldx, K, panel, mr, nw, tile): tile[i*nr + j] = sum_k x[i*ldx + k] * panel[k*nr + j]
  *     for i < mr, j < nw (one FMA chain per element over k ascending; entries past nw may be
  *     written too); tile is 64-byte aligned, mr x nr floats;
@@ -107,7 +146,7 @@ int bge_f32_gemm_run(const bge_f32_gemm_impl *impl, const float *x, int M, int K
  * thread: fn(ctx, u, next), `next` the unit the thread will likely take after u (-1 if
  * none; for prefetching). begin and end (or NULL) run on each thread of the team before
  * its first unit and after its last. taken: n bytes of scratch; n <= BGE_UNITS_MAX.
- * (csrc/ref/gemm.c) */
+ * (csrc/schedule.c) */
 #define BGE_UNITS_MAX 1024
 void bge_run_units(int n, int nthreads, unsigned char *taken,
                    void (*fn)(void *ctx, int u, int next), void *ctx, void (*begin)(void),
@@ -144,9 +183,9 @@ static inline int bge_attention_chunk(int n, int heads, int L_max, int nthreads)
 
 /* Work sharing for the GEMM drivers on more rows: the (mt row tiles) x (np panels) grid of
  * an (M, .) output is cut into rectangles, about 4 per thread (how: see the cut in
- * csrc/ref/gemm.c), which the threads take dynamically, so a thread the OS delays does not
+ * csrc/schedule.c), which the threads take dynamically, so a thread the OS delays does not
  * hold the others back: fn(ctx, t0, t1, p0, p1) runs row tiles [t0, t1) x panels
- * [p0, p1), each rectangle once. (csrc/ref/gemm.c) */
+ * [p0, p1), each rectangle once. (csrc/schedule.c) */
 void bge_run_rectangles(int M, int mt, int np, int nthreads,
                         void (*fn)(void *ctx, int t0, int t1, int p0, int p1), void *ctx);
 
@@ -154,7 +193,7 @@ void bge_run_rectangles(int M, int mt, int np, int nthreads,
 float bge_gelu_erf_scalar(float x);
 
 /* ---------------------------------------------------------------------------------------
- * int8 (csrc/ref/qgemm.c): the references, and what every int8 level shares: the packed
+ * int8: the references (csrc/ref/qgemm.c), and what every int8 level shares: the packed
  * header, the quantisation steps, the panel packing and the tile driver.
  * ------------------------------------------------------------------------------------- */
 
@@ -284,12 +323,19 @@ static inline int8_t bge_q8_weight_round(float w, float s) {
 
 /* Every level's qs8_quantize_weights: checks the arguments, then runs group(w, n, q, scale)
  * on each group of each row (n = 64, or fewer for the last), rows split among nthreads;
- * group returns 0 on a non-finite weight (then BGE_ERR_ARG). (csrc/ref/qgemm.c) */
+ * group returns 0 on a non-finite weight (then BGE_ERR_ARG). (csrc/pack.c) */
 typedef int (*bge_q8_weight_group_fn)(const float *w, int n, int8_t *q, float *scale);
 int bge_q8_quantize_weight_rows(const float *w, int N, int K, int8_t *w_s8, float *w_scale,
                                 int nthreads, bge_q8_weight_group_fn group);
 
-/* Packed size and packing of the panel layouts (every SIMD level): see ref/qgemm.c. */
+/* The reference's and the panel packings' shared parts (csrc/pack.c): the check of w and
+ * w_scale (a -128 is refused), and the header, w_scale and colsum of a layout. */
+int bge_q8_check_weights(const int8_t *w, const float *w_scale, int K, int N,
+                         const void *packed);
+void bge_q8_write_head(const int8_t *w, const float *w_scale, int K, int N, void *packed,
+                       uint32_t layout, int nr, int kgroup);
+
+/* Packed size and packing of the panel layouts (every SIMD level): see csrc/pack.c. */
 size_t bge_q8_panels_size(int K, int N, int nr, int kgroup);
 int bge_q8_pack_panels(const int8_t *w, const float *w_scale, int K, int N, void *packed,
                        uint32_t layout, int nr, int kgroup);

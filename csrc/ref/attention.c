@@ -5,29 +5,8 @@
  * out = p V. The only scratch is one score row of the longest text per thread.
  */
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "../bge_internal.h"
-
-int bge_check_offsets(const int32_t *offsets, int n, int T_expected) {
-    if (!offsets || n < 0 || offsets[0] != 0) return BGE_ERR_ARG;
-    for (int i = 0; i < n; i++)
-        if (offsets[i + 1] < offsets[i]) return BGE_ERR_ARG;
-    if (T_expected >= 0 && offsets[n] != T_expected) return BGE_ERR_ARG;
-    return BGE_OK;
-}
-
-int bge_check_pool_args(const float *h, const int32_t *offsets, int n, int C, int mode,
-                        const float *out) {
-    if (!h || !out || n < 1 || C < 1) return BGE_ERR_ARG;
-    if (mode != BGE_POOL_CLS && mode != BGE_POOL_MEAN) return BGE_ERR_ARG;
-    if (bge_check_offsets(offsets, n, -1) != BGE_OK) return BGE_ERR_ARG;
-    for (int i = 0; i < n; i++)
-        if (offsets[i + 1] == offsets[i]) return BGE_ERR_ARG; /* a text with no row to pool */
-    return BGE_OK;
-}
 
 static int max_text_len(const int32_t *offsets, int n) {
     int mx = 0;
@@ -65,6 +44,28 @@ static void attend_one(const float *q, const float *k, const float *v, int ld, i
     }
 }
 
+typedef struct attention_jobs {
+    const float *qkv;
+    const int32_t *offsets;
+    float *out, *scratch;
+    int H, heads, L_max;
+    float scale;
+} attention_jobs;
+
+/* Job `job` = (text job / heads, head job % heads), with the scratch row of its thread. */
+static int attend_job(void *ctx, int job, int thread) {
+    const attention_jobs *j = (const attention_jobs *)ctx;
+    const int H = j->H, D = H / j->heads, ld = 3 * H;
+    const int i = job / j->heads, h = job % j->heads;
+    const int t0 = j->offsets[i], L = j->offsets[i + 1] - j->offsets[i];
+    if (L == 0) return 0;
+    const float *base = j->qkv + (size_t)t0 * ld + (size_t)h * D;
+    attend_one(base, base + H, base + 2 * H, ld, L, D, j->scale,
+               j->scratch + (size_t)thread * j->L_max, j->out + (size_t)t0 * H + (size_t)h * D,
+               H);
+    return 0;
+}
+
 int bge_f32_attention__ref(const float *qkv, const int32_t *offsets, int n, int H, int heads,
                            float scale, float *out, float *scratch, size_t scratch_floats,
                            int nthreads) {
@@ -75,22 +76,8 @@ int bge_f32_attention__ref(const float *qkv, const int32_t *offsets, int n, int 
     if (L_max == 0) return BGE_OK;
     if (!scratch || scratch_floats < bge_f32_attention_scratch__ref(L_max, H / heads, nthreads))
         return BGE_ERR_SCRATCH;
-    const int D = H / heads, ld = 3 * H;
-    const int jobs = n * heads;
-#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
-    for (int job = 0; job < jobs; job++) {
-        const int i = job / heads, h = job % heads;
-        const int t0 = offsets[i], L = offsets[i + 1] - offsets[i];
-        if (L == 0) continue;
-#ifdef _OPENMP
-        float *scores = scratch + (size_t)omp_get_thread_num() * L_max;
-#else
-        float *scores = scratch;
-#endif
-        const float *base = qkv + (size_t)t0 * ld + (size_t)h * D;
-        attend_one(base, base + H, base + 2 * H, ld, L, D, scale, scores,
-                   out + (size_t)t0 * H + (size_t)h * D, H);
-    }
+    attention_jobs j = {qkv, offsets, out, scratch, H, heads, L_max, scale};
+    bge_run_each(n * heads, nthreads, 1, attend_job, &j);
     return BGE_OK;
 }
 

@@ -8,28 +8,41 @@
 
 #include "../bge_internal.h"
 
-/* x (T, C) -> out (T, C); gamma, beta (C); out may equal x. Two passes: mean, then the
- * biased variance of (x - mean). */
+typedef struct layernorm_rows {
+    const float *x, *gamma, *beta;
+    float *out;
+    float eps;
+    int C;
+} layernorm_rows;
+
+/* Row t. Two passes: mean, then the biased variance of (x - mean). */
+static int layernorm_row(void *ctx, int t, int thread) {
+    const layernorm_rows *j = (const layernorm_rows *)ctx;
+    const int C = j->C;
+    const float *xr = j->x + (size_t)t * C;
+    float *yr = j->out + (size_t)t * C;
+    (void)thread;
+    double sum = 0.0;
+    for (int c = 0; c < C; c++) sum += xr[c];
+    const double mean = sum / C;
+    double ss = 0.0;
+    for (int c = 0; c < C; c++) {
+        const double d = xr[c] - mean;
+        ss += d * d;
+    }
+    const double rstd = 1.0 / sqrt(ss / C + (double)j->eps);
+    for (int c = 0; c < C; c++)
+        yr[c] = (float)((xr[c] - mean) * rstd) * j->gamma[c] + j->beta[c];
+    return 0;
+}
+
+/* x (T, C) -> out (T, C); gamma, beta (C); out may equal x. */
 int bge_f32_layernorm__ref(const float *x, const float *gamma, const float *beta, float eps,
                            float *out, int T, int C, int nthreads) {
     if (!x || !gamma || !beta || !out || T < 1 || C < 1 || nthreads < 1 || !(eps >= 0.0f))
         return BGE_ERR_ARG;
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int t = 0; t < T; t++) {
-        const float *xr = x + (size_t)t * C;
-        float *yr = out + (size_t)t * C;
-        double sum = 0.0;
-        for (int c = 0; c < C; c++) sum += xr[c];
-        const double mean = sum / C;
-        double ss = 0.0;
-        for (int c = 0; c < C; c++) {
-            const double d = xr[c] - mean;
-            ss += d * d;
-        }
-        const double rstd = 1.0 / sqrt(ss / C + (double)eps);
-        for (int c = 0; c < C; c++)
-            yr[c] = (float)((xr[c] - mean) * rstd) * gamma[c] + beta[c];
-    }
+    layernorm_rows j = {x, gamma, beta, out, eps, C};
+    bge_run_each(T, nthreads, 0, layernorm_row, &j);
     return BGE_OK;
 }
 

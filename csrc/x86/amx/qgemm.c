@@ -7,7 +7,7 @@
  *   AVX-512 vector GELU, 1.5e-7 |v|, the same bits as the vnni level).
  *
  * Design
- *   - Packing: the bytes of the vnni level's layout (48-column panels, k-quads; ref/qgemm.c)
+ *   - Packing: the bytes of the vnni level's layout (48-column panels, k-quads; csrc/pack.c)
  *     under its own id (BGE_Q8_LAYOUT_AMX). One group of 64 k of a panel is 16 k-quads x
  *     192 bytes; its 16 columns 16j .. 16j+15 are the 64-byte pieces at offset 64 j of
  *     each quad, which is an AMX B tile (16 rows of 4 k x 16 columns) read with a 192-byte
@@ -286,7 +286,7 @@ static void gtile_amx(const uint8_t *q, size_t ldq, int Kp, const void *panel, i
  * then ceil(N/48) panels of Kp x 48 bytes. */
 static size_t bge_qs8_packed_size__amx(int K, int N) { return bge_q8_panels_size(K, N, NR, 4); }
 
-/* The layout of ref/qgemm.c with nr = 48, kgroup = 4, s8, byte for byte the vnni level's
+/* The layout of csrc/pack.c with nr = 48, kgroup = 4, s8, byte for byte the vnni level's
  * (panel p, k-quad g, column j, byte r at weights[((p * Kp/4 + g) * 48 + j) * 4 + r] =
  * w_s8[48p + j, 4g + r]), under the id BGE_Q8_LAYOUT_AMX: like every level, this one runs
  * only what its own qs8_pack wrote, and it needs no other folder's code. */
@@ -353,9 +353,5 @@ static double bge_qu8s8_dot_loop__amx(long iters) {
 
 void bge_overlay_amx_qgemm(bge_kernels *t) {
     /* qu8_quantize stays the level below's (every level writes the same bytes) */
-    BGE_SET(t, qs8_packed_size, bge_qs8_packed_size__amx);
-    BGE_SET_NAMED(t, qs8_pack, bge_qs8_pack__amx, "bge_qs8_pack" SUFFIX);
-    BGE_SET_NAMED(t, qu8s8_gemm, bge_qu8s8_gemm__amx, "bge_qu8s8_gemm" SUFFIX);
-    BGE_SET_NAMED(t, qu8s8_gemm_i32, bge_qu8s8_gemm_i32__amx, "bge_qu8s8_gemm_i32" SUFFIX);
-    BGE_SET(t, qu8s8_dot_loop, bge_qu8s8_dot_loop__amx);
+    BGE_SET_Q8_GEMM(t, amx, SUFFIX);
 }

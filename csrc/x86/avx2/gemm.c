@@ -43,15 +43,16 @@
 
 #include "avx2.h"
 
+#include "../microkernel.h" /* BGE_UK_TABLE */
+#include "epilogue24.h"      /* bge_avx2_epilogue_24: bias, GELU, residual */
 #include "transpose.h"
-#include "vmath.h" /* bge_avx2_gelu_ps: GELU (erf), error bound stated there */
 
 #define MR 4                  /* rows of x per microkernel tile                     */
 #define NV 3                  /* ymm vectors of 8 columns per panel                 */
 #define NR (8 * NV)           /* panel width in columns (floats)                    */
 
-#define GEMM_NAME "bge_f32_gemm_4x24__avx2" /* MR x NR */
-_Static_assert(MR == 4 && NR == 24, "GEMM_NAME, the pack comment and uk_table follow MR, NR");
+#define TILE "_4x24__avx2" /* MR x NR, in the GEMM's name */
+_Static_assert(MR == 4 && NR == 24, "TILE, the pack comment and uk_table follow MR, NR");
 
 /* ---------------------------------------------------------------------------------------
  * Packing
@@ -160,49 +161,11 @@ typedef void (*uk_fn)(const float *x, size_t ldx, int K, const float *panel, flo
         else                                                                                \
             ukernel(x, ldx, K, panel, tile, mr, nv, NULL, 0, 0);                            \
     }
-#define UK_MR(mr) UK(mr, 1) UK(mr, 2) UK(mr, 3)
-UK_MR(1) UK_MR(2) UK_MR(3) UK_MR(4)
-#define UK_ROW(mr) {uk_##mr##_1, uk_##mr##_2, uk_##mr##_3}
 /* uk_table[mr - 1][nv - 1] */
-static const uk_fn uk_table[MR][NV] = {UK_ROW(1), UK_ROW(2), UK_ROW(3), UK_ROW(4)};
+BGE_UK_TABLE(uk_fn, uk_table, uk, UK, MR)
 
 /* ---------------------------------------------------------------------------------------
- * Epilogue: the one code path every tile goes through, so every element gets the same ops
- * (the vector GELU of vmath.h on every lane, full or tail).
- * ------------------------------------------------------------------------------------- */
-
-/* out[i, n] = epi(tile[i][n] + bias[n]) for i < mr, n < nw.
- *   tile (MR, NR) accumulators; bias (nw) the panel's bias; res, out rows of stride ldo
- *   (res may equal out: each vector of res is read before the same vector of out is written) */
-static __attribute__((noinline)) void epilogue_tile(const float *tile, int mr, int nw,
-                                                    const float *bias, const float *res,
-                                                    float *out, size_t ldo, int epilogue) {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int j = 0; j < nw; j += 8) {
-        const int w = nw - j < 8 ? nw - j : 8;
-        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(w), lane);
-        /* Full vectors use plain loads and stores (vmaskmovps stores are slow on AMD);
-         * the arithmetic is the same either way. */
-        const int full = w == 8;
-        const __m256 bv = full ? _mm256_loadu_ps(bias + j) : _mm256_maskload_ps(bias + j, mask);
-        for (int i = 0; i < mr; i++) {
-            __m256 v = _mm256_add_ps(_mm256_load_ps(tile + i * NR + j), bv);
-            if (epilogue == BGE_EPI_BIAS_GELU) {
-                v = bge_avx2_gelu_ps(v);
-            } else if (epilogue == BGE_EPI_BIAS_RESIDUAL) {
-                const float *r = res + i * ldo + j;
-                v = _mm256_add_ps(v, full ? _mm256_loadu_ps(r) : _mm256_maskload_ps(r, mask));
-            }
-            if (full)
-                _mm256_storeu_ps(out + i * ldo + j, v);
-            else
-                _mm256_maskstore_ps(out + i * ldo + j, mask, v);
-        }
-    }
-}
-
-/* ---------------------------------------------------------------------------------------
- * The GEMM: this folder's tiles run by the shared driver (csrc/ref/gemm.c)
+ * The GEMM: this folder's tiles run by the shared driver (csrc/gemm_driver.c)
  * ------------------------------------------------------------------------------------- */
 
 /* The tile of the driver's contract: nw columns need ceil(nw / 8) vectors. */
@@ -218,7 +181,9 @@ static void tile_pf_avx2(const float *x, size_t ldx, int K, const float *panel, 
     uk_table[mr - 1][(nw + 7) / 8 - 1](x, ldx, K, panel, tile, pf, pfs);
 }
 
-static const bge_f32_gemm_impl impl_avx2 = {MR, NR, tile_avx2, epilogue_tile, tile_pf_avx2};
+static const bge_f32_gemm_impl impl_avx2 = {MR, NR, tile_avx2, bge_avx2_epilogue_24,
+                                            tile_pf_avx2};
+_Static_assert(NR == BGE_EPI24_NR, "the epilogue's tile is NR wide");
 _Static_assert(MR * NR <= BGE_F32_TILE_FLOATS, "the driver's tile buffer holds MR x NR");
 
 /* out = epilogue(x @ W^T + bias): the f32_gemm slot (bge.h), packed by bge_f32_pack__avx2. */
@@ -260,8 +225,5 @@ double bge_f32_fma_loop__avx2(long iters) {
 }
 
 void bge_overlay_avx2_gemm(bge_kernels *t) {
-    BGE_SET(t, f32_packed_size, bge_f32_packed_size__avx2);
-    BGE_SET(t, f32_pack, bge_f32_pack__avx2);
-    BGE_SET_NAMED(t, f32_gemm, bge_f32_gemm__avx2, GEMM_NAME);
-    BGE_SET(t, f32_fma_loop, bge_f32_fma_loop__avx2);
+    BGE_SET_F32_GEMM(t, avx2, TILE);
 }

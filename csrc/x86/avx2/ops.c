@@ -623,12 +623,5 @@ static int bge_f32_l2norm__avx2(float *x, int n, int C) {
 }
 
 void bge_overlay_avx2_ops(bge_kernels *t) {
-    BGE_SET(t, f32_layernorm, bge_f32_layernorm__avx2);
-    BGE_SET(t, f32_softmax, bge_f32_softmax__avx2);
-    BGE_SET(t, f32_gelu, bge_f32_gelu__avx2);
-    BGE_SET(t, f32_attention_scratch, bge_f32_attention_scratch__avx2);
-    BGE_SET(t, f32_attention, bge_f32_attention__avx2);
-    BGE_SET(t, f32_embed, bge_f32_embed__avx2);
-    BGE_SET(t, f32_pool, bge_f32_pool__avx2);
-    BGE_SET(t, f32_l2norm, bge_f32_l2norm__avx2);
+    BGE_SET_F32_OPS(t, avx2);
 }

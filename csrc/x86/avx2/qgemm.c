@@ -31,7 +31,7 @@
  *     bits would make vpmaddubsw exact (2 x 255 x 63 < 32767) at about half the uops, but
  *     simulated (bench/int8_scheme_study.py, MiniLM, groups of 64) they give min cosine
  *     0.99795 against 0.99938: below the 0.999 target.
- *   - Packing: bge_q8_pack_panels (ref/qgemm.c) with nr = 24, kgroup = 2, s8 (layout
+ *   - Packing: bge_q8_pack_panels (csrc/pack.c) with nr = 24, kgroup = 2, s8 (layout
  *     AVX2): one k-pair of a panel is 48 bytes = 3 x 16, each 8 columns x (k, k+1).
  *   - Microkernel MR x NR = 4 x 24: 4 x 3 = 12 ymm accumulators, 3 ymm of panel, 1 of q;
  *     each k-pair is 12 vpmaddwd + 12 vpaddd. Measured on Zen 4, 1 thread, at 128 x 384 x
@@ -44,14 +44,14 @@
  *     the group into an fp32 tile in L1, in group order. qu8s8_gemm_i32 runs the plain
  *     kernel over all k at once.
  *   - Tails: mr < 4 and nv < 3 variants; stores through vmaskmovps: nothing outside out.
- *   - Blocking and threads: the shared driver bge_q8_gemm_run (ref/qgemm.c).
+ *   - Blocking and threads: the shared driver bge_q8_gemm_run (csrc/gemm_driver.c).
  */
 #include <immintrin.h>
 #include <string.h>
 
 #include "avx2.h"
 
-#include "vmath.h" /* bge_avx2_gelu_ps: GELU (erf), bound 1.5e-7 |x| there */
+#include "epilogue24.h"      /* bge_avx2_epilogue_24: bias, GELU, residual */
 
 #define MR 4        /* rows of q per microkernel tile                  */
 #define NV 3        /* ymm vectors of 8 columns per panel              */
@@ -169,7 +169,7 @@ static size_t bge_qs8_packed_size__avx2(int K, int N) {
     return bge_q8_panels_size(K, N, NR, 2);
 }
 
-/* The layout of ref/qgemm.c with nr = 24, kgroup = 2, s8: panel p, k-pair g, column j,
+/* The layout of csrc/pack.c with nr = 24, kgroup = 2, s8: panel p, k-pair g, column j,
  * element r (int8) at weights[((p * Kp/2 + g) * 24 + j) * 2 + r] = w_s8[24p + j, 2g + r]. */
 static int bge_qs8_pack__avx2(const int8_t *w, const float *w_scale, int K, int N,
                               void *packed) {
@@ -217,121 +217,13 @@ static inline __attribute__((always_inline)) void ukernel(const uint8_t *q, size
             _mm256_store_si256((__m256i *)(tile + i * NR + 8 * j), acc[i][j]);
 }
 
-typedef void (*uk_fn)(const uint8_t *q, size_t ldq, int Kp, const int8_t *panel,
-                      int32_t *tile);
+/* the tiles of the driver, around ukernel: uk_table, q8_tile24, q8_gtile24 */
+#include "q8_tiles24.h"
 
-#define UK(mr, nv)                                                                          \
-    static __attribute__((noinline)) void uk_##mr##_##nv(const uint8_t *q, size_t ldq, int Kp, const int8_t *panel,  \
-                               int32_t *tile) {                                             \
-        ukernel(q, ldq, Kp, panel, tile, mr, nv);                                           \
-    }
-#define UK_MR(mr) UK(mr, 1) UK(mr, 2) UK(mr, 3)
-UK_MR(1) UK_MR(2) UK_MR(3) UK_MR(4)
-#define UK_ROW(mr) {uk_##mr##_1, uk_##mr##_2, uk_##mr##_3}
-/* uk_table[mr - 1][nv - 1] */
-static const uk_fn uk_table[MR][NV] = {UK_ROW(1), UK_ROW(2), UK_ROW(3), UK_ROW(4)};
-
-static void tile_avx2(const uint8_t *q, size_t ldq, int Kp, const void *panel, int mr, int nw,
-                      int32_t *tile) {
-    uk_table[mr - 1][(nw + 7) / 8 - 1](q, ldq, Kp, (const int8_t *)panel, tile);
-}
-
-/* The grouped microkernel (the qu8s8_gemm slot): ftile[i][8j .. 8j+7] = the fp32 sum over
- * groups of the scheme, before the bias, i < mr, j < nv. Per group of 64 k the plain
- * kernel sums in the 12 ymm accumulators and stores them to itile; then the zero-point
- * term is added in with vpmaddwd
- * (colsum fits in int16, and (-zp) & 0xFFFF in the low half of each int32 lane with 0 in
- * the high half multiplies it exactly: acc + (-zp) colsum, as int32), converted, scaled
- * and added into ftile (L1: the 16 ymm registers are taken), in group order.
- *   scale, zp: row 0 of the tile, row stride ngroups; ws, cs: the panel's column 0 in
- *   group 0, group stride gs; ftile (MR, NR) fp32, 32-byte aligned.                       */
-static inline __attribute__((always_inline)) void gukernel(const uint8_t *q, size_t ldq, int Kp,
-                                                           const int8_t *panel,
-                                                           const float *scale,
-                                                           const int32_t *zp, int ngroups,
-                                                           const float *ws, const int32_t *cs,
-                                                           int gs, float *ftile, const uk_fn uk,
-                                                           const int mr, const int nv) {
-    const int8_t *b = panel;
-    int32_t itile[MR * NR] __attribute__((aligned(64)));
-    for (int g = 0; g < ngroups; g++) {
-        const int k0 = g * BGE_Q8_GROUP;
-        const int kn = Kp - k0 < BGE_Q8_GROUP ? Kp - k0 : BGE_Q8_GROUP;
-        /* the group's int32 sums: the plain kernel over its kn k, stored to L1; called, not
-         * inlined (inlined, GCC keeps itile in registers across the fp32 step below and
-         * spills inside the k loop) */
-        uk(q + k0, ldq, kn, b, itile);
-        b += (size_t)kn * NR;
-        const float *wsg = ws + (size_t)g * gs;
-        const int32_t *csg = cs + (size_t)g * gs;
-#pragma GCC unroll 4
-        for (int i = 0; i < mr; i++) {
-            const __m256i nzp = _mm256_set1_epi32((int32_t)(uint16_t)(-zp[(size_t)i * ngroups + g]));
-            const __m256 sv = _mm256_set1_ps(scale[(size_t)i * ngroups + g]);
-#pragma GCC unroll 3
-            for (int j = 0; j < nv; j++) {
-                /* d = acc - zp colsum, exact */
-                const __m256i d = _mm256_add_epi32(
-                    _mm256_load_si256((const __m256i *)(itile + i * NR + 8 * j)),
-                    _mm256_madd_epi16(nzp, _mm256_loadu_si256((const __m256i *)(csg + 8 * j))));
-                const __m256 s = _mm256_mul_ps(sv, _mm256_loadu_ps(wsg + 8 * j));
-                const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(d), s);
-                float *f = ftile + i * NR + 8 * j;
-                const __m256 prev = g ? _mm256_load_ps(f) : _mm256_setzero_ps();
-                _mm256_store_ps(f, _mm256_add_ps(prev, v));
-            }
-        }
-    }
-}
-
-typedef void (*guk_fn)(const uint8_t *q, size_t ldq, int Kp, const int8_t *panel,
-                       const float *scale, const int32_t *zp, int ngroups, const float *ws,
-                       const int32_t *cs, int gs, float *ftile);
-
-#define GUK(mr, nv)                                                                          \
-    static void guk_##mr##_##nv(const uint8_t *q, size_t ldq, int Kp, const int8_t *panel,  \
-                                const float *scale, const int32_t *zp, int ngroups,          \
-                                const float *ws, const int32_t *cs, int gs, float *ftile) {  \
-        gukernel(q, ldq, Kp, panel, scale, zp, ngroups, ws, cs, gs, ftile, uk_##mr##_##nv,   \
-                 mr, nv);                                                                    \
-    }
-#define GUK_MR(mr) GUK(mr, 1) GUK(mr, 2) GUK(mr, 3)
-GUK_MR(1) GUK_MR(2) GUK_MR(3) GUK_MR(4)
-#define GUK_ROW(mr) {guk_##mr##_1, guk_##mr##_2, guk_##mr##_3}
-/* guk_table[mr - 1][nv - 1] */
-static const guk_fn guk_table[MR][NV] = {GUK_ROW(1), GUK_ROW(2), GUK_ROW(3), GUK_ROW(4)};
-
-static void gtile_avx2(const uint8_t *q, size_t ldq, int Kp, const void *panel, int mr, int nw,
-                       const float *scale, const int32_t *zp, int ngroups, const float *wscale,
-                       const int32_t *colsum, int gs, float *ftile) {
-    guk_table[mr - 1][(nw + 7) / 8 - 1](q, ldq, Kp, (const int8_t *)panel, scale, zp,
-                                        ngroups, wscale, colsum, gs, ftile);
-}
-
-/* ---------------------------------------------------------------------------------------
- * Epilogue: the same ops on every lane of every tile (bge.h), stores masked to nw columns.
- * ------------------------------------------------------------------------------------- */
-
-static void epilogue_avx2(const float *ftile, int mr, int nw, const float *bias,
-                          const float *res, float *out, size_t ldo, int epilogue) {
-    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int j = 0; j < nw; j += 8) {
-        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(nw - j), lanes);
-        const __m256 bv = _mm256_maskload_ps(bias + j, mask);
-        for (int i = 0; i < mr; i++) {
-            __m256 v = _mm256_add_ps(_mm256_load_ps(ftile + i * NR + j), bv);
-            if (epilogue == BGE_EPI_BIAS_GELU)
-                v = bge_avx2_gelu_ps(v);
-            else if (epilogue == BGE_EPI_BIAS_RESIDUAL)
-                v = _mm256_add_ps(v, _mm256_maskload_ps(res + i * ldo + j, mask));
-            _mm256_maskstore_ps(out + i * ldo + j, mask, v);
-        }
-    }
-}
-
+_Static_assert(NR == BGE_EPI24_NR, "the epilogue's tile is NR wide");
 static const bge_q8_gemm_impl impl = {
     .layout = BGE_Q8_LAYOUT_AVX2, .mr = MR, .nr = NR, .kgroup = 2,
-    .tile = tile_avx2, .gtile = gtile_avx2, .epilogue = epilogue_avx2,
+    .tile = q8_tile24, .gtile = q8_gtile24, .epilogue = bge_avx2_epilogue_24,
 };
 
 /* out (M, N) = epi(...) from q (M, Kp), scale, zp (M, ngroups) and W packed by
@@ -428,11 +320,6 @@ static int bge_qs8_quantize_weights__avx2(const float *w, int N, int K, int8_t *
 }
 
 void bge_overlay_avx2_qgemm(bge_kernels *t) {
-    BGE_SET(t, qs8_quantize_weights, bge_qs8_quantize_weights__avx2);
-    BGE_SET(t, qu8_quantize, bge_qu8_quantize__avx2);
-    BGE_SET(t, qs8_packed_size, bge_qs8_packed_size__avx2);
-    BGE_SET_NAMED(t, qs8_pack, bge_qs8_pack__avx2, "bge_qs8_pack" SUFFIX);
-    BGE_SET_NAMED(t, qu8s8_gemm, bge_qu8s8_gemm__avx2, "bge_qu8s8_gemm" SUFFIX);
-    BGE_SET_NAMED(t, qu8s8_gemm_i32, bge_qu8s8_gemm_i32__avx2, "bge_qu8s8_gemm_i32" SUFFIX);
-    BGE_SET(t, qu8s8_dot_loop, bge_qu8s8_dot_loop__avx2);
+    BGE_SET_Q8_QUANTIZERS(t, avx2);
+    BGE_SET_Q8_GEMM(t, avx2, SUFFIX);
 }

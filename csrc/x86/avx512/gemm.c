@@ -43,6 +43,8 @@
 
 #include "avx512.h"
 
+#include "../microkernel.h" /* BGE_UK_TABLE */
+
 #include "epilogue48.h" /* bge_avx512_epilogue_48: the one code path every tile goes
                            * through (the vector GELU of vmath.h on every lane) */
 
@@ -51,8 +53,8 @@
 #define NR (16 * NV)        /* panel width in columns (floats)                    */
 #define PF_ROWS 16          /* k rows of the panel prefetched ahead (3 KB)        */
 
-#define GEMM_NAME "bge_f32_gemm_8x48__avx512" /* MR x NR */
-_Static_assert(MR == 8 && NR == 48, "GEMM_NAME, the pack comment and uk_table follow MR, NR");
+#define TILE "_8x48__avx512" /* MR x NR, in the GEMM's name */
+_Static_assert(MR == 8 && NR == 48, "TILE, the pack comment and uk_table follow MR, NR");
 _Static_assert(NR == BGE_EPI48_NR, "the shared epilogue reads tiles 48 wide");
 
 /* ---------------------------------------------------------------------------------------
@@ -203,15 +205,11 @@ typedef void (*uk_fn)(const float *x, size_t ldx, int K, const float *panel, flo
         else                                                                                \
             ukernel(x, ldx, K, panel, tile, mr, nv, NULL, 0, 0);                            \
     }
-#define UK_MR(mr) UK(mr, 1) UK(mr, 2) UK(mr, 3)
-UK_MR(1) UK_MR(2) UK_MR(3) UK_MR(4) UK_MR(5) UK_MR(6) UK_MR(7) UK_MR(8)
-#define UK_ROW(mr) {uk_##mr##_1, uk_##mr##_2, uk_##mr##_3}
 /* uk_table[mr - 1][nv - 1] */
-static const uk_fn uk_table[MR][NV] = {UK_ROW(1), UK_ROW(2), UK_ROW(3), UK_ROW(4),
-                                       UK_ROW(5), UK_ROW(6), UK_ROW(7), UK_ROW(8)};
+BGE_UK_TABLE(uk_fn, uk_table, uk, UK, MR)
 
 /* ---------------------------------------------------------------------------------------
- * The GEMM: this folder's tiles run by the shared driver (csrc/ref/gemm.c)
+ * The GEMM: this folder's tiles run by the shared driver (csrc/gemm_driver.c)
  * ------------------------------------------------------------------------------------- */
 
 /* The tile of the driver's contract: nw columns need ceil(nw / 16) vectors. */
@@ -268,8 +266,5 @@ double bge_f32_fma_loop__avx512(long iters) {
 }
 
 void bge_overlay_avx512_gemm(bge_kernels *t) {
-    BGE_SET(t, f32_packed_size, bge_f32_packed_size__avx512);
-    BGE_SET(t, f32_pack, bge_f32_pack__avx512);
-    BGE_SET_NAMED(t, f32_gemm, bge_f32_gemm__avx512, GEMM_NAME);
-    BGE_SET(t, f32_fma_loop, bge_f32_fma_loop__avx512);
+    BGE_SET_F32_GEMM(t, avx512, TILE);
 }

@@ -7,7 +7,7 @@
  *   ref/qgemm.c, bit-identical to the reference except GELU (vector GELU, 1.5e-7 |v|).
  *
  * Design
- *   - Packing: bge_q8_pack_panels (ref/qgemm.c) with nr = 48, kgroup = 4, s8 (layout VNNI):
+ *   - Packing: bge_q8_pack_panels (csrc/pack.c) with nr = 48, kgroup = 4, s8 (layout VNNI):
  *     one k-quad of a panel is 192 bytes = 3 zmm, each 16 columns x 4 consecutive k, which
  *     is what vpdpbusd multiplies against a broadcast of 4 u8 of one row of q.
  *   - Microkernel MR x NR = 4 x 48: per group of 64 k (16 k-quads), 4 x 3 = 12 zmm of
@@ -25,13 +25,15 @@
  *     not, and every thread count gives the same bits.
  *   - Tails: rows past the last full tile run an mr < 4 variant, a last panel runs only the
  *     zmm columns it has (nv < 3); stores are masked: nothing outside out (M, N) is touched.
- *   - Blocking and threads: the shared driver bge_q8_gemm_run (ref/qgemm.c): row blocks of
+ *   - Blocking and threads: the shared driver bge_q8_gemm_run (csrc/gemm_driver.c): row blocks of
  *     128 KB of q, panel by panel inside a block; threads split (row tiles) x (panels).
  */
 #include <immintrin.h>
 #include <string.h>
 
 #include "avx512vnni.h"
+
+#include "../microkernel.h" /* BGE_UK_TABLE, the int8 microkernel types */
 
 #include "../avx512/epilogue48.h" /* bge_avx512_epilogue_48: bias, GELU, residual */
 
@@ -176,7 +178,7 @@ static size_t bge_qs8_packed_size__avx512vnni(int K, int N) {
     return bge_q8_panels_size(K, N, NR, 4);
 }
 
-/* The layout of ref/qgemm.c with nr = 48, kgroup = 4, s8: panel p, k-quad g, column j,
+/* The layout of csrc/pack.c with nr = 48, kgroup = 4, s8: panel p, k-quad g, column j,
  * byte r at weights[((p * Kp/4 + g) * 48 + j) * 4 + r] = w_s8[48p + j, 4g + r].          */
 static int bge_qs8_pack__avx512vnni(const int8_t *w, const float *w_scale, int K, int N,
                                     void *packed) {
@@ -221,19 +223,8 @@ static inline __attribute__((always_inline)) void ukernel(const uint8_t *q, size
             _mm512_store_si512((void *)(tile + i * NR + 16 * j), acc[i][j]);
 }
 
-typedef void (*uk_fn)(const uint8_t *q, size_t ldq, int Kp, const int8_t *panel,
-                      int32_t *tile);
-
-#define UK(mr, nv)                                                                          \
-    static __attribute__((noinline)) void uk_##mr##_##nv(const uint8_t *q, size_t ldq, int Kp, const int8_t *panel,   \
-                               int32_t *tile) {                                             \
-        ukernel(q, ldq, Kp, panel, tile, mr, nv);                                           \
-    }
-#define UK_MR(mr) UK(mr, 1) UK(mr, 2) UK(mr, 3)
-UK_MR(1) UK_MR(2) UK_MR(3) UK_MR(4)
-#define UK_ROW(mr) {uk_##mr##_1, uk_##mr##_2, uk_##mr##_3}
 /* uk_table[mr - 1][nv - 1] */
-static const uk_fn uk_table[MR][NV] = {UK_ROW(1), UK_ROW(2), UK_ROW(3), UK_ROW(4)};
+BGE_UK_TABLE(bge_q8_uk_fn, uk_table, uk, BGE_Q8_UK_DEF, MR)
 
 static void tile_vnni(const uint8_t *q, size_t ldq, int Kp, const void *panel, int mr, int nw,
                       int32_t *tile) {
@@ -309,21 +300,14 @@ static inline __attribute__((always_inline)) void gukernel(const uint8_t *q, siz
         for (int j = 0; j < nv; j++) _mm512_store_ps(ftile + i * NR + 16 * j, facc[i][j]);
 }
 
-typedef void (*guk_fn)(const uint8_t *q, size_t ldq, int Kp, const int8_t *panel,
-                       const float *scale, const int32_t *zp, int ngroups, const float *ws,
-                       const int32_t *cs, int gs, float *ftile);
-
 #define GUK(mr, nv)                                                                          \
     static void guk_##mr##_##nv(const uint8_t *q, size_t ldq, int Kp, const int8_t *panel,   \
                                 const float *scale, const int32_t *zp, int ngroups,          \
                                 const float *ws, const int32_t *cs, int gs, float *ftile) {  \
         gukernel(q, ldq, Kp, panel, scale, zp, ngroups, ws, cs, gs, ftile, mr, nv);          \
     }
-#define GUK_MR(mr) GUK(mr, 1) GUK(mr, 2) GUK(mr, 3)
-GUK_MR(1) GUK_MR(2) GUK_MR(3) GUK_MR(4)
-#define GUK_ROW(mr) {guk_##mr##_1, guk_##mr##_2, guk_##mr##_3}
 /* guk_table[mr - 1][nv - 1] */
-static const guk_fn guk_table[MR][NV] = {GUK_ROW(1), GUK_ROW(2), GUK_ROW(3), GUK_ROW(4)};
+BGE_UK_TABLE(bge_q8_guk_fn, guk_table, guk, GUK, MR)
 
 static void gtile_vnni(const uint8_t *q, size_t ldq, int Kp, const void *panel, int mr, int nw,
                        const float *scale, const int32_t *zp, int ngroups, const float *wscale,
@@ -422,11 +406,6 @@ static int bge_qs8_quantize_weights__avx512vnni(const float *w, int N, int K, in
 }
 
 void bge_overlay_avx512vnni_qgemm(bge_kernels *t) {
-    BGE_SET(t, qs8_quantize_weights, bge_qs8_quantize_weights__avx512vnni);
-    BGE_SET(t, qu8_quantize, bge_qu8_quantize__avx512vnni);
-    BGE_SET(t, qs8_packed_size, bge_qs8_packed_size__avx512vnni);
-    BGE_SET_NAMED(t, qs8_pack, bge_qs8_pack__avx512vnni, "bge_qs8_pack" SUFFIX);
-    BGE_SET_NAMED(t, qu8s8_gemm, bge_qu8s8_gemm__avx512vnni, "bge_qu8s8_gemm" SUFFIX);
-    BGE_SET_NAMED(t, qu8s8_gemm_i32, bge_qu8s8_gemm_i32__avx512vnni, "bge_qu8s8_gemm_i32" SUFFIX);
-    BGE_SET(t, qu8s8_dot_loop, bge_qu8s8_dot_loop__avx512vnni);
+    BGE_SET_Q8_QUANTIZERS(t, avx512vnni);
+    BGE_SET_Q8_GEMM(t, avx512vnni, SUFFIX);
 }

@@ -1,0 +1,53 @@
+/*
+ * check.c: the argument checks shared by every implementation of a slot, so that the SIMD
+ * kernels reject exactly what the references reject. Each returns BGE_OK or BGE_ERR_ARG.
+ */
+#include "bge_internal.h"
+
+int bge_check_offsets(const int32_t *offsets, int n, int T_expected) {
+    if (!offsets || n < 0 || offsets[0] != 0) return BGE_ERR_ARG;
+    for (int i = 0; i < n; i++)
+        if (offsets[i + 1] < offsets[i]) return BGE_ERR_ARG;
+    if (T_expected >= 0 && offsets[n] != T_expected) return BGE_ERR_ARG;
+    return BGE_OK;
+}
+
+int bge_check_pool_args(const float *h, const int32_t *offsets, int n, int C, int mode,
+                        const float *out) {
+    if (!h || !out || n < 1 || C < 1) return BGE_ERR_ARG;
+    if (mode != BGE_POOL_CLS && mode != BGE_POOL_MEAN) return BGE_ERR_ARG;
+    if (bge_check_offsets(offsets, n, -1) != BGE_OK) return BGE_ERR_ARG;
+    for (int i = 0; i < n; i++)
+        if (offsets[i + 1] == offsets[i]) return BGE_ERR_ARG; /* a text with no row to pool */
+    return BGE_OK;
+}
+
+int bge_check_gemm_args(const float *x, int M, int K, int N, const float *packed,
+                        const float *bias, const float *res, const float *out, int epilogue,
+                        int nthreads) {
+    if (!x || !packed || !bias || !out || M < 1 || K < 1 || N < 1 || nthreads < 1)
+        return BGE_ERR_ARG;
+    if (epilogue != BGE_EPI_BIAS && epilogue != BGE_EPI_BIAS_GELU &&
+        epilogue != BGE_EPI_BIAS_RESIDUAL)
+        return BGE_ERR_ARG;
+    if (epilogue == BGE_EPI_BIAS_RESIDUAL && !res) return BGE_ERR_ARG;
+    return BGE_OK;
+}
+
+int bge_check_q8_args(const uint8_t *q, int M, int K, int N, const void *packed,
+                      int nthreads) {
+    if (!q || !packed || M < 1 || K < 1 || N < 1 || K > BGE_Q8_MAX_K || nthreads < 1)
+        return BGE_ERR_ARG;
+    return BGE_OK;
+}
+
+int bge_check_q8_epi_args(const float *scale, const int32_t *zp, const float *bias,
+                          const float *res, const float *out, int epilogue) {
+    if (!scale || !zp || !bias || !out) return BGE_ERR_ARG;
+    if (epilogue != BGE_EPI_BIAS && epilogue != BGE_EPI_BIAS_GELU &&
+        epilogue != BGE_EPI_BIAS_RESIDUAL)
+        return BGE_ERR_ARG;
+    if (epilogue == BGE_EPI_BIAS_RESIDUAL && !res) return BGE_ERR_ARG;
+    return BGE_OK;
+}
+

@@ -1,0 +1,259 @@
+/*
+ * gemm_driver.c: the tile drivers every SIMD GEMM shares. A level gives its microkernel
+ * tiles and epilogue (bge_f32_gemm_impl, bge_q8_gemm_impl in bge_internal.h); the driver
+ * checks the arguments, blocks the rows so that x stays in L2, walks the panels, and shares
+ * the tiles among threads (csrc/schedule.c). Threads split row tiles and panels, never k.
+ */
+#include <limits.h>
+#include <string.h>
+
+#include "bge_internal.h"
+
+/* ---------------------------------------------------------------------------------------
+ * fp32
+ * ------------------------------------------------------------------------------------- */
+
+/* x floats of one row block: 384 KB, half of a 1 MB L2, so a block of x stays in L2 while
+ * every panel passes over it. */
+#define MC_FLOATS (96 * 1024)
+
+/* Row tiles [tb, te) of panel p. `next`: the panel this thread reads next, or NULL; with
+ * tile_pf, each tile of this panel prefetches an equal slice of it, so that it is in L2
+ * when its first tile starts. */
+static void gemm_panel(const bge_f32_gemm_impl *impl, const float *x, int M, int K, int N,
+                       const float *packed, const float *bias, const float *res, float *out,
+                       int epilogue, int tb, int te, int p, const float *next) {
+    const int MR = impl->mr, NR = impl->nr;
+    float tile[BGE_F32_TILE_FLOATS] __attribute__((aligned(64)));
+    const int n0 = p * NR, nw = N - n0 < NR ? N - n0 : NR;
+    const float *panel = packed + (size_t)p * K * NR;
+    const size_t slice = (size_t)K * NR * sizeof(float) / (size_t)(te - tb);
+    const int prefetch = impl->tile_pf && next && M >= 2 && slice <= (size_t)INT_MAX;
+    for (int t = tb; t < te; t++) {
+        const int m0 = t * MR, mr = M - m0 < MR ? M - m0 : MR;
+        const float *xt = x + (size_t)m0 * K;
+        const size_t o = (size_t)m0 * N + n0;
+        bge_prefetch_block(out + o, mr, (size_t)N * sizeof(float), nw * (int)sizeof(float));
+        if (prefetch)
+            impl->tile_pf(xt, (size_t)K, K, panel, mr, nw, tile,
+                          (const char *)next + (size_t)(t - tb) * slice, (int)slice);
+        else
+            impl->tile(xt, (size_t)K, K, panel, mr, nw, tile);
+        impl->epilogue(tile, mr, nw, bias + n0,
+                       epilogue == BGE_EPI_BIAS_RESIDUAL ? res + o : NULL, out + o, (size_t)N,
+                       epilogue);
+    }
+}
+
+/* Row tiles of one row block: MC_FLOATS of x. */
+static int row_block_tiles(int K, int MR) {
+    const int mc_tiles = (int)(MC_FLOATS / ((long long)K * MR));
+    return mc_tiles < 1 ? 1 : mc_tiles;
+}
+
+/* Row tiles [t0, t1) x panels [p0, p1) of the whole problem (see bge_f32_gemm_run): rows
+ * in blocks, panel by panel inside a block, each panel prefetching the one read next (the
+ * rectangle's next one, or its first again for the next row block). */
+static void gemm_block(const bge_f32_gemm_impl *impl, const float *x, int M, int K, int N,
+                       const float *packed, const float *bias, const float *res, float *out,
+                       int epilogue, int t0, int t1, int p0, int p1) {
+    const int NR = impl->nr, mc_tiles = row_block_tiles(K, impl->mr);
+    for (int tb = t0; tb < t1; tb += mc_tiles) {
+        const int te = tb + mc_tiles < t1 ? tb + mc_tiles : t1;
+        for (int p = p0; p < p1; p++) {
+            const float *next = p + 1 < p1 ? packed + (size_t)(p + 1) * K * NR
+                                           : (te < t1 ? packed + (size_t)p0 * K * NR : NULL);
+            gemm_panel(impl, x, M, K, N, packed, bias, res, out, epilogue, tb, te, p, next);
+        }
+    }
+}
+
+typedef struct f32_job {
+    const bge_f32_gemm_impl *impl;
+    const float *x, *packed, *bias, *res;
+    float *out;
+    int M, K, N, epilogue, mt;
+} f32_job;
+
+/* Unit u (few rows): panel u, every row tile, prefetching panel `next`. */
+static void f32_unit(void *ctx, int u, int next) {
+    const f32_job *j = (const f32_job *)ctx;
+    const float *nextp = next < 0 ? NULL : j->packed + (size_t)next * j->K * j->impl->nr;
+    gemm_panel(j->impl, j->x, j->M, j->K, j->N, j->packed, j->bias, j->res, j->out,
+               j->epilogue, 0, j->mt, u, nextp);
+}
+
+/* Rectangle row tiles [t0, t1) x panels [p0, p1) (more rows). */
+static void f32_rect(void *ctx, int t0, int t1, int p0, int p1) {
+    const f32_job *j = (const f32_job *)ctx;
+    gemm_block(j->impl, j->x, j->M, j->K, j->N, j->packed, j->bias, j->res, j->out,
+               j->epilogue, t0, t1, p0, p1);
+}
+
+/* out = epilogue(x @ W^T + bias), for the SIMD GEMM `impl`.
+ *   x      (M, K) row-major
+ *   packed W (N, K) packed by bge_f32_pack_panels with nr = impl->nr: ceil(N/nr) panels
+ *   bias   (N)
+ *   res    (M, N) with BGE_EPI_BIAS_RESIDUAL, else ignored; may equal out
+ *   out    (M, N) row-major; must not overlap x
+ * Threads: the grid of (row tiles) x (panels) is cut into rectangles, about 4 per
+ * thread, taken dynamically (bge_run_rectangles). For few rows each thread takes a run of
+ * panels instead (see below). Each element's sum over k is never split.                */
+int bge_f32_gemm_run(const bge_f32_gemm_impl *impl, const float *x, int M, int K, int N,
+                     const float *packed, const float *bias, const float *res, float *out,
+                     int epilogue, int nthreads) {
+    int st = bge_check_gemm_args(x, M, K, N, packed, bias, res, out, epilogue, nthreads);
+    if (st != BGE_OK) return st;
+    const int MR = impl->mr, NR = impl->nr;
+    const int mt = (M - 1) / MR + 1, np = (N - 1) / NR + 1; /* M, N >= 1: no overflow */
+    if (nthreads == 1) {
+        gemm_block(impl, x, M, K, N, packed, bias, res, out, epilogue, 0, mt, 0, np);
+        return BGE_OK;
+    }
+    /* Few rows (one row block, at most 16 row tiles) with a prefetching impl: the weights
+     * stream from memory, and a thread keeps its hardware prefetchers and tile_pf ahead
+     * only on one run of panels. So each thread takes its own run of panels, every row
+     * tile of each, and a thread done early takes panels from the back of the others' runs
+     * (bge_run_units): a thread the OS slows no longer holds the others back. Measured on a
+     * Xeon with AMX, 2 threads, the model's 48 GEMMs: one run per thread 1.02-1.08x faster
+     * at 4-128 rows than 2 rectangles per thread taken dynamically (2 already 1.05-1.09x
+     * faster than 4 at 8-32 rows on Zen 3); taking from the others' runs then added
+     * 1.01-1.04x at 1-64 rows (while one vCPU ran slow). */
+    const int nt = nthreads < np ? nthreads : np;
+    f32_job j = {impl, x, packed, bias, res, out, M, K, N, epilogue, mt};
+    if (impl->tile_pf && mt <= 16 && mt <= row_block_tiles(K, MR) && np <= BGE_UNITS_MAX) {
+        unsigned char taken[BGE_UNITS_MAX];
+        bge_run_units(np, nt, taken, f32_unit, &j, NULL, NULL);
+        return BGE_OK;
+    }
+    bge_run_rectangles(M, mt, np, nthreads, f32_rect, &j); /* else rectangles */
+    return BGE_OK;
+}
+
+
+/* ---------------------------------------------------------------------------------------
+ * int8
+ * ------------------------------------------------------------------------------------- */
+
+#define Q8_TILE_MAX (16 * 64)  /* int32 of the largest tile, MR x NR (amx: 16 x 48)     */
+#define Q8_MC_BYTES (128 * 1024) /* q bytes of one row block, kept in L2              */
+
+typedef struct q8_job {
+    const bge_q8_gemm_impl *impl;
+    const uint8_t *q;
+    const float *scale, *wscale, *bias, *res;
+    const int32_t *zp, *colsum;
+    const char *weights;
+    float *out;
+    int32_t *acc;
+    int M, N, Kp, ngroups, epilogue;
+    size_t panel_bytes;
+} q8_job;
+
+/* Row tiles [tb, te) of panel p (between the impl's begin and end). */
+static void q8_panel(const q8_job *j, int tb, int te, int p) {
+    const bge_q8_gemm_impl *im = j->impl;
+    int32_t tile[Q8_TILE_MAX] __attribute__((aligned(64)));
+    float ftile[Q8_TILE_MAX] __attribute__((aligned(64)));
+    const int MR = im->mr, NR = im->nr, Kp = j->Kp, N = j->N, ng = j->ngroups;
+    const int n0 = p * NR, nw = N - n0 < NR ? N - n0 : NR;
+    const void *panel = j->weights + (size_t)p * j->panel_bytes;
+    const size_t at = bge_q8_scale_index(n0, 0, NR, ng); /* the panel's scales */
+    for (int t = tb; t < te; t++) {
+        const int m0 = t * MR, mr = j->M - m0 < MR ? j->M - m0 : MR;
+        const size_t o = (size_t)m0 * N + n0;
+        bge_prefetch_block(j->acc ? (const void *)(j->acc + o) : (const void *)(j->out + o), mr,
+                           (size_t)N * 4, nw * 4); /* int32 or fp32 */
+        if (j->acc) {
+            im->tile(j->q + (size_t)m0 * Kp, (size_t)Kp, Kp, panel, mr, nw, tile);
+            for (int i = 0; i < mr; i++)
+                memcpy(j->acc + o + (size_t)i * N, tile + i * NR, (size_t)nw * sizeof(int32_t));
+        } else {
+            im->gtile(j->q + (size_t)m0 * Kp, (size_t)Kp, Kp, panel, mr, nw,
+                      j->scale + (size_t)m0 * ng, j->zp + (size_t)m0 * ng, ng, j->wscale + at,
+                      j->colsum + at, NR, ftile);
+            im->epilogue(ftile, mr, nw, j->bias + n0,
+                         j->epilogue == BGE_EPI_BIAS_RESIDUAL ? j->res + o : NULL, j->out + o,
+                         (size_t)N, j->epilogue);
+        }
+    }
+}
+
+/* Row tiles of one row block: Q8_MC_BYTES of q. */
+static int q8_row_block_tiles(int Kp, int MR) {
+    const int mc_tiles = (int)(Q8_MC_BYTES / ((long long)Kp * MR));
+    return mc_tiles < 1 ? 1 : mc_tiles;
+}
+
+/* Row tiles [t0, t1) x panels [p0, p1). Within a row block, panel by panel: one panel is
+ * reused from L1/L2 by every tile of the block. */
+static void q8_block(const q8_job *j, int t0, int t1, int p0, int p1) {
+    const bge_q8_gemm_impl *im = j->impl;
+    const int mc_tiles = q8_row_block_tiles(j->Kp, im->mr);
+    if (im->begin) im->begin();
+    for (int tb = t0; tb < t1; tb += mc_tiles) {
+        const int te = tb + mc_tiles < t1 ? tb + mc_tiles : t1;
+        for (int p = p0; p < p1; p++) q8_panel(j, tb, te, p);
+    }
+    if (im->end) im->end();
+}
+
+/* Unit u (few rows): panel u, every row tile. */
+static void q8_unit(void *ctx, int u, int next) {
+    const q8_job *j = (const q8_job *)ctx;
+    (void)next; /* the hardware prefetchers follow a run of panels */
+    q8_panel(j, 0, (j->M - 1) / j->impl->mr + 1, u);
+}
+
+/* Rectangle row tiles [t0, t1) x panels [p0, p1) (more rows). */
+static void q8_rect(void *ctx, int t0, int t1, int p0, int p1) {
+    q8_block((const q8_job *)ctx, t0, t1, p0, p1);
+}
+
+int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float *scale,
+                    const int32_t *zp, int M, int K, int N, const void *packed,
+                    const float *bias, const float *res, float *out, int32_t *acc,
+                    int epilogue, int nthreads) {
+    int st = bge_check_q8_args(q, M, K, N, packed, nthreads);
+    if (st == BGE_OK)
+        st = acc ? BGE_OK : bge_check_q8_epi_args(scale, zp, bias, res, out, epilogue);
+    if (st == BGE_OK) st = bge_q8_check_header(packed, impl->layout, K, N);
+    if (st != BGE_OK) return st;
+    const bge_q8_header *h = (const bge_q8_header *)packed;
+    if (h->nr != impl->nr || h->kgroup != impl->kgroup || h->elt != 1 ||
+        impl->mr * impl->nr > Q8_TILE_MAX)
+        return BGE_ERR_PACKING;
+    q8_job j = {
+        .impl = impl, .q = q, .scale = scale, .wscale = bge_q8_wscale(packed), .bias = bias,
+        .res = res, .zp = zp, .colsum = bge_q8_colsum(packed),
+        .weights = (const char *)packed + bge_q8_weights_offset(h->Np, h->ngroups),
+        .out = out, .acc = acc, .M = M, .N = N, .Kp = h->Kp,
+        .ngroups = h->ngroups, .epilogue = epilogue,
+        .panel_bytes = (size_t)h->Kp * impl->nr,
+    };
+    const int MR = impl->mr, NR = impl->nr;
+    const int mt = (M - 1) / MR + 1, np = (N - 1) / NR + 1;
+    if (nthreads == 1) {
+        q8_block(&j, 0, mt, 0, np);
+        return BGE_OK;
+    }
+    /* Few rows (one row block, at most 8 row tiles: 128 rows on AMX): the weights stream
+     * from memory, and a thread's hardware prefetchers keep up only on one run of panels.
+     * So each thread takes its own run of panels, every row tile of each, and a thread
+     * done early takes panels from the back of the others' runs (bge_run_units, see
+     * gemm.c). Measured on a Xeon with AMX, 2 threads, the model's 48 GEMMs, alternated:
+     * one run per thread against 4 rectangles per thread taken dynamically (every few
+     * panels a jump to another rectangle's start): AMX 1.13x faster at 1 row, 1.23-1.32x at
+     * 8-16, 1.14-1.18x at 32-128; VNNI 1.06-1.19x at 16-128. Not the tile configuration
+     * that AMX loads per rectangle: loading it once per thread instead changed nothing.
+     * Taking from the others' runs then added 1.01-1.13x (at 1-64 rows, while one vCPU
+     * ran slow). */
+    const int nt = nthreads < np ? nthreads : np;
+    if (mt <= 8 && mt <= q8_row_block_tiles(j.Kp, MR) && np <= BGE_UNITS_MAX) {
+        unsigned char taken[BGE_UNITS_MAX];
+        bge_run_units(np, nt, taken, q8_unit, &j, impl->begin, impl->end);
+        return BGE_OK;
+    }
+    bge_run_rectangles(M, mt, np, nthreads, q8_rect, &j); /* else rectangles */
+    return BGE_OK;
+}

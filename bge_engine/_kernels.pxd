@@ -1,7 +1,7 @@
 # Declarations of the C API (csrc/bge.h) for the Cython boundary. Every function and every
 # function pointer is nogil: the wrappers in _kernels.pyx release the GIL around each call.
 
-from libc.stdint cimport int8_t, int32_t, uint8_t, uint16_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t
 
 
 cdef extern from "bge.h" nogil:
@@ -10,6 +10,7 @@ cdef extern from "bge.h" nogil:
         BGE_ERR_ARG
         BGE_ERR_SCRATCH
         BGE_ERR_PACKING
+        BGE_ERR_MEMORY
 
     enum:
         BGE_EPI_BIAS
@@ -24,6 +25,7 @@ cdef extern from "bge.h" nogil:
         BGE_ISA_REF
         BGE_ISA_COUNT
         BGE_SLOT_COUNT
+        BGE_CPU_FEATURE_COUNT
 
     enum:
         BGE_Q8_MAX_K
@@ -75,19 +77,48 @@ cdef extern from "bge.h" nogil:
                          void *scratch, size_t scratch_bytes, int nthreads) noexcept nogil
         double (*bf16_dot_loop)(long iters) noexcept nogil
 
-    ctypedef struct bge_cpu_features:
-        int avx2, fma, avx512f, avx512bw, avx512dq, avx512vl, avx512_vnni, avx_vnni
-        int avx512_bf16, avx512_fp16, amx_tile, amx_int8, amx_bf16
-        int os_avx, os_avx512, os_amx
-
     int bge_init()
-    const bge_cpu_features *bge_cpu()
+    int bge_cpu_feature(int i)
+    const char *bge_cpu_feature_name(int i)
     const bge_kernels *bge_kernels_for(int isa)
     const bge_kernels *bge_kernels_active()
     int bge_isa_built(int isa)
     const char *bge_isa_name(int isa)
     int bge_isa_cap()
     int bge_isa_from_name(const char *name)
+    int bge_ragged_lengths(const int32_t *offsets, int n, int T, int *max_len, int *min_len)
     const char *bge_slot_name(int slot)
     const char *bge_kernel_name(const bge_kernels *t, int slot)
     void bge_bf16_from_f32(const float *x, size_t n, uint16_t *out)
+
+    # loading (csrc/load.c)
+    void *bge_arena_alloc(size_t nbytes)
+    void bge_arena_free(void *p)
+
+    enum:
+        BGE_LOAD_MAX_PARTS
+        BGE_LOAD_OK
+        BGE_LOAD_SHORT
+        BGE_LOAD_NONFINITE
+        BGE_LOAD_PACK
+        BGE_LOAD_IO
+        BGE_LOAD_NOT_RUN
+        BGE_LOAD_BAD_PARTS
+        BGE_LOAD_BAD_SHAPE
+        BGE_LOAD_BAD_ROWS
+        BGE_LOAD_BAD_SLOT
+        BGE_LOAD_BAD_KIND
+        BGE_LOAD_F32
+        BGE_LOAD_INT8
+        BGE_LOAD_BF16
+
+    ctypedef struct bge_load_job:
+        int64_t off[BGE_LOAD_MAX_PARTS]
+        int32_t rows[BGE_LOAD_MAX_PARTS]
+        int nparts, N, K, kind
+        int64_t out_off
+        int status, part
+
+    size_t bge_load_job_bytes(const bge_kernels *t, const bge_load_job *job)
+    int bge_load_packed(const bge_kernels *t, int fd, bge_load_job *jobs, int njobs, void *arena,
+                        size_t arena_bytes, int nthreads)

@@ -17,22 +17,13 @@ from ._lazy import numpy_on_first_use
 
 np = numpy_on_first_use(globals())
 
-cimport cython
 from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE, PyBuffer_Release,
                              PyObject_GetBuffer)
-from cython.parallel cimport parallel, prange, threadid
-from libc.errno cimport EINTR, errno
-from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uintptr_t
+from libc.stdint cimport int8_t, int32_t, uint8_t, uint16_t, uintptr_t
 from libc.stdlib cimport free, malloc
-from posix.stdlib cimport posix_memalign
-from posix.types cimport off_t
-from posix.unistd cimport pread
 
 _EPILOGUES = {"bias": BGE_EPI_BIAS, "gelu": BGE_EPI_BIAS_GELU, "residual": BGE_EPI_BIAS_RESIDUAL}
 _POOLS = {"cls": BGE_POOL_CLS, "mean": BGE_POOL_MEAN}
-_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni",
-             "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",
-             "os_avx", "os_avx512", "os_amx")
 
 _init_status = bge_init()
 
@@ -66,113 +57,78 @@ def isa_cap():
 
 
 def cpu_features():
-    """What CPUID and XCR0 report, as {feature: bool}."""
-    cdef const bge_cpu_features *f = bge_cpu()
-    values = (f.avx2, f.fma, f.avx512f, f.avx512bw, f.avx512dq, f.avx512vl, f.avx512_vnni,
-              f.avx_vnni, f.avx512_bf16, f.avx512_fp16, f.amx_tile, f.amx_int8, f.amx_bf16,
-              f.os_avx, f.os_avx512, f.os_amx)
-    return {name: bool(v) for name, v in zip(_FEATURES, values)}
+    """What CPUID and XCR0 report, as {feature: bool} (BGE_CPU_FEATURES, csrc/registry.h)."""
+    return {bge_cpu_feature_name(i).decode(): bool(bge_cpu_feature(i))
+            for i in range(BGE_CPU_FEATURE_COUNT)}
 
 
-cdef object _check(object a, str name, tuple shape, object dtype=None):
-    """Returns `a` when it is a C-contiguous ndarray of `dtype` (default float32) and
-    `shape`, else raises."""
-    if dtype is None:
-        dtype = np.float32
+# pointer types of the wrappers' arguments (c: const)
+ctypedef const float *cf32
+ctypedef float *f32
+ctypedef const int32_t *ci32
+ctypedef int32_t *i32
+ctypedef const uint8_t *cu8
+ctypedef uint8_t *u8
+ctypedef const int8_t *ci8
+ctypedef int8_t *i8
+
+_DTYPES = {ord("f"): "float32", ord("i"): "int32", ord("B"): "uint8", ord("b"): "int8"}
+
+
+cdef Py_ssize_t _ptr(void **p, object a, str name, Py_ssize_t d0, Py_ssize_t d1, char code,
+                     bint writable=False, bint at_least=False, int *cols=NULL,
+                     str dims=None) except -1:
+    """*p = the data of `a`, a C-contiguous ndarray of buffer format `code` ("f" float32,
+    "i" int32, "B" uint8, "b" int8) and shape (d0, d1), or (d0,) when d1 < 0; any first
+    dimension when d0 < 0; with at_least, 1-D of at least d0 elements; with cols, any 2-D
+    shape, its second dimension in *cols and `dims` naming it in messages ("(T, C)");
+    writable when asked. Returns its first dimension; raises ValueError naming `name`, the
+    expected and the given shape otherwise. The pointer stays valid while the caller holds
+    `a`. One call of the buffer protocol, the fast path: numpy attribute checks and typed
+    memoryviews cost a visible share of a forward pass on a short batch."""
+    cdef Py_buffer v
+    cdef Py_ssize_t n0 = -1, n1 = -1
+    cdef bint ok = False
+    if isinstance(a, np.ndarray):
+        try:
+            PyObject_GetBuffer(a, &v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT
+                               | (PyBUF_WRITABLE if writable else 0))
+        except Exception:  # not C-contiguous, or read-only: said below
+            pass
+        else:
+            if 1 <= v.ndim <= 2 and v.format != NULL and v.format[1] == 0:
+                ok = v.format[0] == code or (  # int32 spelled "l" where long is 32-bit
+                    code == b"i" and a.dtype == np.int32)
+                p[0] = v.buf
+                n0, n1 = v.shape[0], (v.shape[1] if v.ndim == 2 else -1)
+            PyBuffer_Release(&v)
+    if cols != NULL:  # any 2-D shape that fits in int
+        ok = ok and 0 <= n1 <= 2147483647 and n0 <= 2147483647
+        if ok:
+            d0, d1, cols[0] = n0, n1, <int>n1
+    if ok and n1 == (d1 if d1 >= 0 else -1) and (
+            d0 < 0 or n0 == d0 or (at_least and n0 >= d0)):
+        return n0
+    dtype = _DTYPES[code]
+    if cols != NULL and not (isinstance(a, np.ndarray) and a.ndim == 2):
+        raise ValueError(f"{name}: expected a {dtype} array of shape {dims}")
+    if cols != NULL:
+        d0, d1 = a.shape
+    if at_least and (not isinstance(a, np.ndarray) or a.ndim != 1 or a.shape[0] < d0):
+        raise ValueError(f"{name}: expected a flat {dtype} array of at least {d0} elements")
+    if d0 < 0 and d1 >= 0 and not (isinstance(a, np.ndarray) and a.ndim == 2):
+        raise ValueError(f"{name}: expected a {dtype} array of shape (M, {d1})")
+    if d0 < 0 or at_least:  # any length: the message names the one it has
+        d0 = a.shape[0] if isinstance(a, np.ndarray) and a.ndim >= 1 else 0
+    shape = (d0,) if d1 < 0 else (d0, int(d1))
     if not isinstance(a, np.ndarray):
         raise ValueError(f"{name}: expected a numpy array of shape {shape}, got {type(a).__name__}")
     if a.dtype != dtype or not a.flags.c_contiguous or tuple(a.shape) != shape:
         raise ValueError(
-            f"{name}: expected a C-contiguous {np.dtype(dtype).name} array of shape {shape}, "
+            f"{name}: expected a C-contiguous {dtype} array of shape {shape}, "
             f"got {a.dtype.name} {tuple(a.shape)}"
             + ("" if a.flags.c_contiguous else " (not C-contiguous)"))
-    return a
-
-
-cdef object _writable(object a, str name):
-    if not a.flags.writeable:
-        raise ValueError(f"{name}: the output array is read-only")
-    return a
-
-
-cdef bint _buf(void **p, object a, char code, bint writable, Py_ssize_t *shape) noexcept:
-    """Takes the data of `a` through the buffer protocol when it is a C-contiguous ndarray of
-    at most 2 dimensions, buffer format `code` (and writable when asked): *p, and its shape
-    in shape[0], shape[1] (-1 past its dimensions). False, with nothing raised, otherwise:
-    the caller's slow checks then say what is wrong. One call of the protocol, where numpy
-    attribute checks and a typed memoryview cost about 1 us per array (~0.4 ms of a forward
-    pass at 16 tokens). The pointer stays valid while the caller holds `a`."""
-    cdef Py_buffer v
-    cdef bint ok
-    if not isinstance(a, np.ndarray):
-        return False
-    try:
-        PyObject_GetBuffer(a, &v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT
-                           | (PyBUF_WRITABLE if writable else 0))
-    except Exception:  # not C-contiguous, or read-only
-        return False
-    ok = (1 <= v.ndim <= 2 and v.format != NULL and v.format[0] == code and v.format[1] == 0)
-    if ok:
-        p[0] = v.buf
-        shape[0] = v.shape[0]
-        shape[1] = v.shape[1] if v.ndim == 2 else -1
-    PyBuffer_Release(&v)
-    return ok
-
-
-cdef int _ptr(void **p, object a, str name, Py_ssize_t d0, Py_ssize_t d1, object dtype,
-              char code, bint writable) except -1:
-    """*p = the data of `a` when it is a C-contiguous ndarray of `dtype` (buffer format
-    `code`) and shape (d0, d1), or (d0,) when d1 < 0 (of any length when d0 < 0 too), and
-    writable when asked (see _buf); else raises as _check and _writable do."""
-    cdef Py_ssize_t shape[2]
-    if (_buf(p, a, code, writable, shape) and (d0 < 0 or shape[0] == d0)
-            and shape[1] == (d1 if d1 >= 0 else -1)):
-        return 0
-    if d0 < 0:  # any length: the message names the one it has
-        d0 = a.shape[0] if isinstance(a, np.ndarray) and a.ndim >= 1 else 0
-    _check(a, name, _shape(d0, d1), dtype)  # raises, unless the dtype is spelled otherwise
-    if writable:
-        _writable(a, name)
-    cdef const uint8_t[::1] any_bytes = a.reshape(-1).view(np.uint8)
-    p[0] = <void *>&any_bytes[0] if any_bytes.shape[0] else NULL
-    return 0
-
-
-cdef int _flat(void **p, object a, str name, Py_ssize_t n, object dtype, char code,
-               Py_ssize_t *have, bint writable=True) except -1:
-    """*p = the data of `a`, a C-contiguous 1-D ndarray of `dtype` (buffer format `code`) of
-    at least n elements (a workspace buffer, writable unless said), and its length in
-    *have; else raises."""
-    cdef Py_ssize_t shape[2]
-    if _buf(p, a, code, writable, shape) and shape[1] == -1 and shape[0] >= n:
-        have[0] = shape[0]
-        return 0
-    if not isinstance(a, np.ndarray) or a.ndim != 1 or a.shape[0] < n:
-        raise ValueError(f"{name}: expected a flat {np.dtype(dtype).name} array of at "
-                         f"least {n} elements")
-    _ptr(p, a, name, a.shape[0], -1, dtype, code, writable)
-    have[0] = a.shape[0]
-    return 0
-
-
-cdef int _rows(const float **p, object x, int K) except -1:
-    """*p = the data of x, a C-contiguous float32 ndarray (M, K); returns M, else raises."""
-    cdef Py_ssize_t shape[2]
-    if _buf(<void **>p, x, b'f', False, shape) and shape[1] == K and shape[0] <= 2147483647:
-        return <int>shape[0]
-    if not isinstance(x, np.ndarray) or x.ndim != 2:
-        raise ValueError(f"x: expected a float32 array of shape (M, {K})")
-    cdef int M = x.shape[0]
-    _ptr(<void **>p, x, "x", M, K, np.float32, b'f', False)
-    return M
-
-
-cdef tuple _shape(Py_ssize_t d0, Py_ssize_t d1):
-    """(d0,) when d1 < 0, else (d0, d1)."""
-    if d1 < 0:
-        return (d0,)
-    return (d0, d1)
+    raise ValueError(f"{name}: the output array is read-only")
 
 
 cdef bint _overlap(const void *a, size_t na, const void *b, size_t nb) noexcept:
@@ -195,11 +151,11 @@ cdef int _epilogue(object epilogue, object bias, object res, object out, int M, 
     if epilogue not in _EPILOGUES:
         raise ValueError(f"epilogue: expected one of {list(_EPILOGUES)}, got {epilogue!r}")
     cdef int epi = _EPILOGUES[epilogue]
-    _ptr(<void **>bp, bias, "bias", N, -1, np.float32, b'f', False)
-    _ptr(<void **>op, out, "out", M, N, np.float32, b'f', True)
+    _ptr(<void **>bp, bias, "bias", N, -1, b"f")
+    _ptr(<void **>op, out, "out", M, N, b"f", True)
     rp[0] = NULL
     if epi == BGE_EPI_BIAS_RESIDUAL:
-        _ptr(<void **>rp, res, "res", M, N, np.float32, b'f', False)
+        _ptr(<void **>rp, res, "res", M, N, b"f")
     elif res is not None:
         raise ValueError("res: only the 'residual' epilogue takes it")
     return epi
@@ -218,39 +174,43 @@ cdef int _check_status(int status, str what) except -1:
 cdef int _ragged(object offsets, int T, int *max_len, int *min_len,
                  const int32_t **data=NULL) except -1:
     """Checks ragged offsets: int32 (n+1,), 0 first, non-decreasing, T last; returns n and
-    the longest and shortest text's length (a loop in C: this runs on every kernel call),
-    and their data in *data when given."""
+    the longest and shortest text's length (bge_ragged_lengths), their data in *data."""
+    cdef ci32 o
     if not isinstance(offsets, np.ndarray) or offsets.ndim != 1 or offsets.shape[0] < 2:
         raise ValueError("offsets: expected an int32 array of shape (n + 1,) with n >= 1")
-    cdef const int32_t *o
-    _ptr(<void **>&o, offsets, "offsets", offsets.shape[0], -1, np.int32, b'i', False)
+    cdef int n = _ptr(<void **>&o, offsets, "offsets", offsets.shape[0], -1, b"i") - 1
+    if bge_ragged_lengths(o, n, T, max_len, min_len) != BGE_OK:
+        v = offsets.tolist()
+        if v[0] != 0 or v[n] != T:
+            raise ValueError(f"offsets: expected 0 first and {T} last, got {v[0]} .. {v[n]}")
+        i = next(i for i in range(n) if v[i + 1] < v[i])
+        raise ValueError(f"offsets: expected non-decreasing values, got {v[i]} then {v[i + 1]}")
     if data != NULL:
         data[0] = o
-    cdef Py_ssize_t i, n = offsets.shape[0] - 1
-    cdef int d, mx = 0, mn = 2147483647
-    if o[0] != 0 or o[n] != T:
-        raise ValueError(f"offsets: expected 0 first and {T} last, got {o[0]} .. {o[n]}")
-    for i in range(n):
-        d = o[i + 1] - o[i]
-        if d < 0:
-            raise ValueError(f"offsets: expected non-decreasing values, got {o[i]} then {o[i + 1]}")
-        mx = d if d > mx else mx
-        mn = d if d < mn else mn
-    max_len[0], min_len[0] = mx, mn
     return n
 
 
-class PackedF32:
-    """A weight (N, K) packed for one kernel table's GEMM; see that table's pack."""
+class Packed:
+    """A weight W (N, K) packed for one kernel table: for its gemm (dtype "fp32", `data`
+    float32), converted to bf16 for its bgemm (dtype "bf16") or quantised for its qgemm
+    (dtype "int8"); `data` uint8 for these two, starting with a header that names the
+    layout: another table's GEMM rejects it."""
 
-    __slots__ = ("data", "K", "N", "isa")
+    __slots__ = ("data", "K", "N", "isa", "dtype")
 
-    def __init__(self, data, K, N, isa):
-        self.data, self.K, self.N, self.isa = data, K, N, isa
+    def __init__(self, data, K, N, isa, dtype):
+        self.data, self.K, self.N, self.isa, self.dtype = data, K, N, isa, dtype
 
     @property
     def nbytes(self):
         return self.data.nbytes
+
+
+cdef int _packed(object packed, str dtype) except -1:
+    if not isinstance(packed, Packed) or packed.dtype != dtype:
+        made = {"int8": "Kernels.qpack", "bf16": "Kernels.bpack"}.get(dtype, "Kernels.pack")
+        raise ValueError(f"packed: expected the {dtype} Packed that {made} returned")
+    return 0
 
 
 def q8_row_bytes(int K):
@@ -280,24 +240,40 @@ def quantize_weight(w, threads=1, q=None, scale=None, Kernels table=None):
     writes the same bytes). Raises ValueError on NaN or infinity."""
     if not isinstance(w, np.ndarray) or w.ndim != 2:
         raise ValueError("w: expected a float32 array of shape (N, K)")
-    cdef int N = w.shape[0], K = w.shape[1]
-    _check(w, "w", (N, K))
+    cdef int N = w.shape[0], K = w.shape[1], G = q8_groups(K)
+    cdef cf32 wp
+    cdef i8 qp
+    cdef f32 sp
+    _ptr(<void **>&wp, w, "w", N, K, b"f")
     if N < 1 or K < 1 or K > BGE_Q8_MAX_K:
         raise ValueError(f"w: cannot quantise shape {(N, K)} (1 <= K <= {BGE_Q8_MAX_K})")
     cdef int nt = _threads(threads)
-    q = np.empty((N, K), dtype=np.int8) if q is None else _writable(_check(q, "q", (N, K), np.int8), "q")
-    scale = (np.empty((N, q8_groups(K)), dtype=np.float32) if scale is None
-             else _writable(_check(scale, "scale", (N, q8_groups(K))), "scale"))
-    cdef const float[:, ::1] wv = w
-    cdef int8_t[:, ::1] qv = q
-    cdef float[:, ::1] sv = scale
+    q = np.empty((N, K), dtype=np.int8) if q is None else q
+    scale = np.empty((N, G), dtype=np.float32) if scale is None else scale
+    _ptr(<void **>&qp, q, "q", N, K, b"b", True)
+    _ptr(<void **>&sp, scale, "scale", N, G, b"f", True)
     cdef const bge_kernels *t = bge_kernels_active() if table is None else table.t
     cdef int st
-    with nogil:
-        st = t.qs8_quantize_weights(&wv[0, 0], N, K, &qv[0, 0], &sv[0, 0], nt)
+    with nogil: st = t.qs8_quantize_weights(wp, N, K, qp, sp, nt)
     if st != BGE_OK:
         raise ValueError("w: holds NaN or infinity")
     return q, scale
+
+
+def bf16_bits(x):
+    """bf16(x) of csrc/bge.h (the plain-C definition, bge_bf16_from_f32): the uint16 bits of
+    each float32 of x (any shape, C-contiguous), rounded to nearest even, denormals taken as
+    zero, NaN made quiet."""
+    if not isinstance(x, np.ndarray):
+        raise ValueError("x: expected a float32 numpy array")
+    cdef cf32 xp
+    cdef size_t n = _ptr(<void **>&xp, x.reshape(-1) if x.flags.c_contiguous else x, "x",
+                         x.size, -1, b"f")
+    out = np.empty(x.shape, dtype=np.uint16)
+    cdef uint16_t *op = <uint16_t *><uintptr_t>out.ctypes.data
+    if n:
+        with nogil: bge_bf16_from_f32(xp, n, op)
+    return out
 
 
 def _aligned_bytes(size_t n):
@@ -310,217 +286,59 @@ def _aligned_bytes(size_t n):
 def _out_bytes(out, size_t n):
     """`out` checked as the destination of a packing: uint8 (n,), C-contiguous, writable,
     64-byte aligned (the kernels' aligned loads)."""
-    if not isinstance(out, np.ndarray) or out.ndim != 1:
-        raise ValueError(f"out: expected a uint8 array of shape ({n},)")
-    _writable(_check(out, "out", (n,), np.uint8), "out")
-    if out.ctypes.data % 64:
+    cdef void *p
+    _ptr(&p, out, "out", n, -1, b"B", True)
+    if <uintptr_t>p % 64:
         raise ValueError("out: must start on a 64-byte boundary")
     return out
-
-
-cdef extern from *:
-    """
-    #include <sys/mman.h>
-    /* Asks for transparent huge pages on [p, p + n), where the OS has them. */
-    static void bge_advise_huge_pages(void *p, size_t n) {
-    #ifdef MADV_HUGEPAGE
-        (void)madvise(p, n, MADV_HUGEPAGE);
-    #else
-        (void)p; (void)n;
-    #endif
-    }
-    """
-    void bge_advise_huge_pages(void *p, size_t n) nogil
 
 
 cdef char *_BYTE_FORMAT = "B"
 
 
 cdef class Arena:
-    """n bytes for packed weights (uint8, writable, through the buffer protocol), starting on
-    a 2 MiB boundary, transparent huge pages asked for: packing 85 MB of weights then takes
-    ~40 page faults instead of ~20,000, each of which costs microseconds in a VM (most of
-    the fp32 load time once). Made without numpy, so that `Engine(...)` can start the load
-    before numpy is imported; `np.frombuffer(arena, np.uint8)` views it, and the memory
-    lives as long as any view."""
+    """n bytes for packed weights (uint8, writable, through the buffer protocol) from
+    bge_arena_alloc: on a 2 MiB boundary, huge pages asked for. Made without numpy, so that
+    `Engine(...)` can start the load before numpy is imported; `np.frombuffer(arena,
+    np.uint8)` views it, and the memory lives as long as any view."""
 
-    cdef uint8_t *p
+    cdef void *p
     cdef readonly size_t nbytes
     cdef Py_ssize_t shape[1]
 
     def __cinit__(self, size_t nbytes):
-        cdef void *mem = NULL
         if nbytes == 0:
             raise ValueError("nbytes: expected a positive size")
-        if posix_memalign(&mem, 2 << 20, nbytes) != 0:
+        self.p = bge_arena_alloc(nbytes)
+        if self.p == NULL:
             raise MemoryError(f"cannot allocate a weight arena of {nbytes} bytes")
-        self.p, self.nbytes = <uint8_t *>mem, nbytes
-        self.shape[0] = <Py_ssize_t>nbytes
-        bge_advise_huge_pages(mem, nbytes)
+        self.nbytes, self.shape[0] = nbytes, <Py_ssize_t>nbytes
 
     def __getbuffer__(self, Py_buffer *view, int flags):
-        view.buf = self.p
-        view.obj = self
-        view.len = <Py_ssize_t>self.nbytes
-        view.readonly = 0
-        view.itemsize = 1
-        view.format = NULL  # NULL means unsigned bytes ("B")
-        if flags & PyBUF_FORMAT:
-            view.format = _BYTE_FORMAT
-        view.ndim = 1
-        view.shape = self.shape
-        view.strides = &view.itemsize
-        view.suboffsets = NULL
-        view.internal = NULL
+        view.buf, view.obj, view.len = self.p, self, <Py_ssize_t>self.nbytes
+        view.readonly, view.itemsize, view.ndim = 0, 1, 1
+        view.format = _BYTE_FORMAT if flags & PyBUF_FORMAT else NULL  # NULL means "B" too
+        view.shape, view.strides = self.shape, &view.itemsize
+        view.suboffsets, view.internal = NULL, NULL
 
     def __dealloc__(self):
-        free(self.p)
+        bge_arena_free(self.p)
 
 
-class PackedQ8:
-    """int8 weights w_s8 (N, K) with their scales, packed for one kernel table's qgemm.
-
-    `data` starts with a header naming the layout; a table's qgemm rejects another table's
-    layout (ValueError: packed by another kernel table)."""
-
-    __slots__ = ("data", "K", "N", "isa")
-
-    def __init__(self, data, K, N, isa):
-        self.data, self.K, self.N, self.isa = data, K, N, isa
-
-    @property
-    def nbytes(self):
-        return self.data.nbytes
-
-
-class PackedBF16:
-    """A weight (N, K) converted to bf16 and packed for one kernel table's bgemm (csrc/bge.h,
-    the bf16 scheme). `data` (uint8) starts with a header naming the panel width; a table
-    whose GEMM reads other panels rejects it."""
-
-    __slots__ = ("data", "K", "N", "isa")
-
-    def __init__(self, data, K, N, isa):
-        self.data, self.K, self.N, self.isa = data, K, N, isa
-
-    @property
-    def nbytes(self):
-        return self.data.nbytes
-
-
-def bf16_bits(x):
-    """bf16(x) of csrc/bge.h (the plain-C definition, bge_bf16_from_f32): the uint16 bits of
-    each float32 of x (any shape, C-contiguous), rounded to nearest even, denormals taken as
-    zero, NaN made quiet."""
-    _check(x, "x", tuple(x.shape) if isinstance(x, np.ndarray) else ())
-    out = np.empty(x.shape, dtype=np.uint16)
-    if x.size == 0:
-        return out
-    cdef const float[::1] xv = x.reshape(-1)
-    cdef uint16_t[::1] ov = out.reshape(-1)
-    with nogil:
-        bge_bf16_from_f32(&xv[0], xv.shape[0], &ov[0])
-    return out
-
-
-# ----------------------------------------------------------------------------------------
-# Loading: every matmul weight read, checked and packed in one call without the GIL
-# ----------------------------------------------------------------------------------------
-
-cdef enum:
-    _MAX_PARTS = 4  # tensors stacked by rows into one weight (Q, K and V make 3)
-
-cdef struct _LoadJob:
-    # in: the weight (N, K) float32 is `nparts` tensors stacked by rows, part p being rows[p]
-    # rows at byte `off[p]` of the file; it is packed (int8: quantised, then packed) into
-    # the arena at byte out_off
-    int64_t off[_MAX_PARTS]
-    int rows[_MAX_PARTS]
-    int nparts, N, K, kind  # _KIND_*
-    size_t out_off
-    # out: _LOAD_OK, or what went wrong and in which part
-    int status, part
-
-
-cdef enum:
-    _KIND_F32 = 0
-    _KIND_INT8 = 1
-    _KIND_BF16 = 2
-
-_KINDS = {False: _KIND_F32, True: _KIND_INT8, "fp32": _KIND_F32, "int8": _KIND_INT8,
-          "bf16": _KIND_BF16}
-
-
-cdef enum:
-    _LOAD_OK = 0
-    _LOAD_SHORT = 1  # the file ended inside the part
-    _LOAD_NONFINITE = 2  # the part holds NaN or infinity
-    _LOAD_PACK = 3  # the packer or the quantiser refused the weight
-    _LOAD_IO = 4  # a read failed (errno other than EINTR)
-
-
-cdef int _read_full(int fd, char *dst, size_t n, int64_t off) noexcept nogil:
-    """n bytes of the file at off into dst (pread, retried where it stops short): _LOAD_OK,
-    _LOAD_SHORT when the file ends first, _LOAD_IO when a read fails."""
-    cdef ssize_t got
-    while n > 0:
-        got = pread(fd, dst, n, <off_t>off)
-        if got < 0 and errno == EINTR:
-            continue
-        if got < 0:
-            return _LOAD_IO
-        if got == 0:
-            return _LOAD_SHORT
-        dst += got
-        n -= <size_t>got
-        off += got
-    return _LOAD_OK
-
-
-@cython.boundscheck(False)
-@cython.wraparound(False)
-cdef int _all_finite(const float *a, size_t n) noexcept nogil:
-    """1 when none of the n floats is NaN or infinity (all exponent bits set), else 0."""
-    cdef const uint32_t *b = <const uint32_t *>a
-    cdef uint32_t bad = 0
-    cdef size_t i
-    for i in range(n):
-        bad |= <uint32_t>((b[i] & 0x7f800000u) == 0x7f800000u)
-    return bad == 0
-
-
-cdef void _load_one(const bge_kernels *t, int fd, _LoadJob *j, float *w, int8_t *q, float *s,
-                    uint8_t *arena) noexcept nogil:
-    """Runs job j with one thread's buffers: w (N K floats), q (N K), s (N groups)."""
-    cdef size_t at = 0, n
-    cdef int p, st
-    for p in range(j.nparts):
-        n = <size_t>j.rows[p] * <size_t>j.K
-        st = _read_full(fd, <char *>(w + at), n * sizeof(float), j.off[p])
-        if st != _LOAD_OK:
-            j.status, j.part = st, p
-            return
-        if not _all_finite(w + at, n):
-            j.status, j.part = _LOAD_NONFINITE, p
-            return
-        at += n
-    if j.kind == _KIND_INT8:
-        if t.qs8_quantize_weights(w, j.N, j.K, q, s, 1) != BGE_OK or \
-                t.qs8_pack(q, s, j.K, j.N, <void *>(arena + j.out_off)) != BGE_OK:
-            j.status, j.part = _LOAD_PACK, 0
-            return
-    elif j.kind == _KIND_BF16:
-        if t.bf16_pack(w, j.K, j.N, <void *>(arena + j.out_off)) != BGE_OK:
-            j.status, j.part = _LOAD_PACK, 0
-            return
-    elif t.f32_pack(w, j.K, j.N, <float *>(arena + j.out_off)) != BGE_OK:
-        j.status, j.part = _LOAD_PACK, 0
-        return
-    j.status = _LOAD_OK
-
-
-LOAD_ERRORS = {_LOAD_SHORT: "is cut short", _LOAD_NONFINITE: "holds NaN or infinity",
-               _LOAD_PACK: "could not be packed", _LOAD_IO: "could not be read"}
+# a load job's dtype (its 4th field; True and False stand for "int8" and "fp32")
+_KINDS = {False: BGE_LOAD_F32, True: BGE_LOAD_INT8, "fp32": BGE_LOAD_F32,
+          "int8": BGE_LOAD_INT8, "bf16": BGE_LOAD_BF16}
+_KIND_NAMES = {BGE_LOAD_F32: "fp32", BGE_LOAD_INT8: "int8", BGE_LOAD_BF16: "bf16"}
+LOAD_ERRORS = {BGE_LOAD_SHORT: "is cut short", BGE_LOAD_NONFINITE: "holds NaN or infinity",
+               BGE_LOAD_PACK: "could not be packed", BGE_LOAD_IO: "could not be read"}
+# what bge_load_packed found wrong with a job, formatted with the job's fields
+_BAD_JOB = {
+    BGE_LOAD_BAD_KIND: "kind {3!r} is none of 'fp32', 'int8', 'bf16'",
+    BGE_LOAD_BAD_PARTS: "expected 1 to {most} parts, got {n}",
+    BGE_LOAD_BAD_SHAPE: "cannot pack shape ({1}, {2})",
+    BGE_LOAD_BAD_ROWS: "expected parts of rows >= 1 at offsets >= 0, their rows summing to N = {1}",
+    BGE_LOAD_BAD_SLOT: ("out_off {4} is not a 64-byte aligned slot of {size} bytes inside the "
+                        "arena ({cap} bytes)")}
 
 
 cdef class Kernels:
@@ -558,83 +376,68 @@ cdef class Kernels:
     def pack(self, w, out=None):
         """Packs a torch Linear weight w (N, K) float32 for this table's gemm, into `out`
         (a C-contiguous uint8 array of packed_bytes(K, N), 64-byte aligned) or new memory."""
-        if not isinstance(w, np.ndarray) or w.ndim != 2:
-            raise ValueError("w: expected a float32 array of shape (N, K)")
-        cdef int N = w.shape[0], K = w.shape[1]
-        _check(w, "w", (N, K))
+        cdef cf32 wp
+        cdef f32 dp
+        cdef int K
+        cdef int N = _ptr(<void **>&wp, w, "w", -1, -1, b"f", False, False, &K, "(N, K)")
         cdef size_t size = self.t.f32_packed_size(K, N)
         if size == 0:
             raise ValueError(f"w: cannot pack shape {(N, K)}")
         data = _aligned_bytes(4 * size) if out is None else _out_bytes(out, 4 * size)
         data = data.view(np.float32)
-        cdef const float[:, ::1] wv = w
-        cdef float[::1] dv = data
+        _ptr(<void **>&dp, data, "out", size, -1, b"f", True)
         cdef int st
-        with nogil:
-            st = self.t.f32_pack(&wv[0, 0], K, N, &dv[0])
+        with nogil: st = self.t.f32_pack(wp, K, N, dp)
         _check_status(st, "pack")
-        return PackedF32(data, K, N, self.isa)
+        return Packed(data, K, N, self.isa, "fp32")
 
     def gemm(self, x, packed, bias, out, epilogue="bias", res=None, threads=1):
         """out (M, N) = epilogue(x (M, K) @ W^T + bias (N)) [+ res (M, N)]."""
-        if not isinstance(packed, PackedF32):
-            raise ValueError("packed: expected the PackedF32 that Kernels.pack returned")
+        _packed(packed, "fp32")
         if packed.isa != self.isa:
             raise ValueError(f"packed: made for the {packed.isa!r} table, used with {self.isa!r}")
         cdef int K = packed.K, N = packed.N
-        cdef const float *xp
-        cdef const float *pp
-        cdef const float *bp
-        cdef const float *rp
-        cdef float *op
-        cdef int M = _rows(&xp, x, K)
+        cdef cf32 xp, pp, bp, rp
+        cdef f32 op
+        cdef int M = _ptr(<void **>&xp, x, "x", -1, K, b"f")
         cdef int epi = _epilogue(epilogue, bias, res, out, M, N, &bp, &rp, &op)
         cdef int nt = _threads(threads)
         if M == 0:
             return out
         if _overlap(xp, <size_t>M * K * 4, op, <size_t>M * N * 4):
             raise ValueError("out: must not overlap x")
-        _ptr(<void **>&pp, packed.data, "packed.data", -1, -1, np.float32, b'f', False)
+        _ptr(<void **>&pp, packed.data, "packed.data", -1, -1, b"f")
         cdef int st
-        with nogil:
-            st = self.t.f32_gemm(xp, M, K, N, pp, bp, rp, op, epi, nt)
+        with nogil: st = self.t.f32_gemm(xp, M, K, N, pp, bp, rp, op, epi, nt)
         _check_status(st, "gemm")
         return out
 
     def layernorm(self, x, gamma, beta, float eps, out, threads=1):
         """out (T, C) = LayerNorm(x (T, C)) * gamma (C) + beta (C); out may be x."""
-        if not isinstance(x, np.ndarray) or x.ndim != 2:
-            raise ValueError("x: expected a float32 array of shape (T, C)")
-        cdef int T = x.shape[0], C = x.shape[1]
-        cdef const float *xp
-        cdef const float *gp
-        cdef const float *bp
-        cdef float *op
-        _ptr(<void **>&xp, x, "x", T, C, np.float32, b'f', False)
-        _ptr(<void **>&gp, gamma, "gamma", C, -1, np.float32, b'f', False)
-        _ptr(<void **>&bp, beta, "beta", C, -1, np.float32, b'f', False)
-        _ptr(<void **>&op, out, "out", T, C, np.float32, b'f', True)
+        cdef cf32 xp, gp, bp
+        cdef f32 op
+        cdef int C
+        cdef int T = _ptr(<void **>&xp, x, "x", -1, -1, b"f", False, False, &C, "(T, C)")
+        _ptr(<void **>&gp, gamma, "gamma", C, -1, b"f")
+        _ptr(<void **>&bp, beta, "beta", C, -1, b"f")
+        _ptr(<void **>&op, out, "out", T, C, b"f", True)
         cdef int nt = _threads(threads)
         if T == 0:
             return out
         cdef int st
-        with nogil:
-            st = self.t.f32_layernorm(xp, gp, bp, eps, op, T, C, nt)
+        with nogil: st = self.t.f32_layernorm(xp, gp, bp, eps, op, T, C, nt)
         _check_status(st, "layernorm")
         return out
 
     def softmax(self, x):
         """Row-wise softmax of x (R, C) in place."""
-        if not isinstance(x, np.ndarray) or x.ndim != 2:
-            raise ValueError("x: expected a float32 array of shape (R, C)")
-        cdef int R = x.shape[0], C = x.shape[1]
-        cdef float *xp
-        _ptr(<void **>&xp, x, "x", R, C, np.float32, b'f', True)
+        cdef f32 xp
+        cdef int C
+        cdef int R = _ptr(<void **>&xp, x, "x", -1, -1, b"f", True, False, &C, "(R, C)")
         if R == 0 or C == 0:
             return x
         cdef int st
-        with nogil:
-            st = self.t.f32_softmax(xp, R, C)
+        with nogil: st = self.t.f32_softmax(xp, R, C)
         _check_status(st, "softmax")
         return x
 
@@ -642,13 +445,13 @@ cdef class Kernels:
         """GELU (erf) of every element of x, in place; x any C-contiguous float32 array."""
         if not isinstance(x, np.ndarray):
             raise ValueError("x: expected a float32 numpy array")
-        _writable(_check(x, "x", tuple(x.shape)), "x")
-        if x.size == 0:
+        cdef f32 xp
+        cdef size_t n = _ptr(<void **>&xp, x.reshape(-1) if x.flags.c_contiguous else x, "x",
+                             x.size, -1, b"f", True)
+        if n == 0:
             return x
-        cdef float[::1] xv = x.reshape(-1)
         cdef int st
-        with nogil:
-            st = self.t.f32_gelu(&xv[0], xv.shape[0])
+        with nogil: st = self.t.f32_gelu(xp, n)
         _check_status(st, "gelu")
         return x
 
@@ -663,12 +466,11 @@ cdef class Kernels:
         cdef int T = qkv.shape[0], H = qkv.shape[1] // 3
         if heads < 1 or H % heads:
             raise ValueError(f"heads: {heads} does not divide the hidden size {H}")
-        cdef const float *qp
-        cdef const int32_t *offp
-        cdef float *op
-        cdef float *sp
-        _ptr(<void **>&qp, qkv, "qkv", T, 3 * H, np.float32, b'f', False)
-        _ptr(<void **>&op, out, "out", T, H, np.float32, b'f', True)
+        cdef cf32 qp
+        cdef ci32 offp
+        cdef f32 op, sp
+        _ptr(<void **>&qp, qkv, "qkv", T, 3 * H, b"f")
+        _ptr(<void **>&op, out, "out", T, H, b"f", True)
         cdef int max_len, min_len
         cdef int n = _ragged(offsets, T, &max_len, &min_len, &offp)
         cdef int nt = _threads(threads)
@@ -680,10 +482,9 @@ cdef class Kernels:
         elif not isinstance(scratch, np.ndarray) or scratch.ndim != 1 or scratch.shape[0] < need:
             raise ValueError(f"scratch: expected a float32 array of at least {need} floats")
         cdef size_t ns = scratch.shape[0]
-        _ptr(<void **>&sp, scratch, "scratch", ns, -1, np.float32, b'f', True)
+        _ptr(<void **>&sp, scratch, "scratch", ns, -1, b"f", True)
         cdef int st
-        with nogil:
-            st = self.t.f32_attention(qp, offp, n, H, heads, scale, op, sp, ns, nt)
+        with nogil: st = self.t.f32_attention(qp, offp, n, H, heads, scale, op, sp, ns, nt)
         _check_status(st, "attention")
         return out
 
@@ -698,17 +499,14 @@ cdef class Kernels:
         if not isinstance(type_, np.ndarray) or type_.ndim != 2 or type_.shape[0] < 1:
             raise ValueError("type_: expected a float32 array of shape (types, C)")
         cdef int T = ids.shape[0], V = word.shape[0], C = word.shape[1], P = pos.shape[0]
-        cdef const int32_t *ip
-        cdef const int32_t *offp
-        cdef const float *wp
-        cdef const float *pp
-        cdef const float *tp
-        cdef float *op
-        _ptr(<void **>&ip, ids, "ids", T, -1, np.int32, b'i', False)
-        _ptr(<void **>&wp, word, "word", V, C, np.float32, b'f', False)
-        _ptr(<void **>&pp, pos, "pos", P, C, np.float32, b'f', False)
-        _ptr(<void **>&tp, type_, "type_", type_.shape[0], C, np.float32, b'f', False)
-        _ptr(<void **>&op, out, "out", T, C, np.float32, b'f', True)
+        cdef ci32 ip, offp
+        cdef cf32 wp, pp, tp
+        cdef f32 op
+        _ptr(<void **>&ip, ids, "ids", T, -1, b"i")
+        _ptr(<void **>&wp, word, "word", V, C, b"f")
+        _ptr(<void **>&pp, pos, "pos", P, C, b"f")
+        _ptr(<void **>&tp, type_, "type_", type_.shape[0], C, b"f")
+        _ptr(<void **>&op, out, "out", T, C, b"f", True)
         cdef int max_len, min_len
         cdef int n = _ragged(offsets, T, &max_len, &min_len, &offp)
         if T == 0:
@@ -720,8 +518,7 @@ cdef class Kernels:
             if ip[t] < 0 or ip[t] >= V:
                 raise ValueError(f"ids: every id must be in [0, {V}), got {ip[t]} at {t}")
         cdef int st
-        with nogil:
-            st = self.t.f32_embed(ip, offp, n, wp, V, pp, P, tp, op, C)
+        with nogil: st = self.t.f32_embed(ip, offp, n, wp, V, pp, P, tp, op, C)
         _check_status(st, "embed")
         return out
 
@@ -729,37 +526,31 @@ cdef class Kernels:
         """out (n, C) = the CLS row or the mean row of each text of h (T, C)."""
         if mode not in _POOLS:
             raise ValueError(f"mode: expected one of {list(_POOLS)}, got {mode!r}")
-        if not isinstance(h, np.ndarray) or h.ndim != 2:
-            raise ValueError("h: expected a float32 array of shape (T, C)")
-        cdef int T = h.shape[0], C = h.shape[1]
-        cdef const float *hp
-        cdef const int32_t *offp
-        cdef float *op
-        _ptr(<void **>&hp, h, "h", T, C, np.float32, b'f', False)
+        cdef cf32 hp
+        cdef ci32 offp
+        cdef f32 op
+        cdef int C
+        cdef int T = _ptr(<void **>&hp, h, "h", -1, -1, b"f", False, False, &C, "(T, C)")
         cdef int max_len, min_len
         cdef int n = _ragged(offsets, T, &max_len, &min_len, &offp)
-        _ptr(<void **>&op, out, "out", n, C, np.float32, b'f', True)
+        _ptr(<void **>&op, out, "out", n, C, b"f", True)
         if min_len == 0:
             raise ValueError("offsets: every text needs at least one token to pool")
         cdef int m = _POOLS[mode]
         cdef int st
-        with nogil:
-            st = self.t.f32_pool(hp, offp, n, C, m, op)
+        with nogil: st = self.t.f32_pool(hp, offp, n, C, m, op)
         _check_status(st, "pool")
         return out
 
     def l2norm(self, x):
         """Divides each row of x (n, C) by its L2 norm, in place."""
-        if not isinstance(x, np.ndarray) or x.ndim != 2:
-            raise ValueError("x: expected a float32 array of shape (n, C)")
-        cdef int n = x.shape[0], C = x.shape[1]
-        cdef float *xp
-        _ptr(<void **>&xp, x, "x", n, C, np.float32, b'f', True)
+        cdef f32 xp
+        cdef int C
+        cdef int n = _ptr(<void **>&xp, x, "x", -1, -1, b"f", True, False, &C, "(n, C)")
         if n == 0 or C == 0:
             return x
         cdef int st
-        with nogil:
-            st = self.t.f32_l2norm(xp, n, C)
+        with nogil: st = self.t.f32_l2norm(xp, n, C)
         _check_status(st, "l2norm")
         return x
 
@@ -768,8 +559,7 @@ cdef class Kernels:
         if iters < 1:
             raise ValueError(f"iters: expected >= 1, got {iters}")
         cdef double flops
-        with nogil:
-            flops = self.t.f32_fma_loop(iters)
+        with nogil: flops = self.t.f32_fma_loop(iters)
         return flops
 
     # ------------------------------------------------------------------------------------
@@ -786,12 +576,13 @@ cdef class Kernels:
         """Packs int8 weights w_s8 (N, K) int8 in [-127, 127] with w_scale (N, q8_groups(K))
         float32 (one scale per output channel and group of Q8_GROUP k) for this table's
         qgemm, into `out` (a C-contiguous uint8 array of qpacked_bytes(K, N), 64-byte
-        aligned) or new memory; returns a PackedQ8."""
-        if not isinstance(w_s8, np.ndarray) or w_s8.ndim != 2:
-            raise ValueError("w_s8: expected an int8 array of shape (N, K)")
-        cdef int N = w_s8.shape[0], K = w_s8.shape[1]
-        _check(w_s8, "w_s8", (N, K), np.int8)
-        _check(w_scale, "w_scale", (N, q8_groups(K)))
+        aligned) or new memory; returns an int8 Packed."""
+        cdef ci8 wp
+        cdef cf32 sp
+        cdef u8 dp
+        cdef int K
+        cdef int N = _ptr(<void **>&wp, w_s8, "w_s8", -1, -1, b"b", False, False, &K, "(N, K)")
+        _ptr(<void **>&sp, w_scale, "w_scale", N, q8_groups(K), b"f")
         if N < 1 or K < 1 or K > BGE_Q8_MAX_K:
             raise ValueError(f"w_s8: cannot pack shape {(N, K)} (1 <= K <= {BGE_Q8_MAX_K})")
         if w_s8.min() == -128:
@@ -800,148 +591,106 @@ cdef class Kernels:
         if size == 0:
             raise ValueError(f"w_s8: cannot pack shape {(N, K)}")
         data = _aligned_bytes(size) if out is None else _out_bytes(out, size)
-        cdef const int8_t[:, ::1] wv = w_s8
-        cdef const float[:, ::1] sv = w_scale
-        cdef uint8_t[::1] dv = data
+        _ptr(<void **>&dp, data, "out", size, -1, b"B", True)
         cdef int st
-        with nogil:
-            st = self.t.qs8_pack(&wv[0, 0], &sv[0, 0], K, N, <void *>&dv[0])
+        with nogil: st = self.t.qs8_pack(wp, sp, K, N, <void *>dp)
         _check_status(st, "qpack")
-        return PackedQ8(data, K, N, self.isa)
+        return Packed(data, K, N, self.isa, "int8")
 
     def load_packed(self, int fd, jobs, arena, threads=1):
-        """Reads, checks and packs many weights from an open file in one call, with the GIL
-        released throughout (so that other Python threads, the tokenizer's build among them,
-        run beside it), on `threads` threads taking the weights in turn. Up to the end of
-        its C work it uses no numpy (its buffers come from malloc), so it may run while
-        another thread imports numpy; the views it returns are made after.
+        """Reads, checks and packs many weights from an open file (bge_load_packed: one C
+        call, the GIL released, on `threads` threads, no numpy before the views it returns).
 
         Args:
             fd: the file (e.g. model.safetensors), read with pread.
-            jobs: one (parts, N, K, kind, out_off) per weight (N, K): `parts` is a list of
-                (byte offset, rows) of little-endian float32 tensors stacked by rows (their
-                rows sum to N); kind "int8" (or True) quantises (quantize_weight) and packs
-                for qgemm, "bf16" converts and packs for bgemm (bpack), "fp32" (or False)
-                packs for gemm; the packed bytes go to arena[out_off:], 64-byte aligned.
-            arena: a writable C-contiguous byte buffer (an `Arena`, or a uint8 array),
+            jobs: one (parts, N, K, kind, out_off) per weight (N, K) (bge_load_job): parts
+                [(byte offset, rows)] of float32 tensors stacked by rows; kind "int8" (True)
+                quantise and qpack, "bf16" bpack, "fp32" (False) pack; into arena[out_off:],
                 64-byte aligned.
+            arena: a writable C-contiguous uint8 buffer (an `Arena`), 64-byte aligned.
 
         Returns:
-            (packed, errors): packed[i] is job i's PackedF32, PackedQ8 or PackedBF16 (a view of the
-            arena), None where it failed; errors lists (i, part, what) for each failed job,
-            `what` a phrase of LOAD_ERRORS ("is cut short", "holds NaN or infinity", ...).
+            (packed, errors): job i's Packed (a view of the arena) or None where it failed;
+            (i, part, what) per failed job, `what` a phrase of LOAD_ERRORS.
         """
         cdef int nt = _threads(threads)
-        cdef uint8_t[::1] av
+        cdef Py_buffer v
         try:
-            av = arena
+            PyObject_GetBuffer(arena, &v, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE | PyBUF_FORMAT)
         except (TypeError, ValueError, BufferError):
             raise ValueError("arena: expected a writable C-contiguous uint8 buffer") from None
-        if av.shape[0] == 0 or (<uintptr_t>&av[0]) % 64:
+        cdef void *ap = v.buf
+        cdef size_t cap = <size_t>v.len
+        cdef bint bytes_ = v.itemsize == 1 and (v.format == NULL or v.format[0] in b"Bbc")
+        PyBuffer_Release(&v)  # the caller holds arena through the call
+        if not bytes_:
+            raise ValueError("arena: expected a writable C-contiguous uint8 buffer")
+        if cap == 0 or <uintptr_t>ap % 64:
             raise ValueError("arena: must be non-empty and start on a 64-byte boundary")
-        cdef Py_ssize_t njobs = len(jobs), i
-        cdef size_t most = 1, size, cap = av.shape[0]
-        cdef int most_n = 1, most_g = 1, p
-        sizes = []
-        kinds = []
-        for i in range(njobs):
-            parts, N, K, kind, out_off = jobs[i]
-            if kind not in _KINDS:
-                raise ValueError(f"jobs[{i}]: kind {kind!r} is none of 'fp32', 'int8', 'bf16'")
-            kind = _KINDS[kind]
-            kinds.append(kind)
-            int8 = kind == _KIND_INT8
-            if not 1 <= len(parts) <= _MAX_PARTS:
-                raise ValueError(f"jobs[{i}]: expected 1 to {_MAX_PARTS} parts, got {len(parts)}")
-            if N < 1 or K < 1 or (int8 and K > BGE_Q8_MAX_K):
-                raise ValueError(f"jobs[{i}]: cannot pack shape {(N, K)}")
-            if sum(r for _o, r in parts) != N or any(r < 1 or o < 0 for o, r in parts):
-                raise ValueError(f"jobs[{i}]: expected parts of rows >= 1 at offsets >= 0, "
-                                 f"their rows summing to N = {N}")
-            size = (self.t.qs8_packed_size(K, N) if int8 else self.t.bf16_packed_size(K, N)
-                    if kind == _KIND_BF16 else 4 * self.t.f32_packed_size(K, N))
-            if size == 0:
-                raise ValueError(f"jobs[{i}]: cannot pack shape {(N, K)}")
-            if out_off < 0 or out_off % 64 or <size_t>out_off + size > cap:
-                raise ValueError(f"jobs[{i}]: out_off {out_off} is not a 64-byte aligned "
-                                 f"slot of {size} bytes inside the arena ({cap} bytes)")
-            most = max(most, <size_t>N * <size_t>K)
-            most_n, most_g = max(most_n, N), max(most_g, q8_groups(K))
-            sizes.append(size)
+        cdef Py_ssize_t njobs = len(jobs), i, p
         if njobs == 0:
             return [], []
-        nt = min(nt, njobs)
-        need_q = any(kind == _KIND_INT8 for kind in kinds)
-        # the jobs for C, and each thread's buffers: the weight as read, and its int8 form
-        # with scales
-        cdef size_t fs = most, qsz = most if need_q else 1
-        cdef size_t ssz = <size_t>most_n * most_g if need_q else 1
-        cdef _LoadJob *js = <_LoadJob *>malloc(njobs * sizeof(_LoadJob))
-        cdef float *fp = <float *>malloc(nt * fs * sizeof(float))
-        cdef int8_t *qp = <int8_t *>malloc(nt * qsz)
-        cdef float *sp = <float *>malloc(nt * ssz * sizeof(float))
-        cdef const bge_kernels *t = self.t
-        cdef int tid = 0  # each thread's own (firstprivate)
+        cdef bge_load_job *js = <bge_load_job *>malloc(njobs * sizeof(bge_load_job))
+        if js == NULL:
+            raise MemoryError("load_packed: cannot allocate the jobs")
+        cdef int st
         try:
-            if js == NULL or fp == NULL or qp == NULL or sp == NULL:
-                raise MemoryError("load_packed: cannot allocate the loading buffers")
             for i in range(njobs):
-                parts, N, K, _kind, out_off = jobs[i]
-                js[i].nparts, js[i].N, js[i].K, js[i].kind = len(parts), N, K, kinds[i]
+                parts, N, K, kind, out_off = jobs[i]
+                js[i].nparts, js[i].N, js[i].K = len(parts), N, K
+                js[i].kind = _KINDS.get(kind, -1) if isinstance(kind, (bool, str)) else -1
                 js[i].out_off = out_off
-                js[i].status, js[i].part = -1, 0
-                for p in range(len(parts)):
+                for p in range(min(len(parts), BGE_LOAD_MAX_PARTS)):
                     js[i].off[p], js[i].rows[p] = parts[p]
-            with nogil, parallel(num_threads=nt):
-                tid = threadid()
-                for i in prange(njobs, schedule="dynamic", chunksize=1):
-                    _load_one(t, fd, &js[i], fp + tid * fs, qp + tid * qsz, sp + tid * ssz,
-                              &av[0])
+            with nogil: st = bge_load_packed(self.t, fd, js, njobs, ap, cap, nt)
+            if st == BGE_ERR_MEMORY:
+                raise MemoryError("load_packed: cannot allocate the loading buffers")
+            bad = [i for i in range(njobs) if js[i].status >= BGE_LOAD_BAD_PARTS]
+            if st == BGE_ERR_ARG and bad:
+                i = bad[0]
+                raise ValueError(f"jobs[{i}]: " + _BAD_JOB[js[i].status].format(
+                    *jobs[i], cap=cap, size=bge_load_job_bytes(self.t, &js[i]),
+                    most=BGE_LOAD_MAX_PARTS, n=len(jobs[i][0])))
+            _check_status(st, "load_packed")
             status = [(js[i].status, js[i].part) for i in range(njobs)]
+            sizes = [bge_load_job_bytes(self.t, &js[i]) for i in range(njobs)]
         finally:
             free(js)
-            free(fp)
-            free(qp)
-            free(sp)
-        base = np.asarray(arena).view(np.uint8).reshape(-1)
         packed, errors = [], []
-        for i in range(njobs):
-            st, part = status[i]
-            if st != _LOAD_OK:
+        base = np.asarray(arena).view(np.uint8).reshape(-1)
+        for i, (st, part) in enumerate(status):
+            if st != BGE_LOAD_OK:
                 errors.append((i, part, LOAD_ERRORS.get(st, "was not read")))
                 packed.append(None)
                 continue
-            N, K, _kind, out_off = jobs[i][1:]
+            _parts, N, K, kind, out_off = jobs[i]
             data = base[out_off:out_off + sizes[i]]
-            packed.append(PackedQ8(data, K, N, self.isa) if kinds[i] == _KIND_INT8
-                          else PackedBF16(data, K, N, self.isa) if kinds[i] == _KIND_BF16
-                          else PackedF32(data.view(np.float32), K, N, self.isa))
+            dtype = _KIND_NAMES[_KINDS[kind]]
+            packed.append(Packed(data.view(np.float32) if dtype == "fp32" else data, K, N,
+                                 self.isa, dtype))
         return packed, errors
 
     def quantize(self, x, q, scale, zp, threads=1):
         """Quantises x (M, K) float32 row by row and group by group (Q8_GROUP k each) into
         q (M, Kp) uint8, scale (M, G) float32 and zp (M, G) int32, Kp = q8_row_bytes(K),
         G = q8_groups(K); q's padding bytes are set to the zp of the row's last group."""
-        if not isinstance(x, np.ndarray) or x.ndim != 2:
-            raise ValueError("x: expected a float32 array of shape (M, K)")
-        cdef int M = x.shape[0], K = x.shape[1]
+        cdef cf32 xp
+        cdef u8 qp
+        cdef f32 sp
+        cdef i32 zp_
+        cdef int K
+        cdef int M = _ptr(<void **>&xp, x, "x", -1, -1, b"f", False, False, &K, "(M, K)")
         cdef int Kp = q8_row_bytes(K), G = q8_groups(K)
-        cdef const float *xp
-        cdef uint8_t *qp
-        cdef float *sp
-        cdef int32_t *zp_
-        _ptr(<void **>&xp, x, "x", M, K, np.float32, b'f', False)
-        _ptr(<void **>&qp, q, "q", M, Kp, np.uint8, b'B', True)
-        _ptr(<void **>&sp, scale, "scale", M, G, np.float32, b'f', True)
-        _ptr(<void **>&zp_, zp, "zp", M, G, np.int32, b'i', True)
+        _ptr(<void **>&qp, q, "q", M, Kp, b"B", True)
+        _ptr(<void **>&sp, scale, "scale", M, G, b"f", True)
+        _ptr(<void **>&zp_, zp, "zp", M, G, b"i", True)
         cdef int nt = _threads(threads)
         if K < 1 or K > BGE_Q8_MAX_K:
             raise ValueError(f"x: expected 1 <= K <= {BGE_Q8_MAX_K}, got shape {(M, K)}")
         if M == 0:
             return q
         cdef int st
-        with nogil:
-            st = self.t.qu8_quantize(xp, M, K, qp, sp, zp_, nt)
+        with nogil: st = self.t.qu8_quantize(xp, M, K, qp, sp, zp_, nt)
         _check_status(st, "quantize")
         return q
 
@@ -949,15 +698,12 @@ cdef class Kernels:
                      const uint8_t **pp) except -1:
         """Checks q (M, Kp) uint8 against packed; returns M, with q's data in *qp and the
         packed bytes in *pp."""
-        if not isinstance(packed, PackedQ8):
-            raise ValueError("packed: expected the PackedQ8 that Kernels.qpack returned")
+        _packed(packed, "int8")
         cdef int Kp = q8_row_bytes(packed.K)
         if not isinstance(q, np.ndarray) or q.ndim != 2:
             raise ValueError(f"q: expected a uint8 array of shape (M, {Kp})")
-        _ptr(<void **>qp, q, "q", q.shape[0], Kp, np.uint8, b'B', False)
-        cdef Py_ssize_t n_bytes
-        _flat(<void **>pp, packed.data, "packed.data", 0, np.uint8, b'B', &n_bytes, False)
-        if n_bytes < 64:
+        _ptr(<void **>qp, q, "q", q.shape[0], Kp, b"B")
+        if _ptr(<void **>pp, packed.data, "packed.data", 0, -1, b"B", False, True) < 64:
             raise ValueError("packed: too short to hold a packed int8 weight")
         return q.shape[0]
 
@@ -965,18 +711,16 @@ cdef class Kernels:
         """out (M, N) = epilogue(sum over groups g of (q - zp) @ w_s8^T * scale w_scale
         + bias) [+ res (M, N)]: q (M, Kp), scale (M, G), zp (M, G) from quantize,
         G = q8_groups(K); packed from this table's qpack."""
-        cdef const uint8_t *qp
-        cdef const uint8_t *pp
+        cdef cu8 qp, pp
         cdef int M = self._q_rows(q, packed, &qp, &pp)
         cdef int K = packed.K, N = packed.N
         cdef int G = q8_groups(K)
-        cdef const float *sp
-        cdef const int32_t *zp_
-        _ptr(<void **>&sp, scale, "scale", M, G, np.float32, b'f', False)
-        _ptr(<void **>&zp_, zp, "zp", M, G, np.int32, b'i', False)
-        cdef const float *bp
-        cdef const float *rp
-        cdef float *op
+        cdef cf32 sp
+        cdef ci32 zp_
+        _ptr(<void **>&sp, scale, "scale", M, G, b"f")
+        _ptr(<void **>&zp_, zp, "zp", M, G, b"i")
+        cdef cf32 bp, rp
+        cdef f32 op
         cdef int epi = _epilogue(epilogue, bias, res, out, M, N, &bp, &rp, &op)
         cdef int nt = _threads(threads)
         if M == 0:
@@ -996,30 +740,24 @@ cdef class Kernels:
         pass). q, scale and zp are flat workspace buffers of at least M * q8_row_bytes(K)
         uint8, M * q8_groups(K) float32 and M * q8_groups(K) int32; they receive the
         quantised x."""
-        if not isinstance(packed, PackedQ8):
-            raise ValueError("packed: expected the PackedQ8 that Kernels.qpack returned")
+        _packed(packed, "int8")
         cdef int K = packed.K, N = packed.N
         cdef int Kp = (K + 3) // 4 * 4, G = (K + BGE_Q8_GROUP - 1) // BGE_Q8_GROUP
-        cdef const float *xp
-        cdef const float *bp
-        cdef const float *rp
-        cdef float *op
-        cdef uint8_t *qp
-        cdef float *sp
-        cdef int32_t *zp_
-        cdef const uint8_t *pp
-        cdef int M = _rows(&xp, x, K)
+        cdef cf32 xp, bp, rp
+        cdef f32 op, sp
+        cdef u8 qp
+        cdef i32 zp_
+        cdef cu8 pp
+        cdef int M = _ptr(<void **>&xp, x, "x", -1, K, b"f")
         cdef int epi = _epilogue(epilogue, bias, res, out, M, N, &bp, &rp, &op)
         cdef int nt = _threads(threads)
-        cdef Py_ssize_t nq_bytes, n_
-        _flat(<void **>&qp, q, "q", <Py_ssize_t>M * Kp, np.uint8, b'B', &nq_bytes)
-        _flat(<void **>&sp, scale, "scale", <Py_ssize_t>M * G, np.float32, b'f', &n_)
-        _flat(<void **>&zp_, zp, "zp", <Py_ssize_t>M * G, np.int32, b'i', &n_)
+        cdef Py_ssize_t nq_bytes = _ptr(<void **>&qp, q, "q", <Py_ssize_t>M * Kp, -1, b"B", True,
+                                        True)
+        _ptr(<void **>&sp, scale, "scale", <Py_ssize_t>M * G, -1, b"f", True, True)
+        _ptr(<void **>&zp_, zp, "zp", <Py_ssize_t>M * G, -1, b"i", True, True)
         if M == 0:
             return out
-        cdef Py_ssize_t np_bytes
-        _flat(<void **>&pp, packed.data, "packed.data", 0, np.uint8, b'B', &np_bytes, False)
-        if np_bytes < 64:
+        if _ptr(<void **>&pp, packed.data, "packed.data", 0, -1, b"B", False, True) < 64:
             raise ValueError("packed: too short to hold a packed int8 weight")
         if (_overlap(qp, <size_t>nq_bytes, op, <size_t>M * N * 4)
                 or _overlap(qp, <size_t>nq_bytes, xp, <size_t>M * K * 4)):
@@ -1037,20 +775,18 @@ cdef class Kernels:
 
     def qgemm_i32(self, q, packed, acc, threads=1):
         """acc (M, N) int32 = q (M, Kp) @ w_s8^T, the raw sums (no zero-point term)."""
-        cdef const uint8_t *qp
-        cdef const uint8_t *pp
+        cdef cu8 qp, pp
         cdef int M = self._q_rows(q, packed, &qp, &pp)
         cdef int K = packed.K, N = packed.N
-        cdef int32_t *ap
-        _ptr(<void **>&ap, acc, "acc", M, N, np.int32, b'i', True)
+        cdef i32 ap
+        _ptr(<void **>&ap, acc, "acc", M, N, b"i", True)
         cdef int nt = _threads(threads)
         if M == 0:
             return acc
         if _overlap(qp, <size_t>M * q8_row_bytes(K), ap, <size_t>M * N * 4):
             raise ValueError("acc: must not overlap q")
         cdef int st
-        with nogil:
-            st = self.t.qu8s8_gemm_i32(qp, M, K, N, <const void *>pp, ap, nt)
+        with nogil: st = self.t.qu8s8_gemm_i32(qp, M, K, N, <const void *>pp, ap, nt)
         _check_status(st, "qgemm_i32")
         return acc
 
@@ -1060,8 +796,7 @@ cdef class Kernels:
         if iters < 1:
             raise ValueError(f"iters: expected >= 1, got {iters}")
         cdef double ops
-        with nogil:
-            ops = self.t.qu8s8_dot_loop(iters)
+        with nogil: ops = self.t.qu8s8_dot_loop(iters)
         return ops
 
     # ------------------------------------------------------------------------------------
@@ -1081,50 +816,42 @@ cdef class Kernels:
     def bpack(self, w, out=None):
         """Converts a torch Linear weight w (N, K) float32 to bf16 and packs it for this
         table's bgemm, into `out` (a C-contiguous uint8 array of bpacked_bytes(K, N), 64-byte
-        aligned) or new memory; returns a PackedBF16."""
-        if not isinstance(w, np.ndarray) or w.ndim != 2:
-            raise ValueError("w: expected a float32 array of shape (N, K)")
-        cdef int N = w.shape[0], K = w.shape[1]
-        _check(w, "w", (N, K))
+        aligned) or new memory; returns a bf16 Packed."""
+        cdef cf32 wp
+        cdef u8 dp
+        cdef int K
+        cdef int N = _ptr(<void **>&wp, w, "w", -1, -1, b"f", False, False, &K, "(N, K)")
         cdef size_t size = self.t.bf16_packed_size(K, N)
         if size == 0:
             raise ValueError(f"w: cannot pack shape {(N, K)}")
         data = _aligned_bytes(size) if out is None else _out_bytes(out, size)
-        cdef const float[:, ::1] wv = w
-        cdef uint8_t[::1] dv = data
+        _ptr(<void **>&dp, data, "out", size, -1, b"B", True)
         cdef int st
-        with nogil:
-            st = self.t.bf16_pack(&wv[0, 0], K, N, <void *>&dv[0])
+        with nogil: st = self.t.bf16_pack(wp, K, N, <void *>dp)
         _check_status(st, "bpack")
-        return PackedBF16(data, K, N, self.isa)
+        return Packed(data, K, N, self.isa, "bf16")
 
     def bgemm(self, x, packed, bias, out, epilogue="bias", res=None, scratch=None, threads=1):
         """out (M, N) = epilogue(bf16(x) (M, K) @ bf16(W)^T + bias (N)) [+ res (M, N)], the
         sums in fp32 over the whole of K (csrc/bge.h). packed: this table's bpack; scratch:
         a flat uint8 buffer of at least bgemm_scratch_bytes(M, K) (new memory when None)."""
-        if not isinstance(packed, PackedBF16):
-            raise ValueError("packed: expected the PackedBF16 that Kernels.bpack returned")
+        _packed(packed, "bf16")
         if packed.isa != self.isa:
             raise ValueError(f"packed: made for the {packed.isa!r} table, used with {self.isa!r}")
         cdef int K = packed.K, N = packed.N
-        cdef const float *xp
-        cdef const float *bp
-        cdef const float *rp
-        cdef float *op
-        cdef const uint8_t *pp
-        cdef uint8_t *sp
-        cdef int M = _rows(&xp, x, K)
+        cdef cf32 xp, bp, rp
+        cdef f32 op
+        cdef cu8 pp
+        cdef u8 sp
+        cdef int M = _ptr(<void **>&xp, x, "x", -1, K, b"f")
         cdef int epi = _epilogue(epilogue, bias, res, out, M, N, &bp, &rp, &op)
         cdef int nt = _threads(threads)
         if M == 0:
             return out
         cdef size_t need = self.t.bf16_gemm_scratch(M, K)
-        if scratch is None:
-            scratch = _aligned_bytes(need)
-        cdef Py_ssize_t ns, n_
-        _flat(<void **>&sp, scratch, "scratch", <Py_ssize_t>need, np.uint8, b'B', &ns)
-        _flat(<void **>&pp, packed.data, "packed.data", 0, np.uint8, b'B', &n_, False)
-        if n_ < 64:
+        scratch = _aligned_bytes(need) if scratch is None else scratch
+        cdef Py_ssize_t ns = _ptr(<void **>&sp, scratch, "scratch", need, -1, b"B", True, True)
+        if _ptr(<void **>&pp, packed.data, "packed.data", 0, -1, b"B", False, True) < 64:
             raise ValueError("packed: too short to hold a packed bf16 weight")
         if _overlap(xp, <size_t>M * K * 4, op, <size_t>M * N * 4):
             raise ValueError("out: must not overlap x")
@@ -1133,8 +860,8 @@ cdef class Kernels:
             raise ValueError("scratch: must not overlap x or out")
         cdef int st
         with nogil:
-            st = self.t.bf16_gemm(xp, M, K, N, <const void *>pp, bp, rp, op, epi,
-                                  <void *>sp, <size_t>ns, nt)
+            st = self.t.bf16_gemm(xp, M, K, N, <const void *>pp, bp, rp, op, epi, <void *>sp,
+                                  <size_t>ns, nt)
         _check_status(st, "bgemm")
         return out
 
@@ -1144,6 +871,5 @@ cdef class Kernels:
         if iters < 1:
             raise ValueError(f"iters: expected >= 1, got {iters}")
         cdef double ops
-        with nogil:
-            ops = self.t.bf16_dot_loop(iters)
+        with nogil: ops = self.t.bf16_dot_loop(iters)
         return ops

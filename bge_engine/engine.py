@@ -16,7 +16,8 @@ from . import _kernels, hub, prompts, schema
 from ._lazy import numpy_on_first_use
 from .errors import InputTooLong, InvalidInput
 from .log import logger
-from .model import BertModel, MatmulLoad
+from .loader import MatmulLoad
+from .model import BertModel
 from .tokenizer import Tokenizer
 from .weights import load_checkpoint
 
@@ -107,7 +108,7 @@ class Engine:
         try:
             self.tokenizer = Tokenizer(os.path.join(self._folder, "tokenizer.json"),
                                        ckpt.config.vocab)
-            self._model = BertModel(ckpt, kernels, matmuls=matmuls)
+            self._model = BertModel(ckpt, kernels, matmuls)
         finally:
             matmuls.join()  # a failed construction leaves no loading thread behind
         # Concurrent calls: at most cores // threads of them compute at once, so threads

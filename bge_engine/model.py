@@ -9,24 +9,18 @@ from __future__ import annotations
 
 import math
 import mmap
-import threading
-from typing import Callable, List, Optional, TypeVar
+from typing import List, Optional
 
 from . import _kernels
 from ._lazy import numpy_on_first_use
-from .errors import ModelFormatError
-from .quant import quantize_weight
+from .loader import MatmulLoad
 from .weights import Checkpoint
 
 np = numpy_on_first_use(globals())
 
-T = TypeVar("T")
-
-# The Linear layers of an encoder layer, by name.
-MATMULS = ("qkv", "out", "up", "down")
 # Batches of at most this many tokens read their word rows as the ids come (repeats read
-# twice); larger ones read each distinct row once (np.unique: ~8 us, more than the reads
-# it saves on a short batch)
+# twice); larger ones read each distinct row once (np.unique costs more than the reads it
+# saves on a short batch)
 SHORT_BATCH = 64
 
 
@@ -37,7 +31,7 @@ class Workspace:
     concurrent calls never share buffers. The buffers are views of one anonymous memory
     mapping reserved for at least `reserve` tokens: pages the batches never touch cost no
     memory, and growing unmaps the old mapping at once, where freed numpy buffers would
-    linger in the C heap (measured: ~9 MB of a run's peak RSS).
+    linger in the C heap and raise the peak RSS.
     """
 
     def __init__(self, hidden: int, intermediate: int, reserve: int = 0):
@@ -85,23 +79,6 @@ def _anonymous(nbytes: int):
     return mmap.mmap(-1, max(1, nbytes), flags=flags[0] | flags[1])
 
 
-class LoadScratch:
-    """The buffers one loading thread reuses matrix after matrix: a weight as read from the
-    file, and its int8 form with scales on their way to being packed."""
-
-    def __init__(self, ckpt: Checkpoint):
-        H, F = ckpt.config.hidden, ckpt.config.intermediate
-        rows, cols = max(3 * H, F), max(H, F)  # bounds every matrix of a layer
-        self.floats = np.empty(ckpt.matrix_floats(), dtype=np.float32)
-        self.w_s8 = np.empty(rows * cols, dtype=np.int8)
-        self.w_scale = np.empty(rows * _kernels.q8_groups(cols), dtype=np.float32)
-
-    def int8(self, N: int, K: int):
-        """(N, K) int8 and (N, groups) float32 views for quantize_weight to write."""
-        ng = _kernels.q8_groups(K)
-        return self.w_s8[:N * K].reshape(N, K), self.w_scale[:N * ng].reshape(N, ng)
-
-
 class Linear:
     """y = x W^T + b with W packed once for the kernel table: fp32; bf16 (weights in bf16,
     the input converted by the GEMM call, fp32 sums over all of K); or int8 (s8 weights with
@@ -109,38 +86,24 @@ class Linear:
     when it runs, with a zero point).
 
     Args:
-        w: the packed weight (N, K): a `_kernels.PackedF32` (Kernels.pack or load_packed),
-            a `_kernels.PackedBF16` (Kernels.bpack or load_packed), which runs in bf16, or a
-            `_kernels.PackedQ8` (Kernels.qpack or load_packed), which runs in int8.
+        w: the packed weight (N, K), a `_kernels.Packed` (Kernels.pack, bpack, qpack or
+            load_packed) whose dtype ("fp32", "bf16", "int8") says how it runs.
         b: (N,) float32, the bias.
     """
 
     def __init__(self, w, b: np.ndarray):
         self.w, self.b = w, b
-        self.int8 = isinstance(w, _kernels.PackedQ8)
-        self.bf16 = isinstance(w, _kernels.PackedBF16)
-
-    @staticmethod
-    def packed_bytes(kernels, N: int, K: int, kind) -> int:
-        """Bytes the packed weight (N, K) needs; kind "fp32", "bf16" or "int8" (or a bool:
-        int8 or not)."""
-        if kind is True or kind == "int8":
-            return kernels.qpacked_bytes(K, N)
-        if kind == "bf16":
-            return kernels.bpacked_bytes(K, N)
-        return kernels.packed_bytes(K, N)
 
     def __call__(self, k, x: np.ndarray, out: np.ndarray, ws: "Workspace", threads: int,
                  epilogue: str = "bias", res: Optional[np.ndarray] = None) -> None:
-        if self.bf16:
+        if self.w.dtype == "bf16":
             k.bgemm(x, self.w, self.b, out, epilogue, res=res, scratch=ws.xb, threads=threads)
-            return
-        if not self.int8:
+        elif self.w.dtype == "int8":
+            # x quantised per token and group into the workspace, then the int8 GEMM: one call
+            k.qlinear(x, self.w, self.b, out, ws.q, ws.q_scale, ws.q_zp, epilogue, res=res,
+                      threads=threads)
+        else:
             k.gemm(x, self.w, self.b, out, epilogue, res=res, threads=threads)
-            return
-        # x quantised per token and group into the workspace, then the int8 GEMM: one call
-        k.qlinear(x, self.w, self.b, out, ws.q, ws.q_scale, ws.q_zp, epilogue, res=res,
-                  threads=threads)
 
 
 class PackedLayer:
@@ -159,203 +122,23 @@ class PackedLayer:
         self.down = Linear(packed["down"], v["down_b"])
         self.ln2_g, self.ln2_b = v["ln2_g"], v["ln2_b"]
 
-    @staticmethod
-    def arena_bytes(kernels, H: int, F: int, int8: frozenset,
-                    bf16: frozenset = frozenset()) -> int:
-        """Bytes of one layer's packed weights, each slot rounded up to 64."""
-        return sum(-(-n // 64) * 64 for n in _slot_bytes(kernels, H, F, int8, bf16))
-
-
-def _kind(name: str, int8: frozenset, bf16: frozenset) -> str:
-    """How the matmul `name` runs: "int8", "bf16" or "fp32"."""
-    return "int8" if name in int8 else "bf16" if name in bf16 else "fp32"
-
-
-def _slot_bytes(kernels, H: int, F: int, int8: frozenset,
-                bf16: frozenset = frozenset()) -> List[int]:
-    """Bytes of each matmul's packed weight in a layer, in MATMULS order."""
-    shapes = ((3 * H, H), (H, H), (F, H), (H, F))  # (N, K) of qkv, out, up, down
-    return [Linear.packed_bytes(kernels, N, K, _kind(m, int8, bf16))
-            for m, (N, K) in zip(MATMULS, shapes)]
-
-
-def _slot_offsets(kernels, H: int, F: int, int8: frozenset,
-                  bf16: frozenset = frozenset()) -> List[int]:
-    """Where each matmul's packed weight starts in its layer's part of the arena, in MATMULS
-    order, each on 64 bytes."""
-    offsets, at = [], 0
-    for n in _slot_bytes(kernels, H, F, int8, bf16):
-        offsets.append(at)
-        at += -(-n // 64) * 64
-    return offsets
-
-
-class MatmulLoad:
-    """Every layer's matmul weights read from the checkpoint, checked and packed into one
-    arena (layer i from byte i * per_layer, at _slot_offsets), on `threads` threads of
-    their own from construction on; `result()` waits for them.
-
-    Weights stored as float32 go to `Kernels.load_packed`: read, checked for NaN and
-    infinity, quantised where int8 and packed in one call that never holds the GIL and
-    needs no numpy before its C work. So `Engine(...)` starts it before numpy is imported,
-    and numpy's import, the tokenizer's build (which holds the GIL for ~25 ms) and the
-    embeddings run beside it on the caller's thread. (With a Python step between matrices,
-    the loading threads stalled behind the tokenizer: Zen 3, 2 threads, `Engine(...)` took
-    91-129 ms that way, 61-105 in one call.) Others (float16) are read by
-    `Checkpoint.matrix` and packed one by one in `result()`, each thread with its own
-    buffers.
-
-    Args:
-        kernels: the `_kernels.Kernels` table to pack for.
-        ckpt: the opened checkpoint.
-        int8: the Linear layers to quantise (names from MATMULS).
-        threads: threads to load with.
-        bf16: the Linear layers to convert to bf16 (names from MATMULS, none of int8's);
-            the rest stay fp32.
-    """
-
-    def __init__(self, kernels, ckpt: Checkpoint, int8=(), threads: int = 1, bf16=()):
-        int8, bf16 = frozenset(int8), frozenset(bf16)
-        for what, names in (("int8", int8), ("bf16", bf16)):
-            unknown = names - set(MATMULS)
-            if unknown:
-                raise ValueError(f"{what}: unknown matmuls {sorted(unknown)}; expected {MATMULS}")
-        if int8 & bf16:
-            raise ValueError(f"int8 and bf16 both name {sorted(int8 & bf16)}")
-        cfg = ckpt.config
-        self.kernels, self.ckpt, self.int8, self.threads = kernels, ckpt, int8, threads
-        self.bf16 = bf16
-        per_layer = PackedLayer.arena_bytes(kernels, cfg.hidden, cfg.intermediate, int8, bf16)
-        self.arena = _kernels.Arena(per_layer * cfg.layers)
-        offsets = _slot_offsets(kernels, cfg.hidden, cfg.intermediate, int8, bf16)
-        self._direct, self._by_python = [], []
-        for i in range(cfg.layers):
-            for name, at in zip(MATMULS, offsets):
-                parts, (N, K) = ckpt.matrix_sources(i, name)
-                slot = i * per_layer + at
-                if parts is None:
-                    self._by_python.append((i, name, slot))
-                else:
-                    self._direct.append((i, name, (parts, N, K, _kind(name, int8, bf16), slot)))
-        self._loaded, self._error = None, None
-        self._thread = None
-        if self._direct:
-            self._thread = threading.Thread(target=self._load_direct, name="bge-load",
-                                            daemon=True)
-            self._thread.start()
-
-    def _load_direct(self) -> None:
-        try:
-            self._loaded = self.kernels.load_packed(
-                self.ckpt.reader.fd, [job for _i, _n, job in self._direct], self.arena,
-                self.threads)
-        except BaseException as exc:  # raised by result()
-            self._error = exc
-
-    def join(self) -> None:
-        """Waits for the loading threads to stop (result() does too)."""
-        if self._thread is not None:
-            self._thread.join()
-
-    def result(self) -> List[dict]:
-        """[{name: packed}] per layer, once every weight is packed.
-
-        Raises:
-            ModelFormatError: a tensor missing, of the wrong shape or dtype, cut short, or
-                holding NaN or infinity (the first one found, by name).
-        """
-        self.join()
-        if self._error is not None:
-            raise self._error
-        ckpt = self.ckpt
-        out: List[dict] = [{} for _ in range(ckpt.config.layers)]
-        if self._direct:
-            packed, errors = self._loaded
-            if errors:
-                j, part, what = errors[0]
-                i, name, _job = self._direct[j]
-                raise ModelFormatError(
-                    f"{ckpt.reader.path}: tensor {ckpt.matrix_tensor(i, name, part)!r} {what}")
-            for (i, name, _job), p in zip(self._direct, packed):
-                out[i][name] = p
-        if self._by_python:
-            arena = np.asarray(self.arena)
-            local = threading.local()
-
-            def load(j: int):
-                i, name, slot = self._by_python[j]
-                if not hasattr(local, "scratch"):
-                    local.scratch = LoadScratch(ckpt)
-                w = ckpt.matrix(i, name, local.scratch.floats)
-                kind = _kind(name, self.int8, self.bf16)
-                dst = arena[slot:slot + Linear.packed_bytes(self.kernels, *w.shape, kind)]
-                if kind == "int8":
-                    q, scale = local.scratch.int8(*w.shape)
-                    return self.kernels.qpack(*quantize_weight(w, q=q, scale=scale), out=dst)
-                if kind == "bf16":
-                    return self.kernels.bpack(w, out=dst)
-                return self.kernels.pack(w, out=dst)
-
-            loaded = run_on_threads(load, len(self._by_python), self.threads)
-            for (i, name, _slot), p in zip(self._by_python, loaded):
-                out[i][name] = p
-        return out
-
-
-def run_on_threads(fn: Callable[[int], T], n: int, threads: int) -> List[T]:
-    """[fn(0), ..., fn(n - 1)] computed on up to `threads` threads, each taking the next
-    index; the first exception raised is raised here once every thread has stopped.
-    (Plain threads: concurrent.futures would cost the cold start ~5 ms of imports.)"""
-    results: List = [None] * n
-    errors: List[BaseException] = []
-    next_i = iter(range(n))
-    lock = threading.Lock()
-
-    def work():
-        while not errors:
-            with lock:
-                i = next(next_i, None)
-            if i is None:
-                return
-            try:
-                results[i] = fn(i)
-            except BaseException as exc:  # re-raised in the caller
-                errors.append(exc)
-
-    workers = [threading.Thread(target=work, daemon=True) for _ in range(max(1, min(threads, n)) - 1)]
-    for w in workers:
-        w.start()
-    work()
-    for w in workers:
-        w.join()
-    if errors:
-        raise errors[0]
-    return results
-
 
 class BertModel:
     """A BERT encoder ready to run: weights packed once for `kernels`.
 
     Args:
-        ckpt: the opened checkpoint; each layer is read, packed and dropped in turn.
+        ckpt: the opened checkpoint.
         kernels: a `_kernels.Kernels` table.
-        int8: the Linear layers to run in int8 (names from MATMULS).
-        threads: threads to pack the weights with at load.
-        matmuls: the matmul weights, loading already (Engine starts the load first); by
-            default a MatmulLoad of `int8` and `bf16` on `threads` threads, started here.
-        bf16: the Linear layers to run in bf16 (names from MATMULS); the rest run in fp32.
+        matmuls: its matmul weights, loading already on threads of their own (a
+            `loader.MatmulLoad` for `kernels`, started first so that the rest of the set-up
+            runs beside it); which of them run in int8 is its choice.
     """
 
-    def __init__(self, ckpt: Checkpoint, kernels, int8=(), threads: int = 1,
-                 matmuls: Optional[MatmulLoad] = None, bf16=()):
-        if matmuls is None:
-            matmuls = MatmulLoad(kernels, ckpt, int8, threads, bf16=bf16)
+    def __init__(self, ckpt: Checkpoint, kernels, matmuls: MatmulLoad):
         cfg = self.config = ckpt.config
         self.kernels = kernels
-        # The matmul weights are read, checked and packed on their own threads meanwhile,
-        # each thread with its own buffers, reused matrix after matrix, so at most one raw
-        # weight per thread is in memory beside the packed ones, which go to one arena.
-        # The embeddings are read first: the first of them imports numpy, beside that load.
+        # The embeddings are read while the matmul weights load: the first of them imports
+        # numpy, beside that load.
         try:
             self.word, self.pos, self.type = ckpt.word, ckpt.pos, ckpt.type
             self.emb_ln_g, self.emb_ln_b = ckpt.emb_ln_g, ckpt.emb_ln_b

@@ -20,11 +20,13 @@ from .errors import ModelFormatError
 np = numpy_on_first_use(globals())
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+# The Linear layers of an encoder layer, by the names Checkpoint.matrix takes.
+MATMULS = ("qkv", "out", "up", "down")
 
 
 # The records below are NamedTuples and a plain class, not dataclasses, and paths are
 # strings, not pathlib's: `import dataclasses` with the classes it builds and `import pathlib`
-# cost ~9 ms of the cold start on the AMX Xeon, and nothing else on that path imports them.
+# would count against the cold start, and nothing else on that path imports them.
 FolderPath = Union[str, os.PathLike]
 
 
@@ -122,7 +124,7 @@ class Checkpoint:
     def matrix_floats(self) -> int:
         """Floats of the largest matmul weight of a layer: the size of a `matrix` buffer."""
         return max(sum(r * c for _, (r, c) in self._matrix_parts(m))
-                   for m in ("qkv", "out", "up", "down"))
+                   for m in MATMULS)
 
     def matrix(self, i: int, name: str, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Weight `name` ("qkv", "out", "up" or "down") of encoder layer i, (N, K) float32
@@ -269,8 +271,8 @@ class WordTable:
 
     Stored as float32, it stays in the file: `rows` reads the rows a batch uses with pread
     into a fresh buffer. Mapping the table instead would make every row read resident, and
-    more: the kernel maps whole page-cache folios around each fault, which cost 30-50 MB of
-    resident memory for a few hundred distinct tokens. Stored otherwise (float16), it is
+    more: the kernel maps whole page-cache folios around each fault, many times the rows'
+    own bytes for a few hundred distinct tokens. Stored otherwise (float16), it is
     held in memory as float32.
     """
 

@@ -31,6 +31,7 @@ typedef enum {
     BGE_ERR_ARG = 1,      /* NULL pointer, size < 1, or shapes that do not fit together */
     BGE_ERR_SCRATCH = 2,  /* the scratch buffer given is smaller than the call needs */
     BGE_ERR_PACKING = 3,  /* packed weights made by another kernel table */
+    BGE_ERR_MEMORY = 4,   /* an allocation failed */
 } bge_status;
 
 /* GEMM epilogues, applied to acc = x @ W^T for each output element (m, n). */
@@ -334,22 +335,30 @@ typedef struct bge_kernels {
  * Dispatch (dispatch.c)
  * ------------------------------------------------------------------------------------- */
 
-/* What the CPU and OS offer, read once with CPUID and XGETBV. */
+/* What the CPU and OS offer, read once with CPUID and XGETBV: 1 or 0 per feature of
+ * BGE_CPU_FEATURES (registry.h), and their count. */
 typedef struct bge_cpu_features {
-    int avx2, fma, avx512f, avx512bw, avx512dq, avx512vl, avx512_vnni, avx_vnni,
-        avx512_bf16, avx512_fp16, amx_tile, amx_int8, amx_bf16;
-    int os_avx;      /* XCR0 has SSE and AVX state (bits 1, 2)                 */
-    int os_avx512;   /* XCR0 has opmask, ZMM_Hi256, Hi16_ZMM state (bits 5-7)  */
-    int os_amx;      /* XCR0 has XTILECFG and XTILEDATA state (bits 17, 18)    */
+#define BGE_CPU_FIELD_(name) int name;
+    BGE_CPU_FEATURES(BGE_CPU_FIELD_)
+#undef BGE_CPU_FIELD_
 } bge_cpu_features;
+enum {
+#define BGE_CPU_ENUM_(name) BGE_CPU_##name,
+    BGE_CPU_FEATURES(BGE_CPU_ENUM_)
+#undef BGE_CPU_ENUM_
+    BGE_CPU_FEATURE_COUNT
+};
 
 /* Reads the CPU, the BGE_ISA cap, and builds every usable table. Idempotent and
  * thread-safe after the first call returns; call once before anything else. Returns
  * BGE_ERR_ARG when BGE_ISA holds an unknown name (the cap then stays at the best level). */
 int bge_init(void);
 
-/* The features bge_init() read. */
+/* The features bge_init() read; feature i's name ("avx2", ...) and value (NULL and 0 when
+ * i is not in [0, BGE_CPU_FEATURE_COUNT)). */
 const bge_cpu_features *bge_cpu(void);
+const char *bge_cpu_feature_name(int i);
+int bge_cpu_feature(int i);
 
 /* The table for one level, or NULL when that level is not usable on this machine/build
  * (CPU, OS or compiler lacks it). Ignores the BGE_ISA cap: tests use it to run every
@@ -361,6 +370,11 @@ const bge_kernels *bge_kernels_active(void);
 
 /* 1 when the folder of that level was compiled into this build. */
 int bge_isa_built(int isa);
+
+/* The boundary's check of ragged offsets (check.c): offsets (n + 1) int32, 0 first,
+ * non-decreasing, T last. BGE_OK with the longest and the shortest text's length in
+ * *max_len, *min_len; BGE_ERR_ARG (nothing written) otherwise or when n < 1.            */
+int bge_ragged_lengths(const int32_t *offsets, int n, int T, int *max_len, int *min_len);
 
 /* The level's name from BGE_LEVELS ("ref", "avx2", ...); NULL for an unknown level. */
 const char *bge_isa_name(int isa);
@@ -377,6 +391,67 @@ const char *bge_kernel_name(const bge_kernels *t, int slot);
 
 /* The level that BGE_ISA asked for (BGE_ISA_COUNT - 1 when unset). */
 int bge_isa_cap(void);
+
+/* ---------------------------------------------------------------------------------------
+ * Loading (load.c): a checkpoint's matmul weights read, checked and packed in one call
+ * ------------------------------------------------------------------------------------- */
+
+/* n bytes for packed weights, starting on a 2 MiB boundary, with transparent huge pages
+ * asked for where the OS has them (packing then faults a page per 2 MiB, not per 4 KiB).
+ * NULL when n is 0 or the memory is not there. Free with bge_arena_free.                 */
+void *bge_arena_alloc(size_t nbytes);
+void bge_arena_free(void *p);
+
+#define BGE_LOAD_MAX_PARTS 4 /* tensors stacked by rows into one weight (Q, K, V make 3) */
+
+/* What became of one job (bge_load_job.status). */
+enum {
+    BGE_LOAD_OK = 0,
+    BGE_LOAD_SHORT = 1,     /* the file ended inside part `part`                        */
+    BGE_LOAD_NONFINITE = 2, /* part `part` holds NaN or infinity                        */
+    BGE_LOAD_PACK = 3,      /* the quantiser or the packer refused the weight           */
+    BGE_LOAD_IO = 4,        /* a read of part `part` failed (errno other than EINTR)    */
+    BGE_LOAD_NOT_RUN = 5,   /* not run (set on every job before the loading starts)     */
+    /* a malformed job (bge_load_packed then returns BGE_ERR_ARG and reads nothing):      */
+    BGE_LOAD_BAD_PARTS = 6, /* nparts outside 1 .. BGE_LOAD_MAX_PARTS                    */
+    BGE_LOAD_BAD_SHAPE = 7, /* N or K < 1, K > BGE_Q8_MAX_K with int8                    */
+    BGE_LOAD_BAD_ROWS = 8,  /* a part of rows < 1 or at an offset < 0, or rows not sum N */
+    BGE_LOAD_BAD_SLOT = 9,  /* out_off < 0, not a multiple of 64, or the slot past the arena */
+    BGE_LOAD_BAD_KIND = 10, /* kind is none of BGE_LOAD_F32, _INT8, _BF16                 */
+};
+
+/* How a job's weight is packed (bge_load_job.kind). */
+enum {
+    BGE_LOAD_F32 = 0,  /* f32_pack, for the table's f32_gemm                            */
+    BGE_LOAD_INT8 = 1, /* qs8_quantize_weights, then qs8_pack, for its qu8s8_gemm       */
+    BGE_LOAD_BF16 = 2, /* bf16_pack (converts to bf16), for its bf16_gemm               */
+};
+
+/* One weight to load: W (N, K) float32, little-endian, stored in the file as nparts tensors
+ * stacked by rows: part p is rows[p] rows (K floats each) at byte off[p]; the rows of the
+ * parts sum to N. It is packed as `kind` says (BGE_LOAD_F32, _INT8, _BF16) into the arena
+ * at byte out_off, a multiple of 64, taking bge_load_job_bytes(t, job) bytes there.      */
+typedef struct bge_load_job {
+    int64_t off[BGE_LOAD_MAX_PARTS];
+    int32_t rows[BGE_LOAD_MAX_PARTS];
+    int nparts, N, K, kind;
+    int64_t out_off;
+    int status, part; /* out: a BGE_LOAD_* code, and the part it concerns */
+} bge_load_job;
+
+/* Bytes a job's packed weight takes with table t; 0 on bad sizes.                       */
+size_t bge_load_job_bytes(const bge_kernels *t, const bge_load_job *job);
+
+/* Runs jobs[0 .. njobs) with table t: reads from fd (pread: the file offset is untouched),
+ * checks, quantises and packs each into arena (arena_bytes bytes, 64-byte aligned), on up
+ * to nthreads threads taking the jobs in turn, each with its own buffers of the largest
+ * weight. Returns BGE_OK with each job's outcome in its status and part (a job that fails
+ * leaves its slot undefined and the others run on), BGE_ERR_ARG when an argument or a job
+ * is malformed (each malformed job's status then says how: BGE_LOAD_BAD_*; nothing is
+ * read), BGE_ERR_MEMORY when the buffers cannot be allocated.
+ * Slots that overlap are the caller's error.                                             */
+int bge_load_packed(const bge_kernels *t, int fd, bge_load_job *jobs, int njobs, void *arena,
+                    size_t arena_bytes, int nthreads);
 
 #ifdef __cplusplus
 }

@@ -2,6 +2,8 @@
  * check.c: the argument checks shared by every implementation of a slot, so that the SIMD
  * kernels reject exactly what the references reject. Each returns BGE_OK or BGE_ERR_ARG.
  */
+#include <limits.h>
+
 #include "bge_internal.h"
 
 int bge_check_offsets(const int32_t *offsets, int n, int T_expected) {
@@ -51,3 +53,18 @@ int bge_check_q8_epi_args(const float *scale, const int32_t *zp, const float *bi
     return BGE_OK;
 }
 
+
+int bge_ragged_lengths(const int32_t *offsets, int n, int T, int *max_len, int *min_len) {
+    if (!offsets || !max_len || !min_len || n < 1 || offsets[0] != 0 || offsets[n] != T)
+        return BGE_ERR_ARG;
+    int mx = 0, mn = INT_MAX;
+    for (int i = 0; i < n; i++) {
+        const int d = offsets[i + 1] - offsets[i];
+        if (d < 0) return BGE_ERR_ARG;
+        mx = d > mx ? d : mx;
+        mn = d < mn ? d : mn;
+    }
+    *max_len = mx;
+    *min_len = mn;
+    return BGE_OK;
+}

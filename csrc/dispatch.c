@@ -8,6 +8,7 @@
  * level's kernels; level 0 is the plain-C reference. bge_kernels_active() is the best usable
  * level at or below the BGE_ISA cap.
  */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(_WIN32)
@@ -224,6 +225,26 @@ const bge_kernels *bge_kernels_active(void) {
 
 const char *bge_isa_name(int isa) {
     return isa >= 0 && isa < BGE_ISA_COUNT ? isa_names[isa] : NULL;
+}
+
+static const char *const feature_names[BGE_CPU_FEATURE_COUNT] = {
+#define FEATURE_NAME_(name) #name,
+    BGE_CPU_FEATURES(FEATURE_NAME_)
+#undef FEATURE_NAME_
+};
+
+const char *bge_cpu_feature_name(int i) {
+    return i >= 0 && i < BGE_CPU_FEATURE_COUNT ? feature_names[i] : NULL;
+}
+
+int bge_cpu_feature(int i) {
+    static const size_t at[BGE_CPU_FEATURE_COUNT] = {
+#define FEATURE_AT_(name) offsetof(bge_cpu_features, name),
+        BGE_CPU_FEATURES(FEATURE_AT_)
+#undef FEATURE_AT_
+    };
+    bge_init();
+    return i >= 0 && i < BGE_CPU_FEATURE_COUNT ? *(const int *)((const char *)&cpu + at[i]) : 0;
 }
 
 const char *bge_slot_name(int slot) {

@@ -4,7 +4,8 @@
  * Everything else is generated from these lists: the bge_kernels struct and the
  * BGE_SLOT_<slot> indices (bge.h), the reference fill and the slot names (dispatch.c,
  * which Python reads through bge_slot_name / bge_kernel_name: Kernels.names), the bge_isa
- * enum, the level names BGE_ISA accepts and the overlay declarations (bge_internal.h).
+ * enum, the level names BGE_ISA accepts and the overlay declarations (bge_internal.h);
+ * and the CPU features dispatch reads (bge_cpu_features, cpu_info()).
  *
  * Adding a slot: one line X(slot, type) in BGE_SLOTS below (its type a function-pointer
  * typedef in bge.h, with the contract in a comment), and its reference
@@ -60,6 +61,15 @@
     X(AVX512VNNI, avx512vnni)  \
     X(AVX512BF16, avx512bf16)  \
     X(AMX, amx)
+
+/* X(feature): what dispatch.c reads from CPUID (and, os_*, from XCR0: whether the OS saves
+ * the registers) into bge_cpu_features; cpu_info() reports them by these names.
+ *   os_avx: XCR0 has SSE and AVX state (bits 1, 2); os_avx512: opmask, ZMM_Hi256, Hi16_ZMM
+ *   state (bits 5-7); os_amx: XTILECFG and XTILEDATA state (bits 17, 18).              */
+#define BGE_CPU_FEATURES(X)                                                              \
+    X(avx2) X(fma) X(avx512f) X(avx512bw) X(avx512dq) X(avx512vl) X(avx512_vnni)         \
+    X(avx_vnni) X(avx512_bf16) X(avx512_fp16) X(amx_tile) X(amx_int8) X(amx_bf16)       \
+    X(os_avx) X(os_avx512) X(os_amx)
 
 /* X(old, ID): former spellings of a level's name that BGE_ISA and Kernels(isa) accept. */
 #define BGE_LEVEL_ALIASES(X) X(vnni, AVX512VNNI)

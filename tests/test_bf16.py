@@ -11,8 +11,9 @@ import pytest
 
 import bge_engine
 from bge_engine import _kernels
-from bge_engine.model import MATMULS, BertModel
-from bge_engine.weights import load_checkpoint
+from bge_engine.loader import MatmulLoad
+from bge_engine.model import BertModel
+from bge_engine.weights import MATMULS, load_checkpoint
 
 MIN_COSINE = 0.9999
 LEVELS = ["ref", "avx2", "avx512", "avx512bf16"]  # avxvnni, vnni, amx: the bf16 GEMM below
@@ -41,7 +42,8 @@ def test_goldens_at_the_bf16_bar(case, isa):
     if isa not in _kernels.usable_isas():
         pytest.skip(f"this host or build lacks {isa}")
     folder, golden = case
-    model = BertModel(load_checkpoint(folder), _kernels.Kernels(isa), bf16=MATMULS)
+    ckpt, k = load_checkpoint(folder), _kernels.Kernels(isa)
+    model = BertModel(ckpt, k, MatmulLoad(k, ckpt, bf16=MATMULS))
     assert all(layer.qkv.bf16 and layer.down.bf16 for layer in model.layers)
     ids, offsets = golden["ids"], golden["offsets"]
     keep = np.arange(offsets.shape[0] - 1)
@@ -80,7 +82,7 @@ def test_weights_are_packed_once_in_half_the_bytes(engines):
     fp32, bf16 = engines["minilm"]
     for layer in bf16._model.layers:
         for name in MATMULS:
-            assert isinstance(getattr(layer, name).w, _kernels.PackedBF16)
+            assert getattr(layer, name).w.dtype == "bf16"
     ratio = bf16._model.layers[0].qkv.w.nbytes / fp32._model.layers[0].qkv.w.nbytes
     assert 0.49 < ratio < 0.52
 

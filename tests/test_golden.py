@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bge_engine import _kernels
+from bge_engine.loader import MatmulLoad
 from bge_engine.model import BertModel
 from bge_engine.tokenizer import Tokenizer
 from bge_engine.weights import load_checkpoint
@@ -54,7 +55,8 @@ def test_every_layer_and_pooling(case, isa):
     if isa not in _kernels.usable_isas():
         pytest.skip(f"this host or build lacks {isa}")
     folder, golden = case
-    model = BertModel(load_checkpoint(folder), _kernels.Kernels(isa))
+    ckpt, k = load_checkpoint(folder), _kernels.Kernels(isa)
+    model = BertModel(ckpt, k, MatmulLoad(k, ckpt))
     ws = model.new_workspace()
     ids, offsets = golden["ids"], golden["offsets"]
     k = int(golden["n_layer_texts"])

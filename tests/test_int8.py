@@ -70,7 +70,7 @@ def test_unknown_dtype_is_refused(minilm_path):
 @pytest.mark.parametrize("N,K", [(7, 1), (5, 63), (9, 64), (3, 65), (16, 384), (4, 1537)])
 def test_quantize_weight_per_channel_and_group(N, K):
     from bge_engine import _kernels
-    from bge_engine.quant import quantize_weight
+    from bge_engine.loader import quantize_weight
 
     rng = np.random.default_rng(N * 1000 + K)
     w = rng.standard_normal((N, K)).astype(np.float32)
@@ -92,7 +92,7 @@ def test_quantize_weight_per_channel_and_group(N, K):
 
 
 def test_quantize_weight_rounds_half_to_even_and_refuses_non_finite():
-    from bge_engine.quant import quantize_weight
+    from bge_engine.loader import quantize_weight
 
     # amax 127 gives scale exactly 1, so w / scale lands on the halves themselves
     w = np.array([[127.0, 2.5, 3.5, -2.5, -3.5, 0.5, -0.5, 126.5]], dtype=np.float32)
@@ -107,7 +107,7 @@ def test_quantize_weight_rounds_half_to_even_and_refuses_non_finite():
 
 
 def test_quantize_weight_is_the_same_for_any_thread_count():
-    from bge_engine.quant import quantize_weight
+    from bge_engine.loader import quantize_weight
 
     w = np.random.default_rng(3).standard_normal((1537, 385)).astype(np.float32)
     q1, s1 = quantize_weight(w, threads=1)

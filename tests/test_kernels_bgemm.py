@@ -398,7 +398,7 @@ def test_bad_arguments(isa):
             kern.bgemm(x, _kernels.Kernels(other).bpack(w), b, out)
         # the same bytes under this table's name: the C header check refuses another width
         theirs = _kernels.Kernels(other).bpack(w)
-        disguised = _kernels.PackedBF16(theirs.data, 8, 5, isa)
+        disguised = _kernels.Packed(theirs.data, 8, 5, isa, "bf16")
         with pytest.raises(ValueError, match="packed by another kernel table"):
             kern.bgemm(x, disguised, b, out)
     with pytest.raises(ValueError, match="packed"):

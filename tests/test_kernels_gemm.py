@@ -287,7 +287,7 @@ def test_bad_arguments(kern):
     with pytest.raises(ValueError, match="out: must not overlap x"):
         buf = np.zeros(48, np.float32)  # x its floats 0-31, out its floats 28-47
         kern.gemm(buf[:32].reshape(4, 8), packed, b, buf[28:].reshape(4, 5))
-    wrong = _kernels.PackedF32(packed.data.view(np.uint8), packed.K, packed.N, packed.isa)
+    wrong = _kernels.Packed(packed.data.view(np.uint8), packed.K, packed.N, packed.isa, "fp32")
     with pytest.raises(ValueError, match="packed.data: expected a C-contiguous float32"):
         kern.gemm(x, wrong, b, out)
     with pytest.raises(ValueError):

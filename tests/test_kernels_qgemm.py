@@ -617,7 +617,7 @@ def test_bad_arguments():
         k.qgemm(q, scale, zp, p, bias, o, "residual")
     with pytest.raises(ValueError, match="epilogue"):
         k.qgemm(q, scale, zp, p, bias, o, "relu")
-    with pytest.raises(ValueError, match="PackedQ8"):
+    with pytest.raises(ValueError, match="int8 Packed"):
         k.qgemm(q, scale, zp, w, bias, o)
     with pytest.raises(ValueError, match=r"acc.*int32"):
         k.qgemm_i32(q, p, np.empty((M, N), np.int64))
@@ -701,7 +701,7 @@ def test_qlinear_bad_arguments():
         k.qlinear(x, p, b, ro, q, s, z)
     with pytest.raises(ValueError, match="q: must not overlap"):  # q inside out's bytes
         k.qlinear(x, p, b, out, out.reshape(-1).view(np.uint8), s, z)
-    short = _kernels.PackedQ8(p.data[:32], p.K, p.N, p.isa)
+    short = _kernels.Packed(p.data[:32], p.K, p.N, p.isa, "int8")
     with pytest.raises(ValueError, match="packed: too short"):
         k.qlinear(x, short, b, out, q, s, z)
 
@@ -736,7 +736,7 @@ def test_qgemm_quantize_softmax_bad_arguments():
     ro_acc.flags.writeable = False
     with pytest.raises(ValueError, match="acc: the output array is read-only"):
         k.qgemm_i32(q, p, ro_acc)
-    short = _kernels.PackedQ8(p.data[:32], p.K, p.N, p.isa)
+    short = _kernels.Packed(p.data[:32], p.K, p.N, p.isa, "int8")
     for call in (lambda: k.qgemm(q, s, z, short, b, out), lambda: k.qgemm_i32(q, short, acc)):
         with pytest.raises(ValueError, match="packed: too short"):
             call()

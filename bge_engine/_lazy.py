@@ -1,8 +1,8 @@
 """numpy, imported when a function first uses it rather than with bge_engine.
 
 `Engine(...)` starts reading and packing the weights on its own threads (C, no numpy) before
-anything needs numpy, so that numpy's import, 70-90 ms of a cold start on the AMX Xeon and
-most of bge_engine's own import, runs beside that load instead of before it. A module that
+anything needs numpy, so that numpy's import, a large part of a cold start, runs beside that
+load instead of before it. A module that
 uses numpy binds
 
     np = numpy_on_first_use(globals())

@@ -78,11 +78,11 @@ def cold_start_seconds(code: str, repeats: int = 5, env: Dict[str, str] = None) 
     (the code must embed one text), timed from just before the process is spawned to the
     moment, right after the code ran, that the child reads the system-wide monotonic clock
     and reports it. The interpreter's shutdown after it is not counted (a library's
-    teardown is not part of a cold start; ours took 20-30 ms on the AMX Xeon).
+    teardown is not part of a cold start).
 
     bge_engine's modules are byte-compiled first, as `pip install` leaves them (the peers'
     are, in site-packages): an editable install run with PYTHONDONTWRITEBYTECODE=1 would
-    otherwise compile them from source in every process, ~10 ms that no user pays."""
+    otherwise compile them from source in every process, a cost no user pays."""
     compileall.compile_dir(os.path.dirname(os.path.abspath(__file__)), quiet=1)
     probe = (code + "\nimport sys as _s, time as _t\n"
              "_s.stdout.write('\\n%s%%r\\n' %% _t.monotonic())\n" % FIRST_VECTOR)

@@ -5,8 +5,8 @@ order: a folder at that path; the snapshot of that hub id in the Hugging Face ca
 directly, so no `huggingface_hub` is needed for it); a download with `huggingface_hub` (an
 optional dependency: `pip install "bge-engine[hub]"`), which shows a progress bar. When none
 works it raises `ModelNotFound` saying how to use a local folder. Paths are strings here
-(os.path): `Engine()` goes through `locate`, and pathlib's import (~4 ms, urllib.parse with
-it) would count against the cold start.
+(os.path): `Engine()` goes through `locate`, and pathlib's import (urllib.parse with it)
+would count against the cold start.
 """
 
 from __future__ import annotations

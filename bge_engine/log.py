@@ -3,7 +3,7 @@
 The library adds a `NullHandler` (the logging HOWTO's rule for libraries), so that an
 application which configured no logging does not get logging's bare last-resort output; the
 command line adds a stderr handler that prefixes each line with `bge-engine:`. `logging` is
-imported on first use, not with bge_engine (~4 ms of cold start).
+imported on first use, not with bge_engine (it would count against the cold start).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ class Tokenizer:
     """
 
     def __init__(self, path: Union[str, os.PathLike], vocab_size: int):
-        # Imported here, not with bge_engine (5-12 ms): the engine builds its tokenizer on one
+        # Imported here, not with bge_engine: the engine builds its tokenizer on one
         # thread while the weights load on the others, so the import runs beside the load.
         import tokenizers
 

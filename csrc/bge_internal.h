@@ -69,11 +69,9 @@ double bge_f32_fma_loop__ref(long iters);
 
 /* Prefetches, for writing, the bytes [0, bytes) of `rows` rows `stride` bytes apart from p:
  * the output block of one GEMM tile, asked for before the tile's k loop so that its lines
- * are in cache when the epilogue stores to them. Without it the stores missed the cache
- * one line after another (the output of a 512-token QKV is 2.4 MB), and an 8 x 48 fp32
- * tile of K = 384 spent ~30 % of its time waiting on them: 1 thread, 512 x 384 x 1152,
- * 1.27x faster with it (1.19x at x 1536; on 2 threads on a Xeon with AMX within the
- * noise). Prefetches never fault, so no bound needs checking beyond the block's own.   */
+ * are in cache when the epilogue stores to them. Without it the stores miss the cache one
+ * line after another on long batches (the output of a 512-token QKV is 2.4 MB) and a tile
+ * waits on them. Prefetches never fault, so no bound needs checking beyond the block's.  */
 static inline void bge_prefetch_block(const void *p, int rows, size_t stride, int bytes) {
 #if defined(__GNUC__) || defined(__clang__)
     for (int i = 0; i < rows; i++) {
@@ -154,7 +152,7 @@ void bge_run_units(int n, int nthreads, unsigned char *taken,
 
 /* Threads worth waking for a kernel whose rows go out in chunks of `chunk` rows: one per
  * chunk, at most nthreads. A thread that would find no chunk still costs its wake-up and
- * the closing barrier (on the Xeon with AMX, about 1 us a call). */
+ * the closing barrier. */
 static inline int bge_row_team(int rows, int chunk, int nthreads) {
     const int chunks = (rows + chunk - 1) / chunk;
     return chunks < nthreads ? (chunks < 1 ? 1 : chunks) : nthreads;
@@ -173,9 +171,7 @@ static inline int bge_row_chunk(int rows, int nthreads) {
  * runs of qkv), and for short texts the lines passing between the cores cost more than
  * the heads' arithmetic. So, below 128 tokens: whole texts when there are at least two per
  * thread, else each text's heads cut into one run per thread; from 128 tokens a job is
- * long enough to be taken one by one. Measured on a Xeon with AMX, 2 threads, the AVX-512
- * kernel, 6 alternated rounds: 1.3-1.5x faster on one text of 16 tokens, 1.7x on 4, 1.9x
- * on 32, 1.4x on 32 texts of 32 tokens, 1.1x on 8 of 64. */
+ * long enough to be taken one by one (docs/performance.md, bge_attention_chunk). */
 static inline int bge_attention_chunk(int n, int heads, int L_max, int nthreads) {
     if (L_max >= 128 || nthreads < 2) return 1;
     return n >= 2 * nthreads ? heads : (heads + nthreads - 1) / nthreads;

@@ -114,11 +114,8 @@ int bge_f32_gemm_run(const bge_f32_gemm_impl *impl, const float *x, int M, int K
      * stream from memory, and a thread keeps its hardware prefetchers and tile_pf ahead
      * only on one run of panels. So each thread takes its own run of panels, every row
      * tile of each, and a thread done early takes panels from the back of the others' runs
-     * (bge_run_units): a thread the OS slows no longer holds the others back. Measured on a
-     * Xeon with AMX, 2 threads, the model's 48 GEMMs: one run per thread 1.02-1.08x faster
-     * at 4-128 rows than 2 rectangles per thread taken dynamically (2 already 1.05-1.09x
-     * faster than 4 at 8-32 rows on Zen 3); taking from the others' runs then added
-     * 1.01-1.04x at 1-64 rows (while one vCPU ran slow). */
+     * (bge_run_units): a thread the OS slows no longer holds the others back. Both beat
+     * rectangles taken dynamically at these sizes (docs/performance.md, GEMM drivers). */
     const int nt = nthreads < np ? nthreads : np;
     f32_job j = {impl, x, packed, bias, res, out, M, K, N, epilogue, mt};
     if (impl->tile_pf && mt <= 16 && mt <= row_block_tiles(K, MR) && np <= BGE_UNITS_MAX) {
@@ -240,14 +237,9 @@ int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float 
     /* Few rows (one row block, at most 8 row tiles: 128 rows on AMX): the weights stream
      * from memory, and a thread's hardware prefetchers keep up only on one run of panels.
      * So each thread takes its own run of panels, every row tile of each, and a thread
-     * done early takes panels from the back of the others' runs (bge_run_units, see
-     * gemm.c). Measured on a Xeon with AMX, 2 threads, the model's 48 GEMMs, alternated:
-     * one run per thread against 4 rectangles per thread taken dynamically (every few
-     * panels a jump to another rectangle's start): AMX 1.13x faster at 1 row, 1.23-1.32x at
-     * 8-16, 1.14-1.18x at 32-128; VNNI 1.06-1.19x at 16-128. Not the tile configuration
-     * that AMX loads per rectangle: loading it once per thread instead changed nothing.
-     * Taking from the others' runs then added 1.01-1.13x (at 1-64 rows, while one vCPU
-     * ran slow). */
+     * done early takes panels from the back of the others' runs (bge_run_units). Rectangles
+     * taken dynamically jump to another rectangle's start every few panels, which is what
+     * costs (not the tile configuration AMX loads per rectangle); docs/performance.md. */
     const int nt = nthreads < np ? nthreads : np;
     if (mt <= 8 && mt <= q8_row_block_tiles(j.Kp, MR) && np <= BGE_UNITS_MAX) {
         unsigned char taken[BGE_UNITS_MAX];

@@ -13,8 +13,8 @@
  * w_scale and colsum panel by panel, and in a panel group by group: w_scale[n, g] at float
  * (p ngroups + g) nr + j for n = nr p + j (bge_q8_scale_index), so one group's scales of a
  * panel's columns are contiguous (group stride nr) and a panel's are one run of bytes,
- * read in step with its weights. (Group-major over all Np columns, as before, put a
- * panel's groups Np apart: 1.01-1.05x slower on the model's 48 GEMMs, 2 threads, AMX.)
+ * read in step with its weights (group-major over all Np columns put a panel's groups Np
+ * apart, and was slower).
  * The weights: ceil(N / nr) panels of nr columns;
  *   panel p covers columns n = nr p .. nr p + nr - 1 and holds G = Kp / kgroup groups of
  *   kgroup consecutive k; inside a panel, group g, column j, element r:
@@ -45,7 +45,7 @@
  *          packed[(p*K + k)*nr + j] = w[(nr*p + j)*K + k], and 0.0f where nr*p + j >= N.
  * The copy runs in blocks of PACK_KC values of k, so that each w row is read in runs of
  * contiguous floats and the block written stays in L1 (a plain transpose strides over
- * memory on one side and packs the model ~3x slower, which shows in the cold start). */
+ * memory on one side and packs markedly slower, which shows in the cold start). */
 #define PACK_KC 64
 void bge_f32_pack_panels(const float *w, int K, int N, int nr, float *packed) {
     const int panels = (N + nr - 1) / nr;

@@ -77,12 +77,9 @@ void bge_run_units(int n, int nthreads, unsigned char *taken,
  * `want` (or every rectangle is one tile of one panel); from ROWS_FIRST rows (M) on,
  * *rc first, then *pc. Rows first gives each thread whole rows of the output, every panel
  * passing over a block of its rows that stays in cache, at the price of reading each
- * panel once per rectangle: measured on a Xeon with AMX, 2 threads, end to end (10
- * alternated rounds, one build per process), fp32 1.135x faster at 512 tokens, 1.30x at
- * 256, 1.08x at 200 and 1.11x at 160; int8 (AMX) 1.09x, 1.055x, 1.02x and 1.02x;
- * throughput in batches of 32 sentences 1.01x (fp32) and 1.07x (int8). Up to 128 rows the
- * drivers take runs of panels instead (fp32, AMX), or the weights dominate (vnni, avx2:
- * 33-128 rows), and each panel is read once. */
+ * panel once per rectangle, which pays from ROWS_FIRST rows on (docs/performance.md, GEMM
+ * drivers). Up to 128 rows the drivers take runs of panels instead (fp32, AMX), or the
+ * weights dominate (avx512vnni, avx2), and each panel is read once. */
 #define ROWS_FIRST 129
 static void cut_rectangles(int M, int mt, int np, long long want, int *rc, int *pc) {
     int r = mt, p = np;

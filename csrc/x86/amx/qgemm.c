@@ -23,17 +23,13 @@
  *     issued before the vector step of group g, into the other of two sum buffers.
  *   - What bounds it: the groups of 64 k. Every tdpbusd (16 x 16 x 64, 16 cycles) leaves
  *     256 int32 sums that need their own fp32 step, 5 vector ops per 16 (the rounding steps
- *     are fixed by bge.h), and a trip through memory. Measured on a Xeon with AMX (family
- *     6 model 207, 1 thread, C harness, best of 300, interleaved): the tile work with its
- *     per-group stores alone ~40-55 TSC ticks per tile product, the vector step alone
- *     ~40-50, both ~80-90: they do not overlap, here or in any arrangement tried (16 x 16
- *     blocks with double-buffered tiles and the fp32 sums in registers, a sum buffer 3
- *     groups deep, the tile work of the next 16 columns under the vector step of these,
- *     prefetching the next group's weights): all as fast or slower. So this kernel runs
- *     at 5-17 % of the tdpbusd peak (4.1 TOP/s per core): 1.6-2.0x the vnni kernel on the
- *     model's shapes by best times, 0.7-1.7x by median times of single calls on this noisy
- *     machine, and 1.03-1.23x faster end to end (1.17x throughput), the same bits. The raw
- *     int32 kernel (qu8s8_gemm_i32) has no fp32 step.
+ *     are fixed by bge.h), and a trip through memory. The tile work and the vector step
+ *     take about as long each and do not overlap, here or in any arrangement tried
+ *     (double-buffered tiles with the fp32 sums in registers, a deeper sum buffer, the
+ *     next columns' tile work under these columns' vector step, prefetching the next
+ *     group's weights). So this kernel runs far below the tdpbusd peak, yet faster than
+ *     the avx512vnni level, end to end too, with the same bits (docs/performance.md). The
+ *     raw int32 kernel (qu8s8_gemm_i32) has no fp32 step.
  *   - Tails: a tile of mr < 16 rows copies its q rows of each group into a 16-row buffer
  *     (the extra rows' sums are never read); a last panel runs only its nv < 3 blocks; a
  *     last group of fewer than 64 k (K % 64 != 0, never in the model) is summed with

@@ -8,10 +8,9 @@
  *   - Microkernel MR x NR = 4 x 24: 4 rows of x times one packed panel of 24 columns, held in
  *     4 x 3 = 12 ymm accumulators; 3 ymm hold the panel's k row and 1 the broadcast of x: all
  *     16 ymm registers. Each k step is 12 FMAs for 3 loads + 4 broadcasts; two FMA pipes of
- *     latency 4 need >= 8 independent chains, 12 give slack. Measured on Zen 4 against 6 x 16
- *     (same 12 accumulators, 8 loads per step): 4 x 24 runs at 94-98 % of the FMA peak on the
- *     model shapes, 6 x 16 at 85-95 %, and MR = 4 wastes less on short batches. 24 divides
- *     every model width (384, 1152, 1536).
+ *     latency 4 need >= 8 independent chains, 12 give slack. It runs nearer the FMA peak
+ *     than 6 x 16 (the same 12 accumulators, more loads per step; docs/performance.md), and
+ *     MR = 4 wastes less on short batches. 24 divides every model width (384, 1152, 1536).
  *   - Tails: rows past the last full tile run an mr < 4 variant, a last panel runs only the
  *     ymm columns it has (nv < 3); the epilogue stores the last partial vector through
  *     vmaskmovps, so no byte outside out (M, N) is touched. Every variant computes each
@@ -27,17 +26,10 @@
  *   - Prefetch of the next panel (tile_pf, from M = 2 rows): each tile of a panel prefetches
  *     an equal slice of the panel its thread reads next, one or two prefetcht1 per k step,
  *     so the first tile of every panel finds its weights in L2. Without it a pass with few
- *     rows is reading memory (the first tile) or computing (the others), never both: on Zen
- *     3 its time grew by a full 0.4 ms per row of M from 5.2 ms at M = 1. Measured on Zen 3,
- *     2 threads, the 48 GEMMs of a forward pass with 12 layers' own weights, the two builds
- *     interleaved: 1.21x faster at M = 8, 1.30x at 16, 1.22x at 32, 1.11x at 64, 1.04-1.07x
- *     at 128-512; at M = 1 (3 FMAs per k step) it cost 3-6 %, hence the M >= 2.
- *     Not kept: k blocking for L1 (kc = 128-512 k of a panel over every tile of the block,
- *     partial sums in L1 between slices; the same bits): 5-10 % slower at M = 128-512, and
- *     within the noise (0.98-1.05x, kc = 64-192) at M = 4-16 beside the prefetch; a 6 x 16
- *     tile (panels of 16): 1.05x at M = 16, 0.97x at 256-512; prefetching 2 or 3 panels
- *     ahead instead of 1 (the first panel of a rectangle fetching the next 2 or 3): 0.84-
- *     0.87x at M = 8-16, 0.92-0.98x at 32-64.
+ *     rows is reading memory (the first tile) or computing (the others), never both. At
+ *     M = 1 (3 FMAs per k step) it costs more than it saves, hence the M >= 2. K blocking
+ *     for L1, a 6 x 16 tile and prefetching 2 or 3 panels ahead were measured and not kept
+ *     (docs/performance.md, bge_f32_gemm AVX2).
  */
 #include <immintrin.h>
 
@@ -78,8 +70,8 @@ static int bge_f32_pack__avx2(const float *w, int K, int N, float *packed) {
     if (!w || !packed || K < 1 || N < 1) return BGE_ERR_ARG;
     /* Blocks of 8 columns x 8 k: 8 row pieces of w loaded (masked past K, zero past N),
      * transposed in registers, stored as 8 k rows of the panel's 8 columns. The same bytes
-     * as bge_f32_pack_panels, about 5x faster than its scalar copy: it is most of the
-     * packing time at load. */
+     * as bge_f32_pack_panels, several times faster than its scalar copy: packing is most
+     * of the fp32 load. */
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const int panels = (N + NR - 1) / NR;
     for (int p = 0; p < panels; p++) {

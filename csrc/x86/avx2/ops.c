@@ -222,11 +222,9 @@ static int bge_f32_gelu__avx2(float *x, size_t n) {
  * (16 keys x D floats, 2 KB) and a chunk of vp (KC x D floats, 8 KB) stay in L1 while the
  * block's tiles use them. V is copied into vp because its rows in qkv are 3H floats
  * apart: 4608 bytes for bge-small, which maps every row to one of only 8 of the 64 L1
- * sets. Measured on Zen 3 against the single-tile version (calls interleaved in one
- * process): 1.10x at 512 tokens, 1.03x at 128, the same at 32; bit-identical results.
- * What is left at 512 tokens (1 thread: ~10 ms against ~5 ms of FMAs at the peak): the
- * exp (11-13 %) and the short d loop of the scores (D = 32 FMAs per tile, then a
- * 12-vector epilogue).
+ * sets. Faster than a single tile on long texts, with the same bits; what is left on them
+ * is the exp and the short d loop of the scores (D = 32 FMAs per tile, then a 12-vector
+ * epilogue).
  * The arithmetic of a row depends only on its text (L, D): not on the block it falls in, the
  * batch, nor the thread that runs it.
  * ------------------------------------------------------------------------------------- */

@@ -3,8 +3,8 @@
  * its fp32 epilogues and packing, the AVX2 activation quantiser and the vpmaddwd peak loop.
  *
  *   out (M, N) = epi(sum_g (q - zp) @ w_s8^T * scale w_scale + bias), per group g of 64 k,
- *   the scheme of bge.h and
- *   ref/qgemm.c, bit-identical to the reference except GELU (vector GELU, 1.5e-7 |v|).
+ *   the scheme of bge.h and ref/qgemm.c, bit-identical to the reference except GELU (vector
+ *   GELU, 1.5e-7 |v|).
  *
  * Design
  *   - No int16 saturation anywhere. vpmaddubsw (u8 x s8, pairs summed into s16) would
@@ -15,29 +15,18 @@
  *     the tile's 4 rows); the activations per use: 2 bytes of q broadcast (vpbroadcastw)
  *     and zero-extended in lane (vpunpcklbw with 0) give the (q[k], q[k+1]) s16 pair in
  *     every int32 lane.
- *     Why s8 in memory: weights widened at packing (s16) took twice the bytes: 42 MB
- *     instead of 21 MB for bge-small (the int8 engine's peak RSS 109-116 MB against 88),
- *     more than the L3 of many CPUs, and twice the weight stream per forward pass.
- *     Measured on Zen 3, 2 threads, calls of the two builds interleaved in one process:
- *     the 48 GEMMs of a forward pass with 12 layers' own weights run 1.40x faster at 1
- *     token and 1.22x at 16, 0.96x at 128 and 0.94x at 512; one GEMM whose weights stay
- *     in cache runs 4-17 % slower (the extra vpmovsxbw).
- *     Not taken: pre-widening the activations per tile (vpbroadcastd m32 instead of
- *     vpbroadcastw + vpunpcklbw): 0-3 % slower on Zen 3; unrolling the k loop by 4:
- *     ~10 % slower; a 6 x 16 tile (16 ymm, no spills) on activations widened and centred
- *     per group into L1 (no zero-point term): 1.13-1.17x at 16 rows but 0.83x (raw sums)
- *     to 1.0x (grouped) at 128 on Zen 3; each tile prefetching the next panel, as the fp32
- *     GEMM does: no change at 2-256 rows (this GEMM waits on its arithmetic). Weights in 7
- *     bits would make vpmaddubsw exact (2 x 255 x 63 < 32767) at about half the uops, but
- *     simulated (bench/int8_scheme_study.py, MiniLM, groups of 64) they give min cosine
- *     0.99795 against 0.99938: below the 0.999 target.
+ *     Why s8 in memory: weights widened at packing (s16) take twice the bytes, more than
+ *     the L3 of many CPUs, and twice the weight stream per forward pass; the extra
+ *     vpmovsxbw costs less than that on short batches and a little on long ones
+ *     (docs/performance.md, bge_qu8s8_gemm on AVX2, with the variants not kept). Weights
+ *     in 7 bits would make vpmaddubsw exact (2 x 255 x 63 < 32767) at about half the uops,
+ *     but fall below the 0.999 cosine target (bench/int8_scheme_study.py).
  *   - Packing: bge_q8_pack_panels (csrc/pack.c) with nr = 24, kgroup = 2, s8 (layout
  *     AVX2): one k-pair of a panel is 48 bytes = 3 x 16, each 8 columns x (k, k+1).
  *   - Microkernel MR x NR = 4 x 24: 4 x 3 = 12 ymm accumulators, 3 ymm of panel, 1 of q;
- *     each k-pair is 12 vpmaddwd + 12 vpaddd. Measured on Zen 4, 1 thread, at 128 x 384 x
- *     1152: 4 x 24 runs at ~80 % of the vpmaddwd peak (dot_loop), 4 x 16 at 74 %, 6 x 16
- *     (spills) at 57 %, 4 x 24 with the q pair built in scalar registers at 69 %. 24 divides
- *     every model width. Integer sums are exact, so no order matters; the fp32 ops are the
+ *     each k-pair is 12 vpmaddwd + 12 vpaddd: nearer the vpmaddwd peak (dot_loop) than
+ *     4 x 16, 6 x 16 (spills) or the q pair built in scalar registers. 24 divides every
+ *     model width. Integer sums are exact, so no order matters; the fp32 ops are the
  *     same for every element, groups in ascending order.
  *   - Groups (bge.h): per group of 64 k the plain kernel sums in the 12 ymm and stores to
  *     an L1 tile; then vpmaddwd adds the zero-point term and the fp32 ops of the scheme add
@@ -82,8 +71,7 @@ static inline float hmax8(__m256 v) {
  * quantize_64: narrowed with saturation to int16, zp added with saturation, narrowed to u8
  * with saturation (the scheme's clamp exactly, zp <= 255), one dword permutation to undo
  * the packs' 128-bit lanes, one 32-byte store (where 8 bytes at a time took two packs and
- * a clamp per 8). The whole quantiser 1.34-1.43x faster for it (pytest-benchmark minima at
- * 128 x 384, 128 x 1536, 512 x 384, 1 thread, this level on a Xeon with AMX). */
+ * a clamp per 8), which makes the whole quantiser markedly faster. */
 static inline void quantize_32(const float *x, __m256 vinv, __m256i vzp16, uint8_t *q) {
     __m256i r[4];
     for (int i = 0; i < 4; i++)

@@ -9,9 +9,9 @@
  *     in 8 x 3 = 24 zmm accumulators. Each k step loads 3 zmm of the panel and broadcasts 8
  *     floats of x: 24 FMAs for 11 loads, so the FMA pipes stay the bottleneck (Zen 4 runs
  *     one 512-bit FMA per cycle as two 256-bit halves; Intel server parts two), and 24
- *     independent chains cover the 4-cycle FMA latency. Measured at 95-99 % of the fp32 FMA
- *     peak on the model shapes on Zen 4, 1 thread. 48 divides every model width
- *     (384, 1152, 1536), and MR = 8 keeps the waste small for short batches.
+ *     independent chains cover the 4-cycle FMA latency: it runs near the FMA peak on the
+ *     model shapes. 48 divides every model width (384, 1152, 1536), and MR = 8 keeps the
+ *     waste small for short batches.
  *   - Tails: rows past the last full tile run an mr < 8 variant, the last panel runs only the
  *     zmm columns it has (nv < 3); the epilogue stores with a lane mask, so no byte outside
  *     out (M, N) is touched. Every variant computes each element the same way.
@@ -26,18 +26,13 @@
  *   - Prefetch, two kinds, for few rows, where the weights stream from L3 or memory (85 MB
  *     for the 12 layers, nothing reused between calls):
  *       inside the panel: each k step asks for the panel's k row PF_ROWS = 16 rows (3 KB)
- *       ahead into L1. A k step of 24 FMAs leaves the core only ~12 k rows of loads in
- *       flight, too few to cover the latency, and the hardware prefetchers did not make up
- *       for it;
+ *       ahead into L1. A k step of 24 FMAs leaves the core too few k rows of loads in
+ *       flight to cover the latency, and the hardware prefetchers did not make up for it;
  *       the next panel (tile_pf, as the AVX2 level): each tile of a panel prefetches an
  *       equal slice of the panel its thread reads next into L2, so the tiles after the
  *       first (which read the panel from L2) also keep memory busy.
- *     Measured on a Sapphire Rapids VM, 2 threads, the 48 GEMMs of a forward pass with 12
- *     layers' own weights, one build per process, runs alternated: the in-panel prefetch
- *     alone 2.5-3.0x faster at M = 8, 1.5-1.8x at 16, 1.3x at 32 (the builds compared in
- *     one process, where each evicts the other's weights: 1.45x, 1.34x, 1.25x, 1.09x at
- *     128); both prefetches against the in-panel one alone: 1.1-1.4x at M = 8, 1.2-1.6x at
- *     16, 1.0-1.15x at 32-64, within the noise at 128. 8 or 32 rows ahead: as 16.
+ *     Each pays at few rows and is neutral from 128 (docs/performance.md); 8 or 32 rows
+ *     ahead do as well as 16.
  */
 #include <immintrin.h>
 
@@ -114,9 +109,8 @@ static int bge_f32_pack__avx512(const float *w, int K, int N, float *packed) {
     if (!w || !packed || K < 1 || N < 1) return BGE_ERR_ARG;
     /* Blocks of 16 columns x 16 k: 16 row pieces of w loaded (masked past K, zero past N),
      * transposed in registers, stored as 16 k rows of the panel's 16 columns. The same bytes
-     * as bge_f32_pack_panels; packing bge-small's 85 MB of weights took 24-28 ms on one core
-     * of the AMX Xeon with that scalar copy and 14-15 ms this way (memcpy of the same bytes:
-     * 9 ms), and packing is most of the fp32 load. */
+     * as bge_f32_pack_panels, near a memcpy of the same bytes where that scalar copy took
+     * about twice as long; packing is most of the fp32 load. */
     const int panels = (N + NR - 1) / NR;
     for (int p = 0; p < panels; p++) {
         float *dst = packed + (size_t)p * K * NR;

@@ -219,10 +219,9 @@ static int bge_f32_gelu__avx512(float *x, size_t n) {
  *   3. out = inv * (e V), tiles of QB rows x 32 columns of the head; each element is one
  *      FMA chain over keys 0 .. L-1; each row of V serves QB rows. In qkv the rows of a
  *      head's V are 3H floats apart, a new 4 KB page for each key, which the hardware
- *      prefetchers do not follow; copied into vp they are one 64-byte-aligned run. Measured
- *      on a Xeon with AMX, 1 thread, 12 heads, one build per process alternated (8 pairs,
- *      same bits): the whole attention 1.14x faster at 512 tokens, 1.15x at 128, 1.01x at 48,
- *      0.98x on 32 texts of 16 tokens (hence VCOPY_MIN). The AVX2 level copies V too.
+ *      prefetchers do not follow; copied into vp they are one 64-byte-aligned run. The copy
+ *      pays for long texts and not for short ones (hence VCOPY_MIN; docs/performance.md).
+ *      The AVX2 level copies V too.
  * The arithmetic of a row depends only on its text (L, D): not on the block it falls in, the
  * batch, nor the thread that runs it.
  * ------------------------------------------------------------------------------------- */

@@ -16,17 +16,17 @@
  *     Then, still in registers, one vpdpwssd per zmm adds the zero-point term and the fp32
  *     ops of the scheme add the group into 12 more zmm of fp32 sums, in group order; only
  *     the finished tile goes to memory. 48 divides every model width (384, 1152, 1536).
- *     Measured on Zen 4, 1 thread, minimum of 300 runs: 78 % of the vpdpbusd peak at
- *     128 x 384 x 1536 and 83 % at 256 x 1536 x 384, against 72 % and 75 % for an 8 x 48
- *     tile whose 24 int32 zmm leave no room for the fp32 sums (those went through an L1
- *     tile once per group). The raw kernel (qu8s8_gemm_i32) is the same loop over all k.
+ *     It runs nearer the vpdpbusd peak than an 8 x 48 tile, whose 24 int32 zmm leave no
+ *     room for the fp32 sums (those went through an L1 tile once per group). The raw
+ *     kernel (qu8s8_gemm_i32) is the same loop over all k.
  *   - Integer sums are exact, so nothing about their order matters; the fp32 ops are the
  *     same for every element, groups in ascending order (bge.h), so every tile, tail or
  *     not, and every thread count gives the same bits.
  *   - Tails: rows past the last full tile run an mr < 4 variant, a last panel runs only the
  *     zmm columns it has (nv < 3); stores are masked: nothing outside out (M, N) is touched.
- *   - Blocking and threads: the shared driver bge_q8_gemm_run (csrc/gemm_driver.c): row blocks of
- *     128 KB of q, panel by panel inside a block; threads split (row tiles) x (panels).
+ *   - Blocking and threads: the shared driver bge_q8_gemm_run (csrc/gemm_driver.c): row
+ *     blocks of 128 KB of q, panel by panel inside a block; threads split row tiles and
+ *     panels.
  */
 #include <immintrin.h>
 #include <string.h>
@@ -60,10 +60,8 @@ _Static_assert(NR == BGE_EPI48_NR, "the shared epilogue reads tiles 48 wide");
  *      inv, clamp), so the same values as the reference's one group at a time;
  *   3. each group's bytes: clamp(cvtps2dq(x * inv) + zp, 0, 255), rounding half to even,
  *      INT32_MIN out of range (quantize_64 below).
- * Byte for byte bge_qu8_quantize__ref. Measured on a Xeon with AMX (1 thread, the old and
- * new code in one process, best of 2000 calls): 1.56x faster than one group at a time with
- * a narrowing store per 16 bytes at 16 x 1536 and 128 x 1536, 1.23x at 16 x 384; of that,
- * the batching alone gave 1.1-1.25x, the packed store the rest. */
+ * Byte for byte bge_qu8_quantize__ref; faster than one group at a time with a narrowing
+ * store per 16 bytes, through both the batching and the packed store. */
 #define QB 16 /* groups per batch: one zmm lane each */
 
 /* The lanes below n (n in 0..16) of a 16-lane mask. */

@@ -10,6 +10,8 @@ of its architecture and picks kernels at run time.
 Environment:
     BGE_SKIP_ISA   comma-separated level names to leave out, e.g. "avx512,avx2".
     BGE_SANITIZE   "1" builds with AddressSanitizer + UndefinedBehaviorSanitizer.
+    BGE_DEBUG      "1" keeps debug information (-g); release builds have none (-g0), which
+                   makes the extension several times smaller.
 """
 
 import glob
@@ -45,10 +47,13 @@ ISA_FOLDERS = [
 ISA_ALIASES = {"vnni": "avx512vnni"}
 
 SANITIZE = os.environ.get("BGE_SANITIZE") == "1"
+DEBUG = os.environ.get("BGE_DEBUG") == "1"
 # -ffp-contract=off: the compiler never fuses a multiply and an add on its own. Kernels that
 # want an FMA say so with an intrinsic, so every rounding step is written in the source and
 # the same on every build (which the int8 dequantisation, exact across ISAs, relies on).
-BASE_CFLAGS = [] if MSVC else ["-O3", "-std=gnu11", "-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-Wall"]
+# -g0 last: it overrides the -g that Python's own build flags put first.
+BASE_CFLAGS = [] if MSVC else ["-O3", "-std=gnu11", "-fopenmp", "-fno-math-errno",
+                               "-ffp-contract=off", "-Wall", "-g" if DEBUG else "-g0"]
 BASE_LDFLAGS = [] if MSVC else ["-fopenmp"]
 if SANITIZE:
     BASE_CFLAGS = ["-O1", "-g", "-std=gnu11", "-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-Wall",

@@ -374,8 +374,9 @@ int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float 
                     int epilogue, int nthreads);
 
 /* ---------------------------------------------------------------------------------------
- * bf16 (csrc/ref/bgemm.c): the reference, the conversion, the packed header and panels,
- * and the driver every SIMD bf16 GEMM shares. The scheme is bge.h's.
+ * bf16: the reference and the conversion (csrc/ref/bgemm.c), the packed header and panels
+ * (csrc/pack.c), the driver every SIMD bf16 GEMM shares (csrc/gemm_driver.c). The scheme is
+ * bge.h's.
  * ------------------------------------------------------------------------------------- */
 
 /* bf16(v) of bge.h on the bits u of v: DAZ, NaN made quiet, else round to nearest even.

@@ -249,3 +249,120 @@ int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float 
     bge_run_rectangles(M, mt, np, nthreads, q8_rect, &j); /* else rectangles */
     return BGE_OK;
 }
+
+/* ---------------------------------------------------------------------------------------
+ * bf16: the driver every SIMD bf16 GEMM shares: convert x, then tiles as the fp32 driver runs
+ * them (ref/gemm.c: row blocks that stay in L2, panel by panel, the next panel prefetched;
+ * a run of panels per thread for few rows, rectangles of the grid for more)
+ * ------------------------------------------------------------------------------------- */
+
+#define MC_BYTES (384 * 1024) /* converted x of one row block: half of a 1 MB L2 */
+
+size_t bge_bf16_gemm_scratch(const bge_bf16_gemm_impl *impl, int M, int K) {
+    if (M < 1 || K < 1 || K > INT_MAX - 1) return 0;
+    return (size_t)M * (size_t)BGE_BF16_KP(K) * (size_t)impl->xelt;
+}
+
+typedef struct bf16_job {
+    const bge_bf16_gemm_impl *impl;
+    const float *x, *bias, *res;
+    const char *panels, *xc;
+    float *out;
+    int M, K, Kp, N, epilogue, mt, mc_tiles;
+    size_t panel_bytes, row_bytes;
+} bf16_job;
+
+/* Row tiles [tb, te) of panel p, each tile prefetching an equal slice of `next` (or NULL). */
+static void bf16_panel(const bf16_job *j, int tb, int te, int p, const char *next) {
+    const bge_bf16_gemm_impl *impl = j->impl;
+    const int MR = impl->mr, NR = impl->nr;
+    float tile[BGE_F32_TILE_FLOATS] __attribute__((aligned(64)));
+    const int n0 = p * NR, nw = j->N - n0 < NR ? j->N - n0 : NR;
+    const char *panel = j->panels + (size_t)p * j->panel_bytes;
+    const size_t slice = j->panel_bytes / (size_t)(te - tb);
+    const int prefetch = next && j->M >= 2 && slice <= (size_t)INT_MAX;
+    for (int t = tb; t < te; t++) {
+        const int m0 = t * MR, mr = j->M - m0 < MR ? j->M - m0 : MR;
+        const size_t o = (size_t)m0 * j->N + n0;
+        bge_prefetch_block(j->out + o, mr, (size_t)j->N * sizeof(float),
+                           nw * (int)sizeof(float));
+        impl->tile(j->xc + (size_t)m0 * j->row_bytes, (size_t)j->Kp, j->Kp, panel, mr, nw,
+                   tile, prefetch ? next + (size_t)(t - tb) * slice : NULL,
+                   prefetch ? (int)slice : 0);
+        impl->epilogue(tile, mr, nw, j->bias + n0,
+                       j->epilogue == BGE_EPI_BIAS_RESIDUAL ? j->res + o : NULL, j->out + o,
+                       (size_t)j->N, j->epilogue);
+    }
+}
+
+/* Row tiles [t0, t1) x panels [p0, p1): rows in blocks, panel by panel inside a block. */
+static void bf16_rect(void *ctx, int t0, int t1, int p0, int p1) {
+    const bf16_job *j = (const bf16_job *)ctx;
+    for (int tb = t0; tb < t1; tb += j->mc_tiles) {
+        const int te = tb + j->mc_tiles < t1 ? tb + j->mc_tiles : t1;
+        for (int p = p0; p < p1; p++) {
+            const char *next = p + 1 < p1 ? j->panels + (size_t)(p + 1) * j->panel_bytes
+                                          : (te < t1 ? j->panels + (size_t)p0 * j->panel_bytes
+                                                     : NULL);
+            bf16_panel(j, tb, te, p, next);
+        }
+    }
+}
+
+/* Unit u (few rows): panel u, every row tile, prefetching panel `next`. */
+static void bf16_unit(void *ctx, int u, int next) {
+    const bf16_job *j = (const bf16_job *)ctx;
+    bf16_panel(j, 0, j->mt, u, next < 0 ? NULL : j->panels + (size_t)next * j->panel_bytes);
+}
+
+typedef struct convert_rows {
+    const bge_bf16_gemm_impl *impl;
+    const float *x;
+    char *xc;
+    int K;
+    size_t row_bytes;
+} convert_rows;
+
+/* Row m of x converted into the scratch, in the level's own layout. */
+static int convert_row(void *ctx, int m, int thread) {
+    const convert_rows *c = (const convert_rows *)ctx;
+    (void)thread;
+    c->impl->convert(c->x + (size_t)m * c->K, c->K, c->xc + (size_t)m * c->row_bytes);
+    return 0;
+}
+
+int bge_bf16_gemm_run(const bge_bf16_gemm_impl *impl, const float *x, int M, int K, int N,
+                      const void *packed, const float *bias, const float *res, float *out,
+                      int epilogue, void *scratch, size_t scratch_bytes, int nthreads) {
+    int st = bge_check_gemm_args(x, M, K, N, (const float *)packed, bias, res, out, epilogue,
+                                 nthreads);
+    if (st != BGE_OK) return st;
+    if ((st = bge_bf16_check_header(packed, impl->nr, K, N, NULL)) != BGE_OK) return st;
+    if (!scratch || scratch_bytes < bge_bf16_gemm_scratch(impl, M, K)) return BGE_ERR_SCRATCH;
+    const int MR = impl->mr, NR = impl->nr, Kp = BGE_BF16_KP(K);
+    const int mt = (M - 1) / MR + 1, np = (N - 1) / NR + 1;
+    const size_t row_bytes = (size_t)Kp * impl->xelt;
+    char *xc = (char *)scratch;
+    /* the conversion: rows are independent, so the bytes never depend on the threads; a
+     * short x is converted on one thread (waking the others costs more than the work) */
+    const int ct = (long long)M * K >= 32768 ? nthreads : 1;
+    convert_rows cv = {impl, x, xc, K, row_bytes};
+    bge_run_each(M, ct, 0, convert_row, &cv);
+    const int mc = (int)(MC_BYTES / ((long long)row_bytes * MR));
+    bf16_job j = {impl, x, bias, res, (const char *)packed + BGE_BF16_HEADER_BYTES, xc, out,
+                  M, K, Kp, N, epilogue, mt, mc < 1 ? 1 : mc,
+                  (size_t)Kp * NR * 2, row_bytes};
+    if (nthreads == 1) {
+        bf16_rect(&j, 0, mt, 0, np);
+        return BGE_OK;
+    }
+    /* few rows: one run of panels per thread (as the fp32 driver above) */
+    const int nt = nthreads < np ? nthreads : np;
+    if (mt <= 16 && mt <= j.mc_tiles && np <= BGE_UNITS_MAX) {
+        unsigned char taken[BGE_UNITS_MAX];
+        bge_run_units(np, nt, taken, bf16_unit, &j, NULL, NULL);
+        return BGE_OK;
+    }
+    bge_run_rectangles(M, mt, np, nthreads, bf16_rect, &j);
+    return BGE_OK;
+}

@@ -31,6 +31,7 @@
  *   AMX nr 48 kgroup 4 (the same bytes as VNNI, its own id).
  * A GEMM given another layout's bytes (another table's packing) returns BGE_ERR_PACKING.
  */
+#include <limits.h>
 #include <string.h>
 
 #include "bge_internal.h"
@@ -209,5 +210,57 @@ int bge_q8_pack_panels(const int8_t *w, const float *w_scale, int K, int N, void
             }
         }
     }
+    return BGE_OK;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * bf16 packing (every level: panels of nr columns, bge_internal.h)
+ * ------------------------------------------------------------------------------------- */
+
+size_t bge_bf16_panels_size(int K, int N, int nr) {
+    if (K < 1 || N < 1 || nr < 1 || K > INT_MAX - 1) return 0;
+    const size_t panels = ((size_t)N + (size_t)nr - 1) / (size_t)nr;
+    return BGE_BF16_HEADER_BYTES + panels * (size_t)nr * (size_t)BGE_BF16_KP(K) * 2;
+}
+
+/* Blocks of PACK_KC k per column, so each row of w is read in runs of contiguous floats and
+ * the block written stays in cache (as the fp32 packing does). */
+int bge_bf16_pack_panels(const float *w, int K, int N, int nr, void *packed) {
+    if (!w || !packed || bge_bf16_panels_size(K, N, nr) == 0) return BGE_ERR_ARG;
+    const int Kp = BGE_BF16_KP(K), panels = (N + nr - 1) / nr;
+    bge_bf16_header h;
+    memset(&h, 0, sizeof h);
+    h.magic = BGE_BF16_MAGIC;
+    h.nr = nr;
+    h.K = K;
+    h.N = N;
+    h.Kp = Kp;
+    h.Np = panels * nr;
+    memcpy(packed, &h, sizeof h);
+    uint16_t *base = (uint16_t *)((char *)packed + BGE_BF16_HEADER_BYTES);
+    for (int p = 0; p < panels; p++) {
+        uint16_t *dst = base + (size_t)p * Kp * nr;
+        const int n0 = p * nr, nw = N - n0 < nr ? N - n0 : nr;
+        for (int k0 = 0; k0 < Kp; k0 += PACK_KC) {
+            const int kc = Kp - k0 < PACK_KC ? Kp - k0 : PACK_KC; /* even */
+            for (int j = 0; j < nr; j++) {
+                const float *src = j < nw ? w + (size_t)(n0 + j) * K : NULL;
+                for (int k = k0; k < k0 + kc; k++) {
+                    uint32_t u = 0;
+                    if (src && k < K) memcpy(&u, src + k, sizeof u);
+                    dst[((size_t)(k / 2) * nr + j) * 2 + (k & 1)] = bge_bf16_bits(u);
+                }
+            }
+        }
+    }
+    return BGE_OK;
+}
+
+int bge_bf16_check_header(const void *packed, int nr, int K, int N, int *nr_out) {
+    bge_bf16_header h;
+    memcpy(&h, packed, sizeof h);
+    if (h.magic != BGE_BF16_MAGIC || h.nr < 1 || (nr && h.nr != nr)) return BGE_ERR_PACKING;
+    if (h.K != K || h.N != N) return BGE_ERR_ARG;
+    if (nr_out) *nr_out = h.nr;
     return BGE_OK;
 }

@@ -10,7 +10,7 @@
  *
  *   BGE_UK_TABLE(fn_type, table, prefix, DEF, MR)
  *     DEF(mr, nv) defines `static ... prefix_<mr>_<nv>(...)` of type fn_type; MR is 4 or 8
- *     (a macro naming it will do); defines `static const fn_type table[MR][3]`.
+ *     (3, 4 or 8; a macro naming it will do); defines `static const fn_type table[MR][3]`.
  *
  * The int8 folders (avx2, avxvnni, avx512vnni) share the plain microkernel's shape:
  * BGE_Q8_UK_DEF defines uk_<mr>_<nv> from the including file's
@@ -23,12 +23,13 @@
 #include <stdint.h>
 
 #define BGE_UK_NV_(DEF, mr) DEF(mr, 1) DEF(mr, 2) DEF(mr, 3)
-#define BGE_UK_DEFS_4(DEF) \
-    BGE_UK_NV_(DEF, 1) BGE_UK_NV_(DEF, 2) BGE_UK_NV_(DEF, 3) BGE_UK_NV_(DEF, 4)
+#define BGE_UK_DEFS_3(DEF) BGE_UK_NV_(DEF, 1) BGE_UK_NV_(DEF, 2) BGE_UK_NV_(DEF, 3)
+#define BGE_UK_DEFS_4(DEF) BGE_UK_DEFS_3(DEF) BGE_UK_NV_(DEF, 4)
 #define BGE_UK_DEFS_8(DEF) \
     BGE_UK_DEFS_4(DEF) BGE_UK_NV_(DEF, 5) BGE_UK_NV_(DEF, 6) BGE_UK_NV_(DEF, 7) BGE_UK_NV_(DEF, 8)
 #define BGE_UK_ROW_(p, mr) {p##_##mr##_1, p##_##mr##_2, p##_##mr##_3}
-#define BGE_UK_ROWS_4(p) BGE_UK_ROW_(p, 1), BGE_UK_ROW_(p, 2), BGE_UK_ROW_(p, 3), BGE_UK_ROW_(p, 4)
+#define BGE_UK_ROWS_3(p) BGE_UK_ROW_(p, 1), BGE_UK_ROW_(p, 2), BGE_UK_ROW_(p, 3)
+#define BGE_UK_ROWS_4(p) BGE_UK_ROWS_3(p), BGE_UK_ROW_(p, 4)
 #define BGE_UK_ROWS_8(p) \
     BGE_UK_ROWS_4(p), BGE_UK_ROW_(p, 5), BGE_UK_ROW_(p, 6), BGE_UK_ROW_(p, 7), BGE_UK_ROW_(p, 8)
 

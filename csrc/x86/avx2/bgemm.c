@@ -11,12 +11,13 @@
  *     accumulators; per pair of k, the odd halves of the panel's 3 x 8 words widened (two
  *     shifts each), 3 rows x 3 FMAs, then the even halves likewise. With 4 rows (12 sums,
  *     3 widened vectors, a broadcast: all 16 ymm) gcc 12 kept 3 sums on the stack, whose
- *     chains then ran through memory: 0.5x the speed of this tile on Zen 4.
+ *     chains then ran through memory, well below the speed of this tile.
  *   - Tails, prefetch of the next panel and threads as the fp32 AVX2 kernel (gemm.c).
  */
 #include <immintrin.h>
 
 #include "avx2.h"
+#include "../microkernel.h" /* BGE_UK_TABLE */
 
 #include "epilogue24.h" /* bge_avx2_epilogue_24 */
 
@@ -119,10 +120,7 @@ typedef void (*uk_fn)(const float *x, size_t ldx, int Kp, const uint32_t *panel,
         else                                                                                \
             ukernel(x, ldx, Kp, panel, tile, mr, nv, NULL, 0, 0);                           \
     }
-#define UK_MR(mr) UK(mr, 1) UK(mr, 2) UK(mr, 3)
-UK_MR(1) UK_MR(2) UK_MR(3)
-#define UK_ROW(mr) {uk_##mr##_1, uk_##mr##_2, uk_##mr##_3}
-static const uk_fn uk_table[MR][NV] = {UK_ROW(1), UK_ROW(2), UK_ROW(3)};
+BGE_UK_TABLE(uk_fn, uk_table, uk, UK, MR) /* uk_table[mr - 1][nv - 1] */
 
 static void tile_emu(const void *xc, size_t ldx, int Kp, const void *panel, int mr, int nw,
                      float *tile, const char *pf, int bytes) {

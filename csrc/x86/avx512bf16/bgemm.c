@@ -23,6 +23,7 @@
 #include <immintrin.h>
 
 #include "avx512bf16.h"
+#include "../microkernel.h" /* BGE_UK_TABLE */
 
 #include "../avx512/epilogue48.h" /* bge_avx512_epilogue_48: bias, GELU, residual */
 
@@ -108,11 +109,7 @@ typedef void (*uk_fn)(const uint16_t *x, size_t ldx, int Kp, const uint32_t *pan
         else                                                                                \
             ukernel(x, ldx, Kp, panel, tile, mr, nv, NULL, 0, 0);                           \
     }
-#define UK_MR(mr) UK(mr, 1) UK(mr, 2) UK(mr, 3)
-UK_MR(1) UK_MR(2) UK_MR(3) UK_MR(4) UK_MR(5) UK_MR(6) UK_MR(7) UK_MR(8)
-#define UK_ROW(mr) {uk_##mr##_1, uk_##mr##_2, uk_##mr##_3}
-static const uk_fn uk_table[MR][NV] = {UK_ROW(1), UK_ROW(2), UK_ROW(3), UK_ROW(4),
-                                       UK_ROW(5), UK_ROW(6), UK_ROW(7), UK_ROW(8)};
+BGE_UK_TABLE(uk_fn, uk_table, uk, UK, MR) /* uk_table[mr - 1][nv - 1] */
 
 /* The driver's tile: pf bytes of the next panel spread over the Kp/2 pair rows (the
  * driver's slices are at most a panel, 192 bytes a pair row: pfs <= 193, 4 lines a pair). */

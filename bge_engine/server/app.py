@@ -33,7 +33,7 @@ _MESSAGES = {404: "no such route; see GET /openapi.json for the routes",
              405: "method not allowed on this route"}
 
 
-def _http_error(request: Request, exc: HTTPException) -> Response:
+async def _http_error(request: Request, exc: HTTPException) -> Response:
     """Starlette's own 404 and 405 (and any other HTTPException) in the route's envelope."""
     message = _MESSAGES.get(exc.status_code, str(exc.detail))
     if exc.status_code == 405:
@@ -43,7 +43,7 @@ def _http_error(request: Request, exc: HTTPException) -> Response:
     return routes.error_response(request.scope["path"], err)
 
 
-def _server_error(request: Request, exc: Exception) -> Response:
+async def _server_error(request: Request, exc: Exception) -> Response:
     """A bug's 500, as JSON in the route's envelope (the traceback goes to the log)."""
     err = ApiError(500, f"internal error ({type(exc).__name__}); see the server's log")
     return Response(error_body(request.scope["path"], err), status_code=500, media_type=JSON)

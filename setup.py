@@ -25,7 +25,12 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-IS_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+# The machine the extension is built for: the host's, or the target's when cross-compiling
+# (sysconfig honours _PYTHON_HOST_PLATFORM, e.g. "linux-aarch64": .ci/aarch64 sets it).
+TARGET = (os.environ.get("_PYTHON_HOST_PLATFORM", "").rsplit("-", 1)[-1]
+          or platform.machine()).lower()
+IS_X86 = TARGET in ("x86_64", "amd64", "i386", "i686")
+IS_ARM64 = TARGET in ("aarch64", "arm64")
 MSVC = sys.platform == "win32"
 
 # level (its name in csrc/registry.h's BGE_LEVELS), folder, gcc/clang flags. A folder that
@@ -42,6 +47,14 @@ ISA_FOLDERS = [
     ("amx", "csrc/x86/amx",
      ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma",
       "-mamx-tile", "-mamx-int8"]),
+]
+# AArch64: -march names the architecture, never a core (-mcpu=native is never used). NEON is
+# part of every AArch64 CPU (armv8-a); dotprod came with Armv8.2 (Cortex-A55/A76, Neoverse
+# N1), i8mm with Armv8.6 (Neoverse V1 has it as an Armv8.4 option, hence +i8mm on 8.2).
+ARM_FOLDERS = [
+    ("neon", "csrc/arm/neon", ["-march=armv8-a"]),
+    ("dotprod", "csrc/arm/dotprod", ["-march=armv8.2-a+dotprod"]),
+    ("i8mm", "csrc/arm/i8mm", ["-march=armv8.2-a+dotprod+i8mm"]),
 ]
 # former level names BGE_SKIP_ISA still accepts
 ISA_ALIASES = {"vnni": "avx512vnni"}
@@ -90,7 +103,8 @@ class BuildExt(build_ext):
         skip = {s.strip() for s in os.environ.get("BGE_SKIP_ISA", "").split(",") if s.strip()}
         skip |= {ISA_ALIASES[s] for s in skip if s in ISA_ALIASES}
         objects, macros = [], []
-        for name, folder, flags in ISA_FOLDERS if IS_X86 and not MSVC else []:
+        folders = ISA_FOLDERS if IS_X86 else ARM_FOLDERS if IS_ARM64 else []
+        for name, folder, flags in folders if not MSVC else []:
             sources = c_files(folder)
             if not sources or name in skip:
                 continue

@@ -48,16 +48,20 @@ typedef enum {
 } bge_pool_mode;
 
 /* ISA levels, lowest first (the list: registry.h). A level is usable when the CPU has its
- * instructions, the OS saves its registers (XCR0) and the compiler built its folder. The
+ * instructions, the OS saves its registers (x86: XCR0; Linux on AArch64: the HWCAP bits of
+ * getauxval, set only for state the kernel saves) and the compiler built its folder. The
  * BGE_ISA environment variable (a level's name: ref|avx2|avxvnni|avx512|avx512vnni|
- * avx512bf16|amx, or
- * an old alias such as vnni) caps the level chosen by bge_init().
+ * avx512bf16|amx|neon|dotprod|i8mm, or an old alias such as vnni) caps the level chosen
+ * by bge_init().
  *   avx2        AVX2 + FMA
  *   avxvnni     AVX2 + FMA + AVX-VNNI (ymm vpdpbusd)
  *   avx512      AVX-512 F, BW, DQ, VL
  *   avx512vnni  AVX-512 VNNI (zmm vpdpbusd)
  *   avx512bf16  AVX-512 BF16 (zmm vdpbf16ps, vcvtneps2bf16)
- *   amx         AMX tiles, int8                                                       */
+ *   amx         AMX tiles, int8
+ *   neon        AArch64 Advanced SIMD (every AArch64 CPU)
+ *   dotprod     + FEAT_DotProd (sdot, udot; Armv8.2+: Cortex-A55/A76, Neoverse N1)
+ *   i8mm        + FEAT_I8MM (usdot, sudot, usmmla; Neoverse V1/N2, Armv8.6+)         */
 typedef enum {
 #define BGE_LEVEL_ENUM_(id, name) BGE_ISA_##id,
     BGE_LEVELS(BGE_LEVEL_ENUM_)

@@ -230,6 +230,8 @@ enum {
     BGE_Q8_LAYOUT_AVXVNNI = 3, /* avxvnni: 24-column panels, k quads, s8              */
     BGE_Q8_LAYOUT_VNNI = 4,    /* avx512vnni: 48-column panels, k quads, s8           */
     BGE_Q8_LAYOUT_AMX = 5,     /* amx: the bytes of VNNI's layout                     */
+    BGE_Q8_LAYOUT_DOTPROD = 6, /* arm dotprod: 16-column panels, k quads, s8          */
+    BGE_Q8_LAYOUT_I8MM = 7,    /* arm i8mm: the bytes of DOTPROD's layout             */
 };
 
 /* Where the parts of a packed buffer start, from its header: w_scale (Np x ngroups) fp32,

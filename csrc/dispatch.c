@@ -3,7 +3,8 @@
  *
  * The slots and levels are listed once, in registry.h.
  * Level L is usable when (1) setup.py compiled its folder (it defines BGE_BUILT_<ID>),
- * (2) CPUID reports its instructions and (3) XCR0 shows the OS saves its registers. The table
+ * (2) CPUID reports its instructions and (3) XCR0 shows the OS saves its registers (on
+ * Linux/AArch64, (2) and (3) are the HWCAP bits of getauxval). The table
  * of a usable level is the table of the best usable level below it, overlaid with that
  * level's kernels; level 0 is the plain-C reference. bge_kernels_active() is the best usable
  * level at or below the BGE_ISA cap.
@@ -22,6 +23,18 @@
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #define BGE_X86 1
 #include <cpuid.h>
+#endif
+#if defined(__aarch64__) && defined(__linux__)
+#define BGE_ARM_LINUX 1
+#include <sys/auxv.h>
+/* The HWCAP bits (Linux's arch/arm64 uapi hwcap.h), in case the libc headers predate them */
+#define BGE_HWCAP_ASIMD (1UL << 1)
+#define BGE_HWCAP_ASIMDDP (1UL << 20)
+#define BGE_HWCAP2_I8MM (1UL << 13)
+#define BGE_HWCAP2_BF16 (1UL << 14)
+#ifndef AT_HWCAP2
+#define AT_HWCAP2 26
+#endif
 #endif
 
 static const char *const isa_names[BGE_ISA_COUNT] = {
@@ -55,6 +68,15 @@ static void (*const overlays[BGE_ISA_COUNT])(bge_kernels *t) = {
 #endif
 #ifdef BGE_BUILT_AMX
     [BGE_ISA_AMX] = bge_overlay_amx,
+#endif
+#ifdef BGE_BUILT_NEON
+    [BGE_ISA_NEON] = bge_overlay_neon,
+#endif
+#ifdef BGE_BUILT_DOTPROD
+    [BGE_ISA_DOTPROD] = bge_overlay_dotprod,
+#endif
+#ifdef BGE_BUILT_I8MM
+    [BGE_ISA_I8MM] = bge_overlay_i8mm,
 #endif
 };
 
@@ -105,6 +127,17 @@ static void read_cpu(bge_cpu_features *f) {
         f->avx512_bf16 = (a >> 5) & 1;
     }
 }
+#elif defined(BGE_ARM_LINUX)
+/* The kernel's view of the CPU: a HWCAP bit is set only when the CPU has the feature and
+ * the kernel saves the registers it uses (the counterpart of XCR0 on x86). */
+static void read_cpu(bge_cpu_features *f) {
+    memset(f, 0, sizeof *f);
+    const unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
+    f->asimd = (hw & BGE_HWCAP_ASIMD) != 0;
+    f->asimddp = (hw & BGE_HWCAP_ASIMDDP) != 0;
+    f->i8mm = (hw2 & BGE_HWCAP2_I8MM) != 0;
+    f->arm_bf16 = (hw2 & BGE_HWCAP2_BF16) != 0;
+}
 #else
 static void read_cpu(bge_cpu_features *f) { memset(f, 0, sizeof *f); }
 #endif
@@ -134,6 +167,9 @@ static int cpu_runs(int isa) {
 #else
         return 0;
 #endif
+    case BGE_ISA_NEON: return f->asimd;
+    case BGE_ISA_DOTPROD: return f->asimd && f->asimddp;
+    case BGE_ISA_I8MM: return f->asimd && f->asimddp && f->i8mm;
     default: return 0;
     }
 }

@@ -50,7 +50,10 @@
     X(bf16_gemm, bge_bf16_gemm_fn)                       \
     X(bf16_dot_loop, bge_bf16_dot_loop_fn)
 
-/* X(ID, name): every ISA level, lowest first. `name` is what BGE_ISA, Kernels(isa) and
+/* X(ID, name): every ISA level, lowest first. x86 and ARM levels share the one ladder: on a
+ * machine only its own architecture's levels are ever usable, so each usable level still
+ * overlays the best usable level below it (ref -> neon -> dotprod -> i8mm on AArch64).
+ * `name` is what BGE_ISA, Kernels(isa) and
  * cpu_info() say, the suffix of the level's kernels (bge_<op>__<name>) and of its overlay
  * (bge_overlay_<name>); BGE_ISA_<ID> is its bge_isa value. */
 #define BGE_LEVELS(X)          \
@@ -60,16 +63,22 @@
     X(AVX512, avx512)          \
     X(AVX512VNNI, avx512vnni)  \
     X(AVX512BF16, avx512bf16)  \
-    X(AMX, amx)
+    X(AMX, amx)                \
+    X(NEON, neon)              \
+    X(DOTPROD, dotprod)        \
+    X(I8MM, i8mm)
 
 /* X(feature): what dispatch.c reads from CPUID (and, os_*, from XCR0: whether the OS saves
  * the registers) into bge_cpu_features; cpu_info() reports them by these names.
  *   os_avx: XCR0 has SSE and AVX state (bits 1, 2); os_avx512: opmask, ZMM_Hi256, Hi16_ZMM
- *   state (bits 5-7); os_amx: XTILECFG and XTILEDATA state (bits 17, 18).              */
+ *   state (bits 5-7); os_amx: XTILECFG and XTILEDATA state (bits 17, 18).
+ * On Linux/AArch64 the last four come from getauxval (HWCAP_ASIMD, HWCAP_ASIMDDP,
+ * HWCAP2_I8MM, HWCAP2_BF16), set only where the kernel also saves the registers.      */
 #define BGE_CPU_FEATURES(X)                                                              \
     X(avx2) X(fma) X(avx512f) X(avx512bw) X(avx512dq) X(avx512vl) X(avx512_vnni)         \
     X(avx_vnni) X(avx512_bf16) X(avx512_fp16) X(amx_tile) X(amx_int8) X(amx_bf16)       \
-    X(os_avx) X(os_avx512) X(os_amx)
+    X(os_avx) X(os_avx512) X(os_amx)                                                     \
+    X(asimd) X(asimddp) X(i8mm) X(arm_bf16)
 
 /* X(old, ID): former spellings of a level's name that BGE_ISA and Kernels(isa) accept. */
 #define BGE_LEVEL_ALIASES(X) X(vnni, AVX512VNNI)

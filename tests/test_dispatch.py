@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -34,11 +35,31 @@ def proc_flags():
 @pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="no /proc/cpuinfo on this OS")
 def test_features_agree_with_the_kernel():
     flags = proc_flags()
+    if platform.machine() not in ("x86_64", "AMD64", "i686"):
+        pytest.skip(f"not an x86 host: {platform.machine()}")
     if "avx2" not in flags and "fma" not in flags and "sse2" not in flags:
         pytest.skip("not an x86 host: /proc/cpuinfo has no x86 flags")
     features = _kernels.cpu_features()
     for name, flag in PROC_FLAGS.items():
         assert features[name] == (flag in flags), name
+
+
+def test_arm_features_agree_with_the_kernel():
+    """On Linux/AArch64, the HWCAP bits the C side reads against /proc/cpuinfo's Features."""
+    if platform.machine() not in ("aarch64", "arm64"):
+        pytest.skip(f"not an AArch64 host: {platform.machine()}")
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith("Features")]
+    except OSError:
+        lines = []
+    if not lines:  # qemu-user shows the host's /proc/cpuinfo
+        pytest.skip("/proc/cpuinfo has no AArch64 Features line (emulated?)")
+    have = set(lines[0].split(":", 1)[1].split())
+    features = _kernels.cpu_features()
+    for name, flag in {"asimd": "asimd", "asimddp": "asimddp", "i8mm": "i8mm",
+                       "arm_bf16": "bf16"}.items():
+        assert features[name] == (flag in have), name
 
 
 def test_cpu_info_names_every_slot():
@@ -60,7 +81,7 @@ def run_with_isa(value):
 
 
 @pytest.mark.parametrize("level", ["ref", "avx2", "avxvnni", "avx512", "avx512vnni",
-                                   "avx512bf16", "amx"])
+                                   "avx512bf16", "amx", "neon", "dotprod", "i8mm"])
 def test_bge_isa_caps_the_level(level):
     info, _ = run_with_isa(level)
     names = _kernels.isa_names()

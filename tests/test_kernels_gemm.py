@@ -1,4 +1,5 @@
-"""The SIMD fp32 GEMM kernels (csrc/x86/<isa>/gemm.c) against the plain-C reference.
+"""The SIMD fp32 GEMM kernels (csrc/x86/<isa>/gemm.c, csrc/arm/neon/gemm.c) against the
+plain-C reference.
 
 Run once per SIMD level; a level the host can't run is skipped, never passed silently.
   - odd shapes (DESIGN.md section 5) covering every tail of the MR x NR tiles, all three
@@ -22,7 +23,8 @@ from hypothesis import strategies as st
 
 from bge_engine import _kernels
 
-SIMD = ("avx2", "avx512")
+SIMD = ("avx2", "avx512", "neon")
+LANES = {"avx2": 8, "avx512": 16, "neon": 4}  # floats per vector register
 REF = _kernels.Kernels("ref")
 SENTINEL = np.float32(-7.25e30)
 GUARD = 67
@@ -177,7 +179,7 @@ def test_invariance_property(M, a, n, N, threads, epilogue):
     """Any sub-batch x[a:a+n] of any batch, any thread count: the same bits per row."""
     isas = [i for i in SIMD if i in _kernels.usable_isas()]
     if not isas:
-        pytest.skip("gemm: host lacks avx2 and avx512")
+        pytest.skip(f"gemm: host lacks every SIMD level of {SIMD}")
     a = min(a, M - 1)
     e = min(a + n, M)
     K = 67
@@ -298,10 +300,10 @@ def test_bad_arguments(kern):
 
 def test_name_and_fma_loop(kern):
     MR, NR = tile_of(kern)
-    assert MR >= 1 and NR % (16 if kern.isa == "avx512" else 8) == 0
+    lanes = LANES[kern.isa]
+    assert MR >= 1 and NR % lanes == 0
     f1, f2 = kern.fma_loop(1000), kern.fma_loop(2000)
     assert f1 > 0 and f2 == 2 * f1
-    lanes = 16 if kern.isa == "avx512" else 8
     assert f1 % (2 * lanes * 1000) == 0  # 2 flops per lane per FMA, whole chains
 
 

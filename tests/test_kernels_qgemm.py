@@ -33,12 +33,12 @@ import pytest
 from bge_engine import _kernels
 
 REF = _kernels.Kernels("ref")
-INT8_LEVELS = ("avx2", "avxvnni", "avx512", "avx512vnni", "amx")
+INT8_LEVELS = ("avx2", "avxvnni", "avx512", "avx512vnni", "amx", "dotprod", "i8mm")
 GUARD = 67
 F_SENT = np.float32(-7.25e30)
 I_SENT = np.int32(-0x5A5A5A5A)
 U_SENT = np.uint8(0xA5)
-GELU_BOUND = 1.5e-7  # BGE_VMATH_GELU_BOUND, x86/avx2/vmath.h and x86/avx512/vmath.h
+GELU_BOUND = 1.5e-7  # BGE_VMATH_GELU_BOUND, x86/avx2/vmath.h, x86/avx512/vmath.h, arm/neon/vmath.h
 HEADER = ("magic", "layout", "K", "N", "Kp", "Np", "nr", "kgroup", "elt", "group", "ngroups")
 G = _kernels.Q8_GROUP
 
@@ -359,13 +359,16 @@ def test_ref_gemm_near_int32_limit():
 def test_names(kern):
     n = kern.names
     home = {"avx2": "avx2", "avxvnni": "avxvnni", "avx512vnni": "avx512vnni", "amx": "amx",
-            "avx512": r"(avx2|avxvnni)"}[kern.isa]
+            "avx512": r"(avx2|avxvnni)", "dotprod": "dotprod", "i8mm": "i8mm"}[kern.isa]
     assert re.fullmatch(rf"bge_qu8s8_gemm_\d+x\d+__{home}", n["qu8s8_gemm"]), n
     tile = n["qu8s8_gemm"][len("bge_qu8s8_gemm"):]
     assert n["qs8_pack"] == "bge_qs8_pack" + tile
     assert n["qu8s8_gemm_i32"] == "bge_qu8s8_gemm_i32" + tile
-    assert re.fullmatch(r"bge_qu8_quantize__(avx2|avx512vnni)", n["qu8_quantize"]), n
-    want = {"avx512vnni": "avx512vnni", "amx": "avx512vnni"}.get(kern.isa, "avx2")
+    # the quantisers: x86's own levels'; on ARM the neon level's, which every ARM level keeps
+    quant = "neon" if kern.isa in ("dotprod", "i8mm") else r"(avx2|avx512vnni)"
+    assert re.fullmatch(rf"bge_qu8_quantize__{quant}", n["qu8_quantize"]), n
+    want = {"avx512vnni": "avx512vnni", "amx": "avx512vnni", "dotprod": "neon",
+            "i8mm": "neon"}.get(kern.isa, "avx2")
     assert n["qs8_quantize_weights"] == "bge_qs8_quantize_weights__" + want, n
 
 
@@ -530,6 +533,23 @@ def header(packed):
     return dict(zip(HEADER, packed.data[:4 * len(HEADER)].view(np.int32).tolist()))
 
 
+I8MM_LAYOUT = 7  # BGE_Q8_LAYOUT_I8MM
+
+
+def i8mm_panels(wp, nr):
+    """The i8mm layout (arm/i8mm/qgemm.c) of wp (Np, Kp), flat: per panel of nr columns, per
+    k-octet o, per column pair c, 8 k of column 2c then 8 of column 2c + 1; a last quad
+    (Kp % 8 = 4) as 4 k per column."""
+    Np, Kp = wp.shape
+    K8 = Kp // 8 * 8
+    out = []
+    for p in range(Np // nr):
+        P = wp[nr * p:nr * (p + 1)]
+        octets = P[:, :K8].reshape(nr // 2, 2, K8 // 8, 8).transpose(2, 0, 1, 3)
+        out += [octets.reshape(-1), P[:, K8:].reshape(-1)]
+    return np.concatenate(out)
+
+
 @pytest.mark.parametrize("K,N", [(1, 1), (5, 17), (64, 3), (65, 25), (385, 49), (384, 1152)])
 def test_packed_layout(K, N):
     """The layout documented in ref/qgemm.c, for every level the host has."""
@@ -557,8 +577,10 @@ def test_packed_layout(K, N):
         off = 64 + (8 * g * Np + 63) // 64 * 64
         wp = np.zeros((Np, Kp), np.int64)
         wp[:N, :K] = w
-        # weights[((p G + g) nr + j) kgroup + r] = w[nr p + j, kgroup g + r]
-        want = wp.reshape(Np // nr, nr, Kp // kg, kg).transpose(0, 2, 1, 3).reshape(-1)
+        if h["layout"] == I8MM_LAYOUT:  # arm/i8mm/qgemm.c: octets by column pairs
+            want = i8mm_panels(wp, nr)
+        else:  # weights[((p G + g) nr + j) kgroup + r] = w[nr p + j, kgroup g + r]
+            want = wp.reshape(Np // nr, nr, Kp // kg, kg).transpose(0, 2, 1, 3).reshape(-1)
         got = d[off:].view(np.int8 if elt == 1 else np.int16)
         assert got.size == want.size and np.array_equal(got, want), isa
         assert p.nbytes == off + Np * Kp * elt

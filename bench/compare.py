@@ -55,6 +55,8 @@ LINEUPS = {
     "fp32": ("bge-engine", "onnxruntime", "pytorch"),
     "int8": ("bge-engine-int8", "onnxruntime-int8", "bge-engine"),
     "bf16": ("bge-engine-bf16", "bge-engine", "onnxruntime-int8", "pytorch-bf16"),
+    # ours only: bf16 against fp32, e.g. under BGE_ISA=avx2 (the emulated bf16 GEMM)
+    "bf16-vs-fp32": ("bge-engine-bf16", "bge-engine"),
 }
 ENGINES = ("bge-engine", "bge-engine-int8", "bge-engine-bf16", "onnxruntime",
            "onnxruntime-int8", "pytorch", "pytorch-bf16")
@@ -373,7 +375,8 @@ def main(argv=None):
     p.add_argument("--dtype", choices=tuple(LINEUPS), default="fp32",
                    help="fp32: vs ONNX Runtime and PyTorch fp32; int8: vs ONNX Runtime int8 "
                         "(quantize_dynamic, QInt8, per channel) and our own fp32; bf16: vs our "
-                        "own fp32, ONNX Runtime int8 and PyTorch bf16 autocast")
+                        "own fp32, ONNX Runtime int8 and PyTorch bf16 autocast; bf16-vs-fp32: "
+                        "our bf16 against our fp32 alone")
     p.add_argument("--rounds", type=int, default=5,
                    help="sweeps over every measure, engines interleaved within each; the "
                         "table gives medians and the median (and range) of each round's ratios")

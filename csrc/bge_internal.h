@@ -418,6 +418,7 @@ typedef struct bge_bf16_header {
 _Static_assert(sizeof(bge_bf16_header) == BGE_BF16_HEADER_BYTES, "the header is 64 bytes");
 
 size_t bge_bf16_panels_size(int K, int N, int nr);       /* header + panels, bytes; 0: bad */
+void bge_bf16_header_init(void *packed, int K, int N, int nr); /* writes the 64 bytes   */
 int bge_bf16_pack_panels(const float *w, int K, int N, int nr, void *packed);
 /* BGE_OK; BGE_ERR_PACKING when `packed` is not a bf16 packing of panel width nr (nr = 0:
  * any width, returned in *nr_out); BGE_ERR_ARG when its K, N differ. */

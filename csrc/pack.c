@@ -223,20 +223,24 @@ size_t bge_bf16_panels_size(int K, int N, int nr) {
     return BGE_BF16_HEADER_BYTES + panels * (size_t)nr * (size_t)BGE_BF16_KP(K) * 2;
 }
 
-/* Blocks of PACK_KC k per column, so each row of w is read in runs of contiguous floats and
- * the block written stays in cache (as the fp32 packing does). */
-int bge_bf16_pack_panels(const float *w, int K, int N, int nr, void *packed) {
-    if (!w || !packed || bge_bf16_panels_size(K, N, nr) == 0) return BGE_ERR_ARG;
-    const int Kp = BGE_BF16_KP(K), panels = (N + nr - 1) / nr;
+void bge_bf16_header_init(void *packed, int K, int N, int nr) {
     bge_bf16_header h;
     memset(&h, 0, sizeof h);
     h.magic = BGE_BF16_MAGIC;
     h.nr = nr;
     h.K = K;
     h.N = N;
-    h.Kp = Kp;
-    h.Np = panels * nr;
+    h.Kp = BGE_BF16_KP(K);
+    h.Np = (N + nr - 1) / nr * nr;
     memcpy(packed, &h, sizeof h);
+}
+
+/* Blocks of PACK_KC k per column, so each row of w is read in runs of contiguous floats and
+ * the block written stays in cache (as the fp32 packing does). */
+int bge_bf16_pack_panels(const float *w, int K, int N, int nr, void *packed) {
+    if (!w || !packed || bge_bf16_panels_size(K, N, nr) == 0) return BGE_ERR_ARG;
+    const int Kp = BGE_BF16_KP(K), panels = (N + nr - 1) / nr;
+    bge_bf16_header_init(packed, K, N, nr);
     uint16_t *base = (uint16_t *)((char *)packed + BGE_BF16_HEADER_BYTES);
     for (int p = 0; p < panels; p++) {
         uint16_t *dst = base + (size_t)p * Kp * nr;

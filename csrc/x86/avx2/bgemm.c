@@ -145,7 +145,9 @@ static size_t bge_bf16_packed_size__avx2(int K, int N) { return bge_bf16_panels_
 static int bge_bf16_pack__avx2(const float *w, int K, int N, void *packed) {
     return bge_bf16_pack_panels(w, K, N, NR, packed);
 }
-static size_t bge_bf16_gemm_scratch__avx2(int M, int K) { return bge_bf16_gemm_scratch(&impl, M, K); }
+static size_t bge_bf16_gemm_scratch__avx2(int M, int K) {
+    return bge_bf16_gemm_scratch(&impl, M, K);
+}
 
 static int bge_bf16_gemm__avx2(const float *x, int M, int K, int N, const void *packed,
                                const float *bias, const float *res, float *out, int epilogue,

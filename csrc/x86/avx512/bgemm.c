@@ -24,6 +24,7 @@
 #include "avx512.h"
 #include "../microkernel.h" /* BGE_UK_TABLE */
 
+#include "bpack48.h"     /* bge_avx512_bf16_round, bge_avx512_bf16_pack48 */
 #include "epilogue48.h" /* bge_avx512_epilogue_48 */
 
 #define MR 8
@@ -36,29 +37,16 @@
 _Static_assert(NR == BGE_EPI48_NR, "the shared epilogue reads tiles 48 wide");
 _Static_assert(MR * NR <= BGE_F32_TILE_FLOATS, "the driver's tile buffer holds MR x NR");
 
-/* bf16(v) on 16 lanes, as bge_bf16_bits, left in the top half of each lane (an fp32 of the
- * bf16's value). */
-static inline __m512i bf16_round16(__m512i u) {
-    const __m512i expo = _mm512_set1_epi32(0x7F800000), sign = _mm512_set1_epi32((int)0x80000000u);
-    const __m512i absm = _mm512_set1_epi32(0x7FFFFFFF), hi = _mm512_set1_epi32((int)0xFFFF0000u);
-    const __mmask16 den = _mm512_testn_epi32_mask(u, expo);
-    u = _mm512_mask_and_epi32(u, den, u, sign);
-    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_epi32(u, absm), expo);
-    const __m512i odd = _mm512_and_epi32(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), odd);
-    r = _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x00400000));
-    return _mm512_and_epi32(r, hi);
-}
-
 /* x (K) fp32 -> xc (Kp) fp32 holding bf16(x[k]); a zero at k = K when K is odd. */
 static void convert_widened(const float *x, int K, void *xc) {
     float *o = (float *)xc;
     int k = 0;
     for (; k + 16 <= K; k += 16)
-        _mm512_storeu_si512(o + k, bf16_round16(_mm512_loadu_si512(x + k)));
+        _mm512_storeu_si512(o + k, bge_avx512_bf16_round(_mm512_loadu_si512(x + k)));
     if (k < K) {
         const __mmask16 m = (__mmask16)((1u << (K - k)) - 1u);
-        _mm512_mask_storeu_epi32(o + k, m, bf16_round16(_mm512_maskz_loadu_epi32(m, x + k)));
+        const __m512i v = bge_avx512_bf16_round(_mm512_maskz_loadu_epi32(m, x + k));
+        _mm512_mask_storeu_epi32(o + k, m, v);
     }
     if (K & 1) o[K] = 0.0f;
 }
@@ -156,9 +144,11 @@ static const bge_bf16_gemm_impl impl = {
 
 static size_t bge_bf16_packed_size__avx512(int K, int N) { return bge_bf16_panels_size(K, N, NR); }
 static int bge_bf16_pack__avx512(const float *w, int K, int N, void *packed) {
-    return bge_bf16_pack_panels(w, K, N, NR, packed);
+    return bge_avx512_bf16_pack48(w, K, N, packed);
 }
-static size_t bge_bf16_gemm_scratch__avx512(int M, int K) { return bge_bf16_gemm_scratch(&impl, M, K); }
+static size_t bge_bf16_gemm_scratch__avx512(int M, int K) {
+    return bge_bf16_gemm_scratch(&impl, M, K);
+}
 
 static int bge_bf16_gemm__avx512(const float *x, int M, int K, int N, const void *packed,
                                  const float *bias, const float *res, float *out, int epilogue,

@@ -39,6 +39,7 @@
 #include "avx512.h"
 
 #include "../microkernel.h" /* BGE_UK_TABLE */
+#include "transpose16.h" /* bge_avx512_transpose16 */
 
 #include "epilogue48.h" /* bge_avx512_epilogue_48: the one code path every tile goes
                            * through (the vector GELU of vmath.h on every lane) */
@@ -55,38 +56,6 @@ _Static_assert(NR == BGE_EPI48_NR, "the shared epilogue reads tiles 48 wide");
 /* ---------------------------------------------------------------------------------------
  * Packing
  * ------------------------------------------------------------------------------------- */
-
-/* Transposes the 16 x 16 block r (row i in r[i]) in place: r[i][j] becomes r[j][i].
- * unpacklo/hi_ps: pairs of rows interleaved; unpacklo/hi_pd: in each 128-bit lane L, u[4a+c]
- * holds column 4L+c of rows 4a .. 4a+3; two rounds of shuffle_f32x4: the 4 x 4 grid of
- * 128-bit lanes transposed, so column 4L+c gathers lane L of u[c], u[4+c], u[8+c], u[12+c].
- * 64 shuffles per 256 floats (the AVX2 transpose8 takes 96 for as many). */
-static inline __attribute__((always_inline)) void transpose16(__m512 r[16]) {
-    __m512 t[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int a = 0; a < 4; a++) { /* rows 4a .. 4a+3 */
-        const __m512d lo = _mm512_castps_pd(t[4 * a]), lo2 = _mm512_castps_pd(t[4 * a + 2]);
-        const __m512d hi = _mm512_castps_pd(t[4 * a + 1]), hi2 = _mm512_castps_pd(t[4 * a + 3]);
-        r[4 * a + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo, lo2));
-        r[4 * a + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo, lo2));
-        r[4 * a + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(hi, hi2));
-        r[4 * a + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(hi, hi2));
-    }
-    for (int c = 0; c < 4; c++) {
-        const __m512 v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44);     /* lanes 0 1 | 0 1 */
-        const __m512 v1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xEE);     /* lanes 2 3 | 2 3 */
-        const __m512 v2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44);
-        const __m512 v3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xEE);
-        t[c] = _mm512_shuffle_f32x4(v0, v2, 0x88);      /* lane 0 of the four: column c    */
-        t[4 + c] = _mm512_shuffle_f32x4(v0, v2, 0xDD);  /* lane 1: column 4 + c            */
-        t[8 + c] = _mm512_shuffle_f32x4(v1, v3, 0x88);  /* lane 2: column 8 + c            */
-        t[12 + c] = _mm512_shuffle_f32x4(v1, v3, 0xDD); /* lane 3: column 12 + c           */
-    }
-    for (int i = 0; i < 16; i++) r[i] = t[i];
-}
 
 /* Floats of the packed W (N, K): ceil(N / NR) panels of K x NR floats. 0 on bad sizes. */
 static size_t bge_f32_packed_size__avx512(int K, int N) {
@@ -124,7 +93,7 @@ static int bge_f32_pack__avx512(const float *w, int K, int N, float *packed) {
                 for (int i = 0; i < 16; i++)
                     r[i] = i < nj ? _mm512_maskz_loadu_ps(m, w + (size_t)(n0 + i) * K + k0)
                                   : _mm512_setzero_ps();
-                transpose16(r);
+                bge_avx512_transpose16(r);
                 for (int kk = 0; kk < kc; kk++)
                     _mm512_storeu_ps(dst + (size_t)(k0 + kk) * NR + j0, r[kk]);
             }

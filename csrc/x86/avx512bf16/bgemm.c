@@ -25,6 +25,7 @@
 #include "avx512bf16.h"
 #include "../microkernel.h" /* BGE_UK_TABLE */
 
+#include "../avx512/bpack48.h"    /* bge_avx512_bf16_pack48: the same bytes as avx512's */
 #include "../avx512/epilogue48.h" /* bge_avx512_epilogue_48: bias, GELU, residual */
 
 #define MR 8         /* rows of x per tile                          */
@@ -129,11 +130,15 @@ static const bge_bf16_gemm_impl impl = {
     .convert = convert_bf16, .tile = tile_bf16, .epilogue = bge_avx512_epilogue_48,
 };
 
-static size_t bge_bf16_packed_size__avx512bf16(int K, int N) { return bge_bf16_panels_size(K, N, NR); }
-static int bge_bf16_pack__avx512bf16(const float *w, int K, int N, void *packed) {
-    return bge_bf16_pack_panels(w, K, N, NR, packed);
+static size_t bge_bf16_packed_size__avx512bf16(int K, int N) {
+    return bge_bf16_panels_size(K, N, NR);
 }
-static size_t bge_bf16_gemm_scratch__avx512bf16(int M, int K) { return bge_bf16_gemm_scratch(&impl, M, K); }
+static int bge_bf16_pack__avx512bf16(const float *w, int K, int N, void *packed) {
+    return bge_avx512_bf16_pack48(w, K, N, packed);
+}
+static size_t bge_bf16_gemm_scratch__avx512bf16(int M, int K) {
+    return bge_bf16_gemm_scratch(&impl, M, K);
+}
 
 static int bge_bf16_gemm__avx512bf16(const float *x, int M, int K, int N, const void *packed,
                                      const float *bias, const float *res, float *out,

@@ -12,6 +12,7 @@ import shlex
 from typing import List, NamedTuple, Optional
 
 from ..cliargs import ArgumentParser, add_model_options, positive_int
+from ..engine import TOKEN_BUDGET
 from ..hub import default_model
 
 # The model path of the Workers AI routes (CONTRACT.md 5); the served name also stands in.
@@ -21,10 +22,11 @@ OPENAI_MAX_TEXTS = 2048
 ENV_OPTIONS = "BGE_ENGINE_SERVE_OPTIONS"
 ENV_API_KEY = "BGE_ENGINE_API_KEY"
 
-# Tokens per forward pass: measured on 2 cores (docs/performance.md, "Server batch budget"):
-# throughput on short sentences stops growing past ~1024 tokens per batch, and a larger
-# budget only lengthens the wait of the texts that queue behind a batch.
-DEFAULT_MAX_BATCH_TOKENS = 1024
+# Tokens per forward pass: the Engine's own budget (M = 1024 runs the GEMMs at full speed and
+# bounds the workspace). It binds only when more than one pass's worth is queued; a larger one
+# makes the texts queued behind a pass wait longer. `bench/serve.py --calibrate` measures
+# tokens/s by budget for choosing another.
+DEFAULT_MAX_BATCH_TOKENS = TOKEN_BUDGET
 DEFAULT_MAX_QUEUED_TEXTS = 4096
 DEFAULT_PAYLOAD_LIMIT = 16 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT = 120.0

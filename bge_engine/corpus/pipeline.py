@@ -4,7 +4,8 @@ once complete.
 
 Each chunk is one Engine.encode call. A row's embedding does not depend on the batch it is
 in (CONTRACT 2), so the rows equal Engine.encode of the texts bit for bit whatever the
-chunking. Memory holds one chunk (plus a Parquet row group): it stays flat for any corpus.
+chunking. Each chunk is written on a thread of its own while the next one encodes. Memory
+holds two chunks (plus a Parquet row group): it stays flat for any corpus.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -92,22 +94,26 @@ def encode_file(engine, input: str, output: str, *, column: str = "text",
         with atomic_output(output) as tmp:
             writer = writers.open_writer(tmp, out_suffix, engine.dim)
             bar = _bar(reader, progress)
+            behind = _WriteBehind()
             try:
                 for chunk in reader.chunks():
                     refused = _refused(chunk, column, on_error, skipped)
                     vectors = _encode(engine, chunk, refused, pooling=pooling,
                                       prompt_name=prompt_name, batch_size=batch_size)
-                    writer.write(chunk, vectors, refused)
+                    behind.submit(writer.write, chunk, vectors, refused)
                     rows += len(chunk)
                     skipped += len(refused)
                     _advance(bar, reader, len(chunk))
+                behind.flush()
                 if rows == 0:
                     writer.write(reader.empty(), np.empty((0, engine.dim), np.float32), [])
                 writer.close()
             except BaseException:
+                behind.close()  # the write in flight ends before the file is released
                 writer.abort()
                 raise
             finally:
+                behind.close()
                 bar.close()
     finally:
         reader.close()
@@ -157,6 +163,32 @@ def _encode(engine, chunk, refused: List[int], **kw) -> np.ndarray:
     if keep:
         vectors[keep] = engine.encode([chunk.texts[i] for i in keep], **kw)
     return vectors
+
+
+class _WriteBehind:
+    """Writes chunk i on a thread of its own while chunk i + 1 encodes (the kernels release
+    the GIL): at most one write in flight, so chunks reach the file in input order and memory
+    holds two chunks. A write's exception is raised by the next `submit` or by `flush`."""
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="bge-engine-write")
+        self._pending = None
+
+    def submit(self, fn, *args) -> None:
+        self.flush()
+        self._pending = self._pool.submit(fn, *args)
+
+    def flush(self) -> None:
+        """Waits for the write in flight; raises its exception."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Waits for the write in flight (its exception dropped: the caller is failing
+        already or has flushed) and ends the thread."""
+        self._pending = None
+        self._pool.shutdown(wait=True)
 
 
 class _NoBar:

@@ -380,6 +380,11 @@ int bge_isa_built(int isa);
  * *max_len, *min_len; BGE_ERR_ARG (nothing written) otherwise or when n < 1.            */
 int bge_ragged_lengths(const int32_t *offsets, int n, int T, int *max_len, int *min_len);
 
+/* The boundary's scans of values (check.c), so that its message can name the first bad one:
+ * the first i < n with v[i] outside [lo, hi) (int32), or with v[i] == x (int8); -1 if none. */
+ptrdiff_t bge_find_outside_i32(const int32_t *v, size_t n, int32_t lo, int32_t hi);
+ptrdiff_t bge_find_s8(const int8_t *v, size_t n, int8_t x);
+
 /* The level's name from BGE_LEVELS ("ref", "avx2", ...); NULL for an unknown level. */
 const char *bge_isa_name(int isa);
 

@@ -89,6 +89,9 @@ static inline void bge_prefetch_block(const void *p, int rows, size_t stride, in
 int bge_check_offsets(const int32_t *offsets, int n, int T_expected);
 int bge_check_pool_args(const float *h, const int32_t *offsets, int n, int C, int mode,
                         const float *out);
+int bge_check_embed_args(const int32_t *ids, const int32_t *offsets, int n, const float *word,
+                         int vocab, const float *pos, int max_pos, const float *type,
+                         const float *out, int C);
 int bge_check_gemm_args(const float *x, int M, int K, int N, const float *packed,
                         const float *bias, const float *res, const float *out, int epilogue,
                         int nthreads);
@@ -136,6 +139,14 @@ typedef struct bge_f32_gemm_impl {
 int bge_f32_gemm_run(const bge_f32_gemm_impl *impl, const float *x, int M, int K, int N,
                      const float *packed, const float *bias, const float *res, float *out,
                      int epilogue, int nthreads);
+/* A SIMD level's f32_gemm slot, bge_f32_gemm__<isa>: the shared driver on its tiles. */
+#define BGE_F32_GEMM_SLOT(isa, impl)                                                        \
+    static int bge_f32_gemm__##isa(const float *x, int M, int K, int N, const float *packed, \
+                                   const float *bias, const float *res, float *out,        \
+                                   int epilogue, int nthreads) {                            \
+        return bge_f32_gemm_run(&(impl), x, M, K, N, packed, bias, res, out, epilogue,     \
+                                nthreads);                                                  \
+    }
 
 /* Work sharing for the GEMM drivers on few rows, where the weights stream from memory and
  * each thread should read one run of them: units [0, n) are cut into one contiguous run
@@ -176,6 +187,42 @@ static inline int bge_attention_chunk(int n, int heads, int L_max, int nthreads)
     if (L_max >= 128 || nthreads < 2) return 1;
     return n >= 2 * nthreads ? heads : (heads + nthreads - 1) / nthreads;
 }
+
+/* What a SIMD level gives the shared attention driver (csrc/attention_driver.c), which
+ * checks the arguments and the scratch and shares the (text, head) jobs among threads.
+ *   head(q, k, v, ld, L, D, scale, work, out, ldo): one head of one text of L tokens: q, k
+ *       and v point at the text's first row of qkv (T, 3H), at column h * D of Q, K and V,
+ *       rows ld = 3H floats apart; out at the same place of the (T, H) output, rows
+ *       ldo = H apart; work: this thread's scratch, `align` floats aligned.
+ *   thread_floats(max_len, D): floats of one thread's scratch for texts of at most
+ *       max_len tokens, the slack for aligning it included.
+ *   align: floats (a power of two) each thread's scratch is aligned to. */
+typedef struct bge_attention_impl {
+    void (*head)(const float *q, const float *k, const float *v, int ld, int L, int D,
+                 float scale, float *work, float *out, int ldo);
+    size_t (*thread_floats)(int max_len, int D);
+    int align;
+} bge_attention_impl;
+size_t bge_attention_scratch(const bge_attention_impl *impl, int max_len, int head_dim,
+                             int nthreads);
+int bge_attention_run(const bge_attention_impl *impl, const float *qkv, const int32_t *offsets,
+                      int n, int H, int heads, float scale, float *out, float *scratch,
+                      size_t scratch_floats, int nthreads);
+/* A level's two attention slots, bge_f32_attention_scratch__<isa> and
+ * bge_f32_attention__<isa>, from its head kernel, scratch size and alignment. */
+#define BGE_ATTENTION_SLOTS(isa, head_fn, thread_floats_fn, align_floats)                  \
+    static const bge_attention_impl attention_##isa = {head_fn, thread_floats_fn,           \
+                                                       align_floats};                       \
+    static size_t bge_f32_attention_scratch__##isa(int max_len, int head_dim, int nthreads) { \
+        return bge_attention_scratch(&attention_##isa, max_len, head_dim, nthreads);        \
+    }                                                                                       \
+    static int bge_f32_attention__##isa(const float *qkv, const int32_t *offsets, int n,   \
+                                        int H, int heads, float scale, float *out,          \
+                                        float *scratch, size_t scratch_floats,              \
+                                        int nthreads) {                                     \
+        return bge_attention_run(&attention_##isa, qkv, offsets, n, H, heads, scale, out,   \
+                                 scratch, scratch_floats, nthreads);                        \
+    }
 
 /* Work sharing for the GEMM drivers on more rows: the (mt row tiles) x (np panels) grid of
  * an (M, .) output is cut into rectangles, about 4 per thread (how: see the cut in
@@ -374,6 +421,32 @@ int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float 
                     const int32_t *zp, int M, int K, int N, const void *packed,
                     const float *bias, const float *res, float *out, int32_t *acc,
                     int epilogue, int nthreads);
+/* A SIMD level's qu8s8_gemm and qu8s8_gemm_i32 slots, bge_qu8s8_gemm__<isa> and
+ * bge_qu8s8_gemm_i32__<isa>: the shared driver on its tiles. */
+#define BGE_Q8_GEMM_SLOTS(isa, impl)                                                        \
+    static int bge_qu8s8_gemm__##isa(const uint8_t *q, const float *scale, const int32_t *zp,\
+                                     int M, int K, int N, const void *packed,               \
+                                     const float *bias, const float *res, float *out,       \
+                                     int epilogue, int nthreads) {                          \
+        return bge_q8_gemm_run(&(impl), q, scale, zp, M, K, N, packed, bias, res, out, NULL, \
+                               epilogue, nthreads);                                         \
+    }                                                                                       \
+    static int bge_qu8s8_gemm_i32__##isa(const uint8_t *q, int M, int K, int N,             \
+                                         const void *packed, int32_t *acc, int nthreads) {  \
+        if (!acc) return BGE_ERR_ARG;                                                       \
+        return bge_q8_gemm_run(&(impl), q, NULL, NULL, M, K, N, packed, NULL, NULL, NULL,  \
+                               acc, BGE_EPI_BIAS, nthreads);                                \
+    }
+
+/* One row of a level's activation quantiser: x (K) -> q (Kp), scale (ngroups), zp (ngroups),
+ * q's padding set to the zp of the last group; the bytes of bge_qu8_quantize__ref. */
+typedef void (*bge_q8_quantize_row_fn)(const float *x, int K, uint8_t *q, float *scale,
+                                       int32_t *zp);
+/* The qu8_quantize slot of a SIMD level (csrc/gemm_driver.c): checks the arguments as the
+ * reference does, then runs `row` on each of the M rows, rows shared among threads in
+ * chunks (each row's bytes are the same on any thread count). */
+int bge_qu8_quantize_run(bge_q8_quantize_row_fn row, const float *x, int M, int K, uint8_t *q,
+                         float *scale, int32_t *zp, int nthreads);
 
 /* ---------------------------------------------------------------------------------------
  * bf16: the reference and the conversion (csrc/ref/bgemm.c), the packed header and panels
@@ -459,6 +532,23 @@ size_t bge_bf16_gemm_scratch(const bge_bf16_gemm_impl *impl, int M, int K);
 int bge_bf16_gemm_run(const bge_bf16_gemm_impl *impl, const float *x, int M, int K, int N,
                       const void *packed, const float *bias, const float *res, float *out,
                       int epilogue, void *scratch, size_t scratch_bytes, int nthreads);
+/* A SIMD level's bf16_packed_size, bf16_gemm_scratch and bf16_gemm slots
+ * (bge_bf16_<slot>__<isa>): panels of impl.nr columns (bge_bf16_panels_size) and the shared
+ * driver on its tiles. bf16_pack is the level's own. */
+#define BGE_BF16_GEMM_SLOTS(isa, impl)                                                      \
+    static size_t bge_bf16_packed_size__##isa(int K, int N) {                               \
+        return bge_bf16_panels_size(K, N, (impl).nr);                                       \
+    }                                                                                       \
+    static size_t bge_bf16_gemm_scratch__##isa(int M, int K) {                              \
+        return bge_bf16_gemm_scratch(&(impl), M, K);                                        \
+    }                                                                                       \
+    static int bge_bf16_gemm__##isa(const float *x, int M, int K, int N, const void *packed,\
+                                    const float *bias, const float *res, float *out,        \
+                                    int epilogue, void *scratch, size_t scratch_bytes,      \
+                                    int nthreads) {                                         \
+        return bge_bf16_gemm_run(&(impl), x, M, K, N, packed, bias, res, out, epilogue,    \
+                                 scratch, scratch_bytes, nthreads);                         \
+    }
 
 /* Overlays, one per level (BGE_LEVELS): bge_overlay_<name> puts the kernels of its folder
  * into their slots of a table that holds the levels below (the reference has none). */

@@ -3,6 +3,7 @@
  * tiles and epilogue (bge_f32_gemm_impl, bge_q8_gemm_impl in bge_internal.h); the driver
  * checks the arguments, blocks the rows so that x stays in L2, walks the panels, and shares
  * the tiles among threads (csrc/schedule.c). Threads split row tiles and panels, never k.
+ * Beside them, the row loop of the int8 levels' activation quantisers (bge_qu8_quantize_run).
  */
 #include <limits.h>
 #include <string.h>
@@ -247,6 +248,20 @@ int bge_q8_gemm_run(const bge_q8_gemm_impl *impl, const uint8_t *q, const float 
         return BGE_OK;
     }
     bge_run_rectangles(M, mt, np, nthreads, q8_rect, &j); /* else rectangles */
+    return BGE_OK;
+}
+
+int bge_qu8_quantize_run(bge_q8_quantize_row_fn row, const float *x, int M, int K, uint8_t *q,
+                         float *scale, int32_t *zp, int nthreads) {
+    if (!x || !q || !scale || !zp || M < 1 || K < 1 || K > BGE_Q8_MAX_K || nthreads < 1)
+        return BGE_ERR_ARG;
+    const int Kp = BGE_Q8_KP(K), ng = BGE_Q8_NGROUPS(K);
+/* rows in chunks taken dynamically: a thread the OS delays does not hold the others back;
+ * chunks small enough that every thread gets rows */
+#pragma omp parallel for if (nthreads > 1) num_threads(nthreads) \
+    schedule(dynamic, bge_row_chunk(M, nthreads))
+    for (int m = 0; m < M; m++)
+        row(x + (size_t)m * K, K, q + (size_t)m * Kp, scale + (size_t)m * ng, zp + (size_t)m * ng);
     return BGE_OK;
 }
 

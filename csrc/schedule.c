@@ -1,6 +1,7 @@
 /*
- * schedule.c: how the kernels' work is shared among threads (OpenMP lives here, and in the
- * SIMD folders' own loops; never in csrc/ref/).
+ * schedule.c: how the kernels' work is shared among threads (OpenMP lives here, in the
+ * shared attention job loop of attention_driver.c and the quantiser's row loop of
+ * gemm_driver.c, and in the SIMD folders' own loops; never in csrc/ref/).
  *
  *   bge_run_each        a loop over independent items (rows, texts x heads, weight rows):
  *                       the references' and the shared loaders' parallel for.

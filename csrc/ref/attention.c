@@ -84,14 +84,8 @@ int bge_f32_attention__ref(const float *qkv, const int32_t *offsets, int n, int 
 int bge_f32_embed__ref(const int32_t *ids, const int32_t *offsets, int n, const float *word,
                        int vocab, const float *pos, int max_pos, const float *type, float *out,
                        int C) {
-    if (!ids || !word || !pos || !type || !out || n < 1 || vocab < 1 || max_pos < 1 || C < 1)
+    if (bge_check_embed_args(ids, offsets, n, word, vocab, pos, max_pos, type, out, C) != BGE_OK)
         return BGE_ERR_ARG;
-    if (bge_check_offsets(offsets, n, -1) != BGE_OK) return BGE_ERR_ARG;
-    for (int i = 0; i < n; i++) {
-        if (offsets[i + 1] - offsets[i] > max_pos) return BGE_ERR_ARG;
-        for (int t = offsets[i]; t < offsets[i + 1]; t++)
-            if (ids[t] < 0 || ids[t] >= vocab) return BGE_ERR_ARG;
-    }
     for (int i = 0; i < n; i++) {
         for (int t = offsets[i]; t < offsets[i + 1]; t++) {
             const float *w = word + (size_t)ids[t] * C;

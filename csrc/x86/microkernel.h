@@ -12,6 +12,8 @@
  *     DEF(mr, nv) defines `static ... prefix_<mr>_<nv>(...)` of type fn_type; MR is 4 or 8
  *     (3, 4 or 8; a macro naming it will do); defines `static const fn_type table[MR][3]`.
  *
+ * BGE_UK_PF_LADDER: the float tiles' choice of prefetch lines per k step (below).
+ *
  * The int8 folders (avx2, avxvnni, avx512vnni) share the plain microkernel's shape:
  * BGE_Q8_UK_DEF defines uk_<mr>_<nv> from the including file's
  * `ukernel(q, ldq, Kp, panel, tile, mr, nv)`, and their function types are below.
@@ -36,6 +38,26 @@
 #define BGE_UK_TABLE_(fn_type, table, prefix, DEF, MR) \
     BGE_UK_DEFS_##MR(DEF) static const fn_type table[MR][3] = {BGE_UK_ROWS_##MR(prefix)};
 #define BGE_UK_TABLE(fn_type, table, prefix, DEF, MR) BGE_UK_TABLE_(fn_type, table, prefix, DEF, MR)
+
+/* The prefetch ladder of the float microkernels (fp32, bf16): a tile prefetching the next
+ * panel touches pfs bytes of it per k step, one line per 64 bytes, at most `most` (2 or 4,
+ * a constant: the branches above it fold away) lines; each count is a constant of its own
+ * instance of the inlined kernel.
+ *   BGE_UK_PF_LADDER(most, kernel, pf, pfs, args...) calls kernel(args..., pf, pfs, lines),
+ *   or kernel(args..., NULL, 0, 0) when pfs <= 0 (no prefetch).                          */
+#define BGE_UK_PF_LADDER(most, kernel, pf, pfs, ...)                                       \
+    do {                                                                                   \
+        if ((most) >= 4 && (pfs) > 192)                                                    \
+            kernel(__VA_ARGS__, pf, pfs, 4);                                               \
+        else if ((most) >= 3 && (pfs) > 128)                                               \
+            kernel(__VA_ARGS__, pf, pfs, 3);                                               \
+        else if ((pfs) > 64)                                                               \
+            kernel(__VA_ARGS__, pf, pfs, 2);                                               \
+        else if ((pfs) > 0)                                                                \
+            kernel(__VA_ARGS__, pf, pfs, 1);                                               \
+        else                                                                               \
+            kernel(__VA_ARGS__, NULL, 0, 0);                                               \
+    } while (0)
 
 /* The plain int8 microkernel: tile (mr, NR) int32 = q rows (Kp u8 each, ldq apart) x the
  * panel's s8 columns, over every k (the qu8s8_gemm_i32 contract).                        */

@@ -93,15 +93,7 @@ static void quantize_row(const float *x, int K, uint8_t *q, float *scale, int32_
 /* x (M, K) -> q (M, Kp), scale (M, ngroups), zp (M, ngroups): the qu8_quantize slot. */
 static int bge_qu8_quantize__neon(const float *x, int M, int K, uint8_t *q, float *scale,
                                   int32_t *zp, int nthreads) {
-    if (!x || !q || !scale || !zp || M < 1 || K < 1 || K > BGE_Q8_MAX_K || nthreads < 1)
-        return BGE_ERR_ARG;
-    const int Kp = BGE_Q8_KP(K), ng = BGE_Q8_NGROUPS(K);
-#pragma omp parallel for if (nthreads > 1) num_threads(nthreads) \
-    schedule(dynamic, bge_row_chunk(M, nthreads))
-    for (int m = 0; m < M; m++)
-        quantize_row(x + (size_t)m * K, K, q + (size_t)m * Kp, scale + (size_t)m * ng,
-                     zp + (size_t)m * ng);
-    return BGE_OK;
+    return bge_qu8_quantize_run(quantize_row, x, M, K, q, scale, zp, nthreads);
 }
 
 /* One group of n <= 64 weights, as ref/qgemm.c's quantize_weight_group byte for byte;

@@ -296,22 +296,9 @@ static const bge_q8_gemm_impl impl = {
     .begin = amx_begin, .end = amx_end,
 };
 
-/* out (M, N) = epi(...) from q (M, Kp), scale, zp (M, ngroups) and W packed by
- * bge_qs8_pack__amx; bias (N); res (M, N) may equal out.                                 */
-static int bge_qu8s8_gemm__amx(const uint8_t *q, const float *scale, const int32_t *zp, int M,
-                               int K, int N, const void *packed, const float *bias,
-                               const float *res, float *out, int epilogue, int nthreads) {
-    return bge_q8_gemm_run(&impl, q, scale, zp, M, K, N, packed, bias, res, out, NULL,
-                           epilogue, nthreads);
-}
-
-/* acc (M, N) int32 = q (M, Kp) @ w_s8^T.                                                  */
-static int bge_qu8s8_gemm_i32__amx(const uint8_t *q, int M, int K, int N, const void *packed,
-                                   int32_t *acc, int nthreads) {
-    if (!acc) return BGE_ERR_ARG;
-    return bge_q8_gemm_run(&impl, q, NULL, NULL, M, K, N, packed, NULL, NULL, NULL, acc,
-                           BGE_EPI_BIAS, nthreads);
-}
+/* qu8s8_gemm: out (M, N) = epi(...) from q (M, Kp), scale, zp (M, ngroups) and W packed by
+ * bge_qs8_pack__amx (bias (N); res (M, N) may equal out); qu8s8_gemm_i32: the raw sums. */
+BGE_Q8_GEMM_SLOTS(amx, impl)
 
 /* ---------------------------------------------------------------------------------------
  * tdpbusd peak loop

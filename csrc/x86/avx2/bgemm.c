@@ -113,12 +113,7 @@ typedef void (*uk_fn)(const float *x, size_t ldx, int Kp, const uint32_t *panel,
     static __attribute__((noinline)) void uk_##mr##_##nv(const float *x, size_t ldx, int Kp,\
                                                          const uint32_t *panel, float *tile,\
                                                          const char *pf, int pfs) {         \
-        if (pfs > 64)                                                                       \
-            ukernel(x, ldx, Kp, panel, tile, mr, nv, pf, pfs, 2);                           \
-        else if (pfs > 0)                                                                   \
-            ukernel(x, ldx, Kp, panel, tile, mr, nv, pf, pfs, 1);                           \
-        else                                                                                \
-            ukernel(x, ldx, Kp, panel, tile, mr, nv, NULL, 0, 0);                           \
+        BGE_UK_PF_LADDER(2, ukernel, pf, pfs, x, ldx, Kp, panel, tile, mr, nv);               \
     }
 BGE_UK_TABLE(uk_fn, uk_table, uk, UK, MR) /* uk_table[mr - 1][nv - 1] */
 
@@ -141,19 +136,11 @@ static const bge_bf16_gemm_impl impl = {
     .convert = convert_widened, .tile = tile_emu, .epilogue = bge_avx2_epilogue_24,
 };
 
-static size_t bge_bf16_packed_size__avx2(int K, int N) { return bge_bf16_panels_size(K, N, NR); }
+/* bf16_packed_size, bf16_gemm_scratch, bf16_gemm: the shared driver on these tiles. */
+BGE_BF16_GEMM_SLOTS(avx2, impl)
+
 static int bge_bf16_pack__avx2(const float *w, int K, int N, void *packed) {
     return bge_bf16_pack_panels(w, K, N, NR, packed);
-}
-static size_t bge_bf16_gemm_scratch__avx2(int M, int K) {
-    return bge_bf16_gemm_scratch(&impl, M, K);
-}
-
-static int bge_bf16_gemm__avx2(const float *x, int M, int K, int N, const void *packed,
-                               const float *bias, const float *res, float *out, int epilogue,
-                               void *scratch, size_t scratch_bytes, int nthreads) {
-    return bge_bf16_gemm_run(&impl, x, M, K, N, packed, bias, res, out, epilogue, scratch,
-                             scratch_bytes, nthreads);
 }
 
 void bge_overlay_avx2_bgemm(bge_kernels *t) {

@@ -157,16 +157,7 @@ typedef void (*uk_fn)(const float *x, size_t ldx, int K, const float *panel, flo
 #define UK(mr, nv)                                                                          \
     static void uk_##mr##_##nv(const float *x, size_t ldx, int K, const float *panel,       \
                                float *tile, const char *pf, int pfs) {                      \
-        if (pfs > 192)                                                                      \
-            ukernel(x, ldx, K, panel, tile, mr, nv, pf, pfs, 4);                            \
-        else if (pfs > 128)                                                                 \
-            ukernel(x, ldx, K, panel, tile, mr, nv, pf, pfs, 3);                            \
-        else if (pfs > 64)                                                                  \
-            ukernel(x, ldx, K, panel, tile, mr, nv, pf, pfs, 2);                            \
-        else if (pfs > 0)                                                                   \
-            ukernel(x, ldx, K, panel, tile, mr, nv, pf, pfs, 1);                            \
-        else                                                                                \
-            ukernel(x, ldx, K, panel, tile, mr, nv, NULL, 0, 0);                            \
+        BGE_UK_PF_LADDER(4, ukernel, pf, pfs, x, ldx, K, panel, tile, mr, nv);                \
     }
 /* uk_table[mr - 1][nv - 1] */
 BGE_UK_TABLE(uk_fn, uk_table, uk, UK, MR)
@@ -195,12 +186,7 @@ static const bge_f32_gemm_impl impl_avx512 = {MR, NR, tile_avx512, bge_avx512_ep
 _Static_assert(MR * NR <= BGE_F32_TILE_FLOATS, "the driver's tile buffer holds MR x NR");
 
 /* out = epilogue(x @ W^T + bias): the f32_gemm slot (bge.h), packed by bge_f32_pack__avx512. */
-static int bge_f32_gemm__avx512(const float *x, int M, int K, int N, const float *packed,
-                              const float *bias, const float *res, float *out, int epilogue,
-                              int nthreads) {
-    return bge_f32_gemm_run(&impl_avx512, x, M, K, N, packed, bias, res, out, epilogue,
-                            nthreads);
-}
+BGE_F32_GEMM_SLOT(avx512, impl_avx512)
 
 /* ---------------------------------------------------------------------------------------
  * FMA peak loop

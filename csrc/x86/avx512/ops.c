@@ -21,9 +21,6 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "avx512.h"
 #include "../avx2/transpose.h" /* transpose8 */
@@ -238,11 +235,6 @@ static size_t thread_scratch(int max_len, int D) {
     return 2 * round16(Lp * (size_t)D) + QB * Lp + 16;
 }
 
-static size_t bge_f32_attention_scratch__avx512(int max_len, int head_dim, int nthreads) {
-    if (max_len < 1 || head_dim < 1 || nthreads < 1) return 0;
-    return thread_scratch(max_len, head_dim) * (size_t)nthreads;
-}
-
 /* k: the head's K of the text, rows ld floats apart, L rows of D floats.
  * kp (Lp / 16, D, 16): kp[p][d][i] = k[16 p + i][d] for 16 p + i < L, 0 up to the next
  * multiple of 8 (the lanes past it, in a last panel of at most 8 keys, are left unwritten:
@@ -444,40 +436,9 @@ static void attend_one(const float *q, const float *k, const float *v, int ld, i
     }
 }
 
-/* qkv (T, 3H); offsets (n + 1); out (T, H); scratch (scratch_floats) >=
- * attention_scratch(longest text, H / heads, nthreads). Threads split (text, head) jobs. */
-static int bge_f32_attention__avx512(const float *qkv, const int32_t *offsets, int n, int H,
-                                     int heads, float scale, float *out, float *scratch,
-                                     size_t scratch_floats, int nthreads) {
-    if (!qkv || !out || n < 1 || H < 1 || heads < 1 || H % heads != 0 || nthreads < 1)
-        return BGE_ERR_ARG;
-    if (bge_check_offsets(offsets, n, -1) != BGE_OK) return BGE_ERR_ARG;
-    int L_max = 0;
-    for (int i = 0; i < n; i++)
-        if (offsets[i + 1] - offsets[i] > L_max) L_max = offsets[i + 1] - offsets[i];
-    if (L_max == 0) return BGE_OK;
-    const int D = H / heads, ld = 3 * H;
-    if (!scratch || scratch_floats < bge_f32_attention_scratch__avx512(L_max, D, nthreads))
-        return BGE_ERR_SCRATCH;
-    const size_t per_thread = thread_scratch(L_max, D);
-    const int jobs = n * heads, chunk = bge_attention_chunk(n, heads, L_max, nthreads);
-#pragma omp parallel for num_threads(nthreads) schedule(dynamic, chunk)
-    for (int job = 0; job < jobs; job++) {
-        const int i = job / heads, h = job % heads;
-        const int t0 = offsets[i], L = offsets[i + 1] - offsets[i];
-        if (L == 0) continue;
-#ifdef _OPENMP
-        float *work = scratch + (size_t)omp_get_thread_num() * per_thread;
-#else
-        float *work = scratch;
-#endif
-        work += (16 - ((uintptr_t)work / sizeof(float)) % 16) % 16; /* 64-byte aligned */
-        const float *base = qkv + (size_t)t0 * ld + (size_t)h * D;
-        attend_one(base, base + H, base + 2 * H, ld, L, D, scale, work,
-                   out + (size_t)t0 * H + (size_t)h * D, H);
-    }
-    return BGE_OK;
-}
+/* The two attention slots: the shared driver (csrc/attention_driver.c) runs attend_one
+ * on every (text, head), each thread's scratch 64-byte aligned. */
+BGE_ATTENTION_SLOTS(avx512, attend_one, thread_scratch, 16)
 
 /* ---------------------------------------------------------------------------------------
  * Embeddings, pooling, L2 norm
@@ -489,14 +450,8 @@ static int bge_f32_attention__avx512(const float *qkv, const int32_t *offsets, i
 static int bge_f32_embed__avx512(const int32_t *ids, const int32_t *offsets, int n,
                                  const float *word, int vocab, const float *pos, int max_pos,
                                  const float *type, float *out, int C) {
-    if (!ids || !word || !pos || !type || !out || n < 1 || vocab < 1 || max_pos < 1 || C < 1)
+    if (bge_check_embed_args(ids, offsets, n, word, vocab, pos, max_pos, type, out, C) != BGE_OK)
         return BGE_ERR_ARG;
-    if (bge_check_offsets(offsets, n, -1) != BGE_OK) return BGE_ERR_ARG;
-    for (int i = 0; i < n; i++) {
-        if (offsets[i + 1] - offsets[i] > max_pos) return BGE_ERR_ARG;
-        for (int t = offsets[i]; t < offsets[i + 1]; t++)
-            if (ids[t] < 0 || ids[t] >= vocab) return BGE_ERR_ARG;
-    }
     const int Cv = C & ~15;
     const __mmask16 mt = tail_mask(C - Cv);
     for (int i = 0; i < n; i++) {

@@ -99,16 +99,7 @@ typedef void (*uk_fn)(const uint16_t *x, size_t ldx, int Kp, const uint32_t *pan
 #define UK(mr, nv)                                                                          \
     static void uk_##mr##_##nv(const uint16_t *x, size_t ldx, int Kp, const uint32_t *panel,\
                                float *tile, const char *pf, int pfs) {                      \
-        if (pfs > 192)                                                                      \
-            ukernel(x, ldx, Kp, panel, tile, mr, nv, pf, pfs, 4);                           \
-        else if (pfs > 128)                                                                 \
-            ukernel(x, ldx, Kp, panel, tile, mr, nv, pf, pfs, 3);                           \
-        else if (pfs > 64)                                                                  \
-            ukernel(x, ldx, Kp, panel, tile, mr, nv, pf, pfs, 2);                           \
-        else if (pfs > 0)                                                                   \
-            ukernel(x, ldx, Kp, panel, tile, mr, nv, pf, pfs, 1);                           \
-        else                                                                                \
-            ukernel(x, ldx, Kp, panel, tile, mr, nv, NULL, 0, 0);                           \
+        BGE_UK_PF_LADDER(4, ukernel, pf, pfs, x, ldx, Kp, panel, tile, mr, nv);               \
     }
 BGE_UK_TABLE(uk_fn, uk_table, uk, UK, MR) /* uk_table[mr - 1][nv - 1] */
 
@@ -130,22 +121,11 @@ static const bge_bf16_gemm_impl impl = {
     .convert = convert_bf16, .tile = tile_bf16, .epilogue = bge_avx512_epilogue_48,
 };
 
-static size_t bge_bf16_packed_size__avx512bf16(int K, int N) {
-    return bge_bf16_panels_size(K, N, NR);
-}
+/* bf16_packed_size, bf16_gemm_scratch, bf16_gemm: the shared driver on these tiles. */
+BGE_BF16_GEMM_SLOTS(avx512bf16, impl)
+
 static int bge_bf16_pack__avx512bf16(const float *w, int K, int N, void *packed) {
     return bge_avx512_bf16_pack48(w, K, N, packed);
-}
-static size_t bge_bf16_gemm_scratch__avx512bf16(int M, int K) {
-    return bge_bf16_gemm_scratch(&impl, M, K);
-}
-
-static int bge_bf16_gemm__avx512bf16(const float *x, int M, int K, int N, const void *packed,
-                                     const float *bias, const float *res, float *out,
-                                     int epilogue, void *scratch, size_t scratch_bytes,
-                                     int nthreads) {
-    return bge_bf16_gemm_run(&impl, x, M, K, N, packed, bias, res, out, epilogue, scratch,
-                             scratch_bytes, nthreads);
 }
 
 /* ---------------------------------------------------------------------------------------

@@ -153,17 +153,7 @@ static void quantize_row(const float *x, int K, uint8_t *q, float *scale, int32_
 
 static int bge_qu8_quantize__avx512vnni(const float *x, int M, int K, uint8_t *q, float *scale,
                                         int32_t *zp, int nthreads) {
-    if (!x || !q || !scale || !zp || M < 1 || K < 1 || K > BGE_Q8_MAX_K || nthreads < 1)
-        return BGE_ERR_ARG;
-    const int Kp = BGE_Q8_KP(K), ng = BGE_Q8_NGROUPS(K);
-/* rows in chunks taken dynamically: a thread the OS delays does not hold the others back;
- * chunks small enough that every thread gets rows */
-#pragma omp parallel for if (nthreads > 1) num_threads(nthreads) \
-    schedule(dynamic, bge_row_chunk(M, nthreads))
-    for (int m = 0; m < M; m++)
-        quantize_row(x + (size_t)m * K, K, q + (size_t)m * Kp, scale + (size_t)m * ng,
-                     zp + (size_t)m * ng);
-    return BGE_OK;
+    return bge_qu8_quantize_run(quantize_row, x, M, K, q, scale, zp, nthreads);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -319,23 +309,9 @@ static const bge_q8_gemm_impl impl = {
     .tile = tile_vnni, .gtile = gtile_vnni, .epilogue = bge_avx512_epilogue_48,
 };
 
-/* out (M, N) = epi(...) from q (M, Kp), scale, zp (M, ngroups) and W packed by
- * bge_qs8_pack__avx512vnni; bias (N); res (M, N) may equal out.                          */
-static int bge_qu8s8_gemm__avx512vnni(const uint8_t *q, const float *scale, const int32_t *zp,
-                                      int M, int K, int N, const void *packed,
-                                      const float *bias, const float *res, float *out,
-                                      int epilogue, int nthreads) {
-    return bge_q8_gemm_run(&impl, q, scale, zp, M, K, N, packed, bias, res, out, NULL,
-                           epilogue, nthreads);
-}
-
-/* acc (M, N) int32 = q (M, Kp) @ w_s8^T, W packed by bge_qs8_pack__avx512vnni.            */
-static int bge_qu8s8_gemm_i32__avx512vnni(const uint8_t *q, int M, int K, int N,
-                                          const void *packed, int32_t *acc, int nthreads) {
-    if (!acc) return BGE_ERR_ARG;
-    return bge_q8_gemm_run(&impl, q, NULL, NULL, M, K, N, packed, NULL, NULL, NULL, acc,
-                           BGE_EPI_BIAS, nthreads);
-}
+/* qu8s8_gemm: out (M, N) = epi(...) from q (M, Kp), scale, zp (M, ngroups) and W packed by
+ * bge_qs8_pack__avx512vnni (bias (N); res (M, N) may equal out); qu8s8_gemm_i32: the raw sums. */
+BGE_Q8_GEMM_SLOTS(avx512vnni, impl)
 
 /* ---------------------------------------------------------------------------------------
  * vpdpbusd peak loop

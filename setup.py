@@ -132,7 +132,8 @@ extension = Extension(
     extra_link_args=BASE_LDFLAGS,
     # every C file and header, ISA folders included: a change to any of them relinks the
     # extension (the ISA objects reach the link as extra_objects, which setuptools ignores)
-    depends=sorted(glob.glob("csrc/**/*.[ch]", recursive=True)) + ["bge_engine/_kernels.pxd"],
+    depends=sorted(glob.glob("csrc/**/*.[ch]", recursive=True))
+    + ["bge_engine/_kernels.pxd", "bge_engine/_load.pxi"],
 )
 
 setup(

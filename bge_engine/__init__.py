@@ -39,7 +39,7 @@ __version__ = "0.1.0"
 __all__ = ["embed", "Engine", "cpu_info", "default_engine", "BgeError", "InvalidInput",
            "InputTooLong", "ModelNotFound", "ModelFormatError", "__version__"]
 
-if _kernels.init_warning():
+if _kernels.isa_env_unknown():
     # Located at the variable, not at a line of the importer (a console script's path said
     # nothing useful): "<environment>:0: RuntimeWarning: BGE_ISA='...' names no known level".
     warnings.warn_explicit(

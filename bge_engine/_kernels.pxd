@@ -87,6 +87,8 @@ cdef extern from "bge.h" nogil:
     int bge_isa_cap()
     int bge_isa_from_name(const char *name)
     int bge_ragged_lengths(const int32_t *offsets, int n, int T, int *max_len, int *min_len)
+    Py_ssize_t bge_find_outside_i32(const int32_t *v, size_t n, int32_t lo, int32_t hi)
+    Py_ssize_t bge_find_s8(const int8_t *v, size_t n, int8_t x)
     const char *bge_slot_name(int slot)
     const char *bge_kernel_name(const bge_kernels *t, int slot)
     void bge_bf16_from_f32(const float *x, size_t n, uint16_t *out)

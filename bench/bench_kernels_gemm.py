@@ -17,18 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import kernels_or_skip
+from conftest import LAYER_GEMMS, kernels_or_skip
 
 ISAS = ("avx2", "avx512")
 TOKENS = (16, 128, 512)
 THREADS = (1, 2)
-# name: (K, N, epilogue) of x (T, K) @ W^T (K, N) in one encoder layer
-LAYER_GEMMS = {
-    "qkv": (384, 1152, "bias"),
-    "attn_out": (384, 384, "residual"),
-    "ffn_up": (384, 1536, "gelu"),
-    "ffn_down": (1536, 384, "residual"),
-}
 
 
 @pytest.mark.parametrize("threads", THREADS)

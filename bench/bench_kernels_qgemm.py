@@ -21,20 +21,13 @@ from statistics import median
 
 import numpy as np
 import pytest
-from conftest import AFTER_RUN, kernels_or_skip, sampled_peak
+from conftest import AFTER_RUN, LAYER_GEMMS, kernels_or_skip, sampled_peak
 
 from bge_engine import _kernels
 
 ISAS = ("avx2", "avxvnni", "avx512vnni", "amx")
 TOKENS = (16, 128, 512)
 THREADS = (1, 2)
-# name: (K, N, epilogue) of x (T, K) @ W^T (K, N) in one encoder layer
-LAYER_GEMMS = {
-    "qkv": (384, 1152, "bias"),
-    "attn_out": (384, 384, "residual"),
-    "ffn_up": (384, 1536, "gelu"),
-    "ffn_down": (1536, 384, "residual"),
-}
 
 # (name, isa, threads, GOP/s, its extra_info)
 RESULTS: list[tuple[str, str, int, float, dict]] = []

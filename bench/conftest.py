@@ -11,6 +11,14 @@ import pytest
 
 from bge_engine import _kernels
 
+# name: (K, N, epilogue) of each GEMM x (T, K) @ W^T (K, N) in one encoder layer
+LAYER_GEMMS = {
+    "qkv": (384, 1152, "bias"),
+    "attn_out": (384, 384, "residual"),
+    "ffn_up": (384, 1536, "gelu"),
+    "ffn_down": (1536, 384, "residual"),
+}
+
 # (name, isa, threads, GFLOP/s of the median time, of the best time, its extra_info), filled
 # by the benchmarks through the `report` fixture and printed by pytest_terminal_summary.
 RESULTS: list[tuple[str, str, int, float, float, dict]] = []

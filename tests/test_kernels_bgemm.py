@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from bge_engine import _kernels
+from kernel_cases import covering_shapes, level
 
 SIMD = ("avx2", "avx512", "avx512bf16")
 REF = _kernels.Kernels("ref")
@@ -36,29 +37,14 @@ Ks = [1, 2, 3, 7, 17, 383, 384, 385, 1536, 1537]
 Ns = [1, 7, 15, 16, 17, 31, 33, 63, 64, 65, 383, 384, 385, 1152, 1536, 1537]
 
 
-def _covering_shapes():
-    """Every M, K and N value at least twice in varied combinations, plus the model's
-    shapes with tails in M; capped in work so that the scalar reference stays quick."""
-    shapes = set()
-    for i in range(48):
-        M, K, N = Ms[i % len(Ms)], Ks[(3 * i + 1) % len(Ks)], Ns[(5 * i + 2) % len(Ns)]
-        while M * K * N > 25e6 and M > 1:
-            M = Ms[Ms.index(M) - 1]
-        shapes.add((M, K, N))
-    shapes |= {(17, 384, 1152), (33, 384, 1536), (15, 1536, 384), (129, 385, 7),
-               (1, 1537, 1537), (2, 1, 1), (3, 7, 17), (129, 127, 129)}
-    return sorted(shapes)
-
-
-SHAPES = _covering_shapes()
+SHAPES = covering_shapes(Ms, Ks, Ns, 48, 25e6, [
+    (17, 384, 1152), (33, 384, 1536), (15, 1536, 384), (129, 385, 7), (1, 1537, 1537),
+    (2, 1, 1), (3, 7, 17), (129, 127, 129)])
 
 
 @pytest.fixture(params=SIMD)
 def kern(request):
-    isa = request.param
-    if isa not in _kernels.usable_isas():
-        pytest.skip(f"bgemm {isa}: host lacks {isa} (usable: {_kernels.usable_isas()})")
-    return _kernels.Kernels(isa)
+    return level(request.param, "bgemm")
 
 
 def bits(a):

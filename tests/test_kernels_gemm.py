@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bge_engine import _kernels
+from kernel_cases import covering_shapes, level
 
 SIMD = ("avx2", "avx512", "neon")
 LANES = {"avx2": 8, "avx512": 16, "neon": 4}  # floats per vector register
@@ -36,30 +37,14 @@ Ks = [1, 7, 17, 383, 384, 385, 1536, 1537]
 Ns = [1, 7, 16, 17, 31, 33, 383, 384, 385, 1152, 1536, 1537]
 
 
-def _covering_shapes():
-    """Every M, K and N value at least twice, in varied combinations (strides coprime with
-    the list lengths), plus the model's own shapes with tails in M; capped in work so the
-    reference stays quick."""
-    shapes = set()
-    for i in range(56):
-        M, K, N = Ms[i % len(Ms)], Ks[(3 * i + 1) % len(Ks)], Ns[(5 * i + 2) % len(Ns)]
-        while M * K * N > 100e6 and M > 1:  # keep the reference quick
-            M = Ms[Ms.index(M) - 1]
-        shapes.add((M, K, N))
-    shapes |= {(17, 384, 1152), (65, 384, 384), (33, 384, 1536), (15, 1536, 384),
-               (129, 1537, 7), (1, 1537, 1537), (2, 1, 1), (3, 7, 17)}
-    return sorted(shapes)
-
-
-SHAPES = _covering_shapes()
+SHAPES = covering_shapes(Ms, Ks, Ns, 56, 100e6, [
+    (17, 384, 1152), (65, 384, 384), (33, 384, 1536), (15, 1536, 384), (129, 1537, 7),
+    (1, 1537, 1537), (2, 1, 1), (3, 7, 17)])
 
 
 @pytest.fixture(params=SIMD)
 def kern(request):
-    isa = request.param
-    if isa not in _kernels.usable_isas():
-        pytest.skip(f"gemm {isa}: host lacks {isa} (usable: {_kernels.usable_isas()})")
-    return _kernels.Kernels(isa)
+    return level(request.param, "gemm")
 
 
 def tile_of(k):

@@ -32,6 +32,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bge_engine import _kernels
+from kernel_cases import level
 
 SIMD = ("avx2", "avx512", "neon")
 REF = _kernels.Kernels("ref")
@@ -51,10 +52,7 @@ TINY = 2.0**-149
 
 @pytest.fixture(params=SIMD)
 def kern(request):
-    isa = request.param
-    if isa not in _kernels.usable_isas():
-        pytest.skip(f"ops {isa}: host lacks {isa} (usable: {_kernels.usable_isas()})")
-    return _kernels.Kernels(isa)
+    return level(request.param, "ops")
 
 
 def guarded(shape, fill=SENTINEL):

@@ -30,7 +30,9 @@ import re
 import numpy as np
 import pytest
 
+import kernel_cases
 from bge_engine import _kernels
+from kernel_cases import covering_shapes
 
 REF = _kernels.Kernels("ref")
 INT8_LEVELS = ("avx2", "avxvnni", "avx512", "avx512vnni", "amx", "dotprod", "i8mm")
@@ -47,28 +49,13 @@ Ks = [1, 3, 4, 5, 7, 17, 63, 64, 65, 127, 128, 383, 384, 385, 1536, 1537]
 Ns = [1, 7, 16, 17, 31, 33, 383, 384, 385, 1152, 1536, 1537]
 
 
-def _covering_shapes():
-    """Every M, K and N at least twice in varied combinations (strides coprime with the list
-    lengths), capped in work, plus the model's shapes with tails in M."""
-    shapes = set()
-    for i in range(42):
-        M, K, N = Ms[i % len(Ms)], Ks[(3 * i + 1) % len(Ks)], Ns[(5 * i + 2) % len(Ns)]
-        while M * K * N > 40e6 and M > 1:
-            M = Ms[Ms.index(M) - 1]
-        shapes.add((M, K, N))
-    shapes |= {(17, 384, 1152), (65, 384, 384), (33, 384, 1536), (15, 1536, 384),
-               (129, 5, 7), (1, 1537, 1537), (2, 1, 1), (3, 3, 17)}
-    return sorted(shapes)
-
-
-SHAPES = _covering_shapes()
+SHAPES = covering_shapes(Ms, Ks, Ns, 42, 40e6, [
+    (17, 384, 1152), (65, 384, 384), (33, 384, 1536), (15, 1536, 384), (129, 5, 7),
+    (1, 1537, 1537), (2, 1, 1), (3, 3, 17)])
 
 
 def level(isa):
-    if isa not in _kernels.usable_isas():
-        pytest.skip(f"int8 {isa}: this host/build can't run {isa} "
-                    f"(usable: {_kernels.usable_isas()}, built: {_kernels.built_isas()})")
-    return _kernels.Kernels(isa)
+    return kernel_cases.level(isa, "int8")
 
 
 @pytest.fixture(params=INT8_LEVELS)

@@ -180,16 +180,18 @@ def measure_inprocess(engine, scenario: str, texts: list) -> dict:
 def calibrate(model: str, threads: int, rounds: int) -> None:
     """tokens/s of one forward pass (Engine._embed_tokenized) by batch tokens, for short
     sentences and for 512-token texts: where it stops growing is the --max-batch-tokens
-    default."""
+    default. The short sentences' tokens per CPU-second (all threads) are printed too: on a
+    loaded machine they hold where wall times do not (spinning threads count as busy)."""
     import bge_engine
     from bge_engine.bench import text_of_tokens
 
     engine = bge_engine.Engine(model, threads=threads)
     short = engine._tokenize(sentences())
     long_ = engine._tokenize([text_of_tokens(512)] * 32)
-    print(f"| batch tokens | short sentences tokens/s | 512-token texts tokens/s |")
-    print("|---|---|---|")
-    for budget in (256, 512, 1024, 2048, 4096):
+    print(f"| batch tokens | short sentences tokens/s | 512-token texts tokens/s "
+          f"| short sentences tokens/CPU-s | load |")
+    print("|---|---|---|---|---|")
+    for budget in (64, 128, 256, 512, 1024, 2048, 4096):
         row = []
         for pool in (short, long_):
             batch, tokens = [], 0
@@ -199,14 +201,18 @@ def calibrate(model: str, threads: int, rounds: int) -> None:
                 batch.append(ids)
                 tokens += ids.shape[0]
             reps = max(2, 8192 // tokens)
-            rates = []
+            rates, cpu_rates = [], []
             for _ in range(rounds):
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 for _ in range(reps):
                     engine._embed_tokenized(batch, ["mean"] * len(batch))
                 rates.append(tokens * reps / (time.perf_counter() - start))
+                cpu_rates.append(tokens * reps / (time.process_time() - cpu))
             row.append(statistics.median(rates))
-        print(f"| {budget} | {row[0]:,.0f} | {row[1]:,.0f} |", flush=True)
+            if pool is short:
+                per_cpu = statistics.median(cpu_rates)
+        print(f"| {budget} | {row[0]:,.0f} | {row[1]:,.0f} | {per_cpu:,.0f} "
+              f"| {os.getloadavg()[0]:.1f} |", flush=True)
 
 
 def main() -> int:

@@ -232,6 +232,22 @@ def test_disconnect_drops_queued_texts(small_queue):
     assert requests.get(s.url + "/health").status_code == 200
 
 
+def test_disconnect_mid_body_is_499_and_computes_nothing(small_queue):
+    s = small_queue
+    texts_before = s.metric("bge_texts_total")
+    gone_before = s.metric("bge_requests_total", route="openai", status="499")
+    sock = socket.create_connection(("127.0.0.1", s.port))
+    sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Authorization: Bearer " + API_KEY.encode() + b"\r\n"
+                 b"Content-Length: 1000\r\n\r\n" + b'{"input": ["half a bo')
+    time.sleep(0.2)
+    sock.close()
+    assert _wait_for(lambda: s.metric("bge_requests_total", route="openai", status="499")
+                     == gone_before + 1)
+    assert s.metric("bge_texts_total") == texts_before
+    assert requests.get(s.url + "/health").status_code == 200
+
+
 def test_408_request_timeout(synthetic_path):
     s = Server(synthetic_path, ["--request-timeout", "1", "--max-batch-tokens", "512"])
     try:

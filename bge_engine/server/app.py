@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import routes
+from .asgi import Endpoint
 from .access import AccessLog
 from .auth import ApiKey
 from .errors import JSON, ApiError, error_body
@@ -75,13 +76,13 @@ def create_app(options: Optional[Options] = None, *, engine=None,
         finally:
             service.stop()
 
-    workers = ("POST",)
+    # the hot routes: raw ASGI endpoints (asgi.py)
+    openai, workers = Endpoint(routes.openai_embeddings), Endpoint(routes.workers_run)
     table = [
-        Route("/v1/embeddings", routes.openai_embeddings, methods=["POST"]),
-        Route("/embeddings", routes.openai_embeddings, methods=["POST"]),
-        Route("/client/v4/accounts/{account_id}/ai/run/{model:path}", routes.workers_run,
-              methods=workers),
-        Route("/ai/run/{model:path}", routes.workers_run, methods=workers),
+        Route("/v1/embeddings", openai, methods=["POST"]),
+        Route("/embeddings", openai, methods=["POST"]),
+        Route("/client/v4/accounts/{account_id}/ai/run/{model:path}", workers, methods=["POST"]),
+        Route("/ai/run/{model:path}", workers, methods=["POST"]),
         Route("/v1/models", routes.models, methods=["GET"]),
         Route("/health", routes.health, methods=["GET"]),
         Route("/info", routes.info, methods=["GET"]),

@@ -1,5 +1,8 @@
 """The route handlers: read and check the body on the event loop, tokenise, hand the texts to
-the batcher, wait for the rows (or the client leaving, or the timeout), shape the reply."""
+the batcher, wait for the rows (or the client leaving, or the timeout), shape the reply.
+
+The two embedding routes are raw ASGI handlers (`asgi.Call` in, the reply's bytes out; the
+app wraps them in `asgi.Endpoint`); the others are Starlette request handlers."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from starlette.responses import Response
 from .. import schema
 from ..errors import InputTooLong, InvalidInput
 from . import payloads
+from .asgi import Call, ClientGone
 from .batcher import Overloaded, Stopped
 from .errors import JSON, ApiError, error_body
 from .metrics import CONTENT_TYPE
@@ -29,21 +33,24 @@ INLINE_CHARS = 16384
 STARTED = int(time.time())
 
 
-class ClientGone(Exception):
-    """The client disconnected while its texts waited."""
+class _TimedOut(Exception):
+    """The request waited past --request-timeout (set on its job's future)."""
+
+
+def _timed_out(future: asyncio.Future) -> bool:
+    return (future.done() and not future.cancelled()
+            and isinstance(future.exception(), _TimedOut))
 
 
 def endpoint(handler):
-    """Turns ApiError into its envelope and a departed client into an empty 499 reply (the
-    status nginx logs for it; nobody reads it)."""
+    """Turns ApiError into its envelope (the routes other than the two embedding ones, which
+    are raw ASGI: asgi.Endpoint)."""
 
     async def run(request: Request) -> Response:
         try:
             return await handler(request)
         except ApiError as exc:
             return error_response(request.scope["path"], exc)
-        except ClientGone:
-            return Response(status_code=499)
 
     run.__name__ = handler.__name__
     run.__doc__ = handler.__doc__
@@ -59,8 +66,8 @@ def _json(data, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type=JSON)
 
 
-def _service(request: Request):
-    svc = request.app.state.service
+def _ready(svc):
+    """The service, or 503 while the model loads (or failed to)."""
     if not svc.ready:
         if svc.load_error is not None:
             raise ApiError(503, f"the model did not load: {svc.load_error}")
@@ -69,21 +76,10 @@ def _service(request: Request):
     return svc
 
 
-async def _read_json(request: Request, limit: int):
+async def _read_json(call: Call, limit: int):
     """The body parsed as JSON whatever its Content-Type (curl -d sends a form type), or
     413 past `limit` bytes, or 400."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise ApiError(413, f"body: {length} bytes, over the limit of {limit}; "
-                            "send fewer texts per request")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"body: over the limit of {limit} bytes; "
-                                "send fewer texts per request")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = await call.body(limit)
     if not body.strip():
         raise ApiError(400, "body: empty; send a JSON object", code="invalid_json")
     try:
@@ -105,7 +101,7 @@ async def _disconnect(receive) -> None:
         pass
 
 
-async def _embed(svc, request: Request, ids: list, poolings: Sequence[str]) -> np.ndarray:
+async def _embed(svc, call: Call, ids: list, poolings: Sequence[str]) -> np.ndarray:
     """The rows of pre-tokenised texts through the batcher; 429 when too many wait, 408
     past the timeout, ClientGone if the client leaves (its waiting texts are dropped)."""
     if not ids:
@@ -120,36 +116,42 @@ async def _embed(svc, request: Request, ids: list, poolings: Sequence[str]) -> n
                        headers={"Retry-After": str(exc.retry_after)}) from None
     except Stopped as exc:
         raise ApiError(503, str(exc)) from None
-    watch = asyncio.ensure_future(_disconnect(request.receive))
+    # The job's future is awaited alone; the client leaving and the timeout fail it with
+    # their own exception (cheaper on the hot path than asyncio.wait over two awaitables).
+    future = job.future
+    watch = asyncio.ensure_future(_disconnect(call.receive))
+    watch.add_done_callback(lambda w: future.done() or w.cancelled()
+                            or future.set_exception(ClientGone()))
+    timer = None
+    if timeout:
+        timer = asyncio.get_running_loop().call_later(
+            timeout, lambda: future.done() or future.set_exception(_TimedOut()))
     try:
-        await asyncio.wait((job.future, watch), timeout=timeout,
-                           return_when=asyncio.FIRST_COMPLETED)
+        return await future
+    except Stopped as exc:
+        raise ApiError(503, str(exc)) from None
+    except _TimedOut:
+        raise ApiError(408, f"waited over the request timeout of {timeout:g} s; "
+                            "send fewer texts per request, or retry later") from None
     finally:
         watch.cancel()
-        if not job.future.done():
-            # the client left, the timeout passed, or this task was cancelled
-            svc.batcher.cancel(job, "disconnect" if watch.done() else "timeout")
-    if job.future.done():
-        try:
-            return job.future.result()
-        except Stopped as exc:
-            raise ApiError(503, str(exc)) from None
-    if watch.done() and not watch.cancelled():
-        raise ClientGone()
-    raise ApiError(408, f"waited over the request timeout of {timeout:g} s; "
-                        "send fewer texts per request, or retry later")
+        if timer is not None:
+            timer.cancel()
+        if not future.done() or future.cancelled() or future.exception() is not None:
+            # the client left, the timeout passed, or this task was cancelled (a batch that
+            # failed or a stopping batcher has dropped the job already: a no-op)
+            svc.batcher.cancel(job, "timeout" if _timed_out(future) else "disconnect")
 
 
-@endpoint
-async def workers_run(request: Request) -> Response:
+async def workers_run(call: Call) -> bytes:
     """POST .../ai/run/{model}: the Workers AI payload; the reply in Cloudflare's envelope."""
-    svc = request.app.state.service
-    model = request.path_params["model"]
+    svc = call.service
+    model = call.path_params["model"]
     if model not in (WORKERS_MODEL, svc.options.served_name):
         raise ApiError(404, f"no model {schema.show(model)} here; this server runs "
                             f"{WORKERS_MODEL!r} (also as {svc.options.served_name!r})")
-    svc = _service(request)
-    payload = await _read_json(request, svc.options.payload_limit)
+    svc = _ready(svc)
+    payload = await _read_json(call, svc.options.payload_limit)
     try:
         requests, batched = schema.parse(payload)
     except InvalidInput as exc:
@@ -167,19 +169,18 @@ async def workers_run(request: Request) -> Response:
         all_ids += ids
         poolings += [pooling] * len(ids)
         counts.append((len(ids), pooling))
-    rows = await _embed(svc, request, all_ids, poolings)
+    rows = await _embed(svc, call, all_ids, poolings)
     parts, at = [], 0
     for n, pooling in counts:
         parts.append((rows[at:at + n], pooling))
         at += n
-    return Response(payloads.workers_reply(parts, batched), media_type=JSON)
+    return payloads.workers_reply(parts, batched)
 
 
-@endpoint
-async def openai_embeddings(request: Request) -> Response:
+async def openai_embeddings(call: Call) -> bytes:
     """POST /v1/embeddings: the OpenAI embeddings API."""
-    svc = _service(request)
-    body = await _read_json(request, svc.options.payload_limit)
+    svc = _ready(call.service)
+    body = await _read_json(call, svc.options.payload_limit)
     req = payloads.parse_openai(body, svc.engine.dim, svc.options.pooling)
     try:
         ids = await _tokenize(svc.engine, req.texts)
@@ -187,10 +188,10 @@ async def openai_embeddings(request: Request) -> Response:
         raise ApiError(400, f"input[{exc.index}]: {exc.n_tokens} tokens, over the model's "
                             f"limit of {exc.limit}; shorten or split it", code=exc.code,
                        param="input") from None
-    rows = await _embed(svc, request, ids, [req.pooling] * len(ids))
+    rows = await _embed(svc, call, ids, [req.pooling] * len(ids))
     tokens = sum(a.shape[0] for a in ids)
-    return Response(payloads.openai_reply(rows, req.model or svc.options.served_name,
-                                          req.base64, tokens), media_type=JSON)
+    return payloads.openai_reply(rows, req.model or svc.options.served_name, req.base64,
+                                 tokens)
 
 
 @endpoint
@@ -214,7 +215,7 @@ async def health(request: Request) -> Response:
 @endpoint
 async def info(request: Request) -> Response:
     """GET /info: the model, every limit, the version and the CPU's kernels."""
-    return _json(_service(request).info)
+    return _json(_ready(request.app.state.service).info)
 
 
 async def metrics(request: Request) -> Response:

@@ -62,8 +62,14 @@ STAGES = (
 
 # -- the server role --------------------------------------------------------------------
 
-def run_server(argv: list, stub: bool) -> None:
-    """Runs `bge-engine serve` with timers around each stage of the request path."""
+def run_server(argv: list, stub: bool, count_calls: bool = False) -> None:
+    """Runs `bge-engine serve` with timers around each stage of the request path; with
+    `count_calls`, also counts the Python function calls the event loop's thread makes
+    (cProfile: a count of work that the machine's load does not change)."""
+    import cProfile
+    import pstats
+
+    profiler = [None]
     from bge_engine.engine import Engine  # first: it sets the thread pools' environment
     import numpy as np
 
@@ -180,7 +186,20 @@ def run_server(argv: list, stub: bool) -> None:
             if scope["type"] != "http":
                 return await app(scope, receive, send)
             if scope["path"] == "/_stages":
-                body = json.dumps({"records": records, "batches": batches}).encode()
+                calls = top = None
+                if profiler[0] is not None:  # Python calls on the event loop's thread
+                    profiler[0].disable()
+                    st = pstats.Stats(profiler[0])
+                    calls = st.total_calls
+                    top = sorted(((v[1], f"{k[0].split('site-packages/')[-1]}:{k[1]}:{k[2]}")
+                                  for k, v in st.stats.items()), reverse=True)[:40]
+                    profiler[0] = None
+                if count_calls:
+                    profiler[0] = cProfile.Profile()
+                    profiler[0].enable()
+                body = json.dumps({"records": records, "batches": batches,
+                                   "loop_calls": calls,
+                                   "loop_top": top if calls else None}).encode()
                 records.clear()
                 batches.clear()
                 await send({"type": "http.response.start", "status": 200,
@@ -270,7 +289,8 @@ def measure(server, path: str, bodies: list, clients: int, method: str = "POST")
             "p99_ms": sorted(lat)[int(.99 * len(lat))] * 1e3,
             "server_cpu_ms": cpu / n * 1e3, "client_cpu_ms": mine / n * 1e3,
             "server_ctx": ctx / n, "cores_busy": (cpu + mine) / wall,
-            "load": load0, "stages": stages}
+            "load": load0, "stages": stages,
+            "loop_calls": stages["loop_calls"] / n if stages.get("loop_calls") else None}
 
 
 def stage_table(records: list) -> list:
@@ -323,9 +343,12 @@ def inprocess(engine, texts: list, n: int, pause: float = 0.0) -> dict:
 
 
 def main() -> int:
-    if sys.argv[1:2] == ["--server-role"]:  # the subprocess: [--stub] then serve's options
-        stub = sys.argv[2:3] == ["--stub"]
-        run_server(sys.argv[3 if stub else 2:], stub)
+    if sys.argv[1:2] == ["--server-role"]:  # the subprocess: [--stub] [--calls], serve's options
+        rest = sys.argv[2:]
+        flags = set()
+        while rest and rest[0] in ("--stub", "--calls"):
+            flags.add(rest.pop(0))
+        run_server(rest, "--stub" in flags, "--calls" in flags)
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None)
@@ -333,6 +356,8 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=400)
     p.add_argument("--serve-args", default="")
     p.add_argument("--scenarios", default="c1,stub,health,c16,inproc")
+    p.add_argument("--calls", action="store_true",
+                   help="count the event loop's Python calls per request (cProfile; slower)")
     p.add_argument("--json", default=None, metavar="FILE")
     args = p.parse_args()
 
@@ -350,6 +375,7 @@ def main() -> int:
     def start(stub: bool) -> Process:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--server-role"]
         cmd += ["--stub"] if stub else []
+        cmd += ["--calls"] if args.calls else []
         port = free_port()
         cmd += ["--model", model, "--threads", str(args.threads), "--port", str(port),
                 "--log-level", "warning", "--served-model-name", "bge"] + args.serve_args.split()
@@ -397,6 +423,8 @@ def main() -> int:
               f" ms, client {res['client_cpu_ms']:.3f} ms; server context switches "
               f"{res['server_ctx']:.1f}/request; cores busy {res['cores_busy']:.2f} "
               f"(load {res['load']:.2f})")
+        if res.get("loop_calls"):
+            print(f"Python calls on the event loop's thread per request: {res['loop_calls']:.0f}")
         recs = res["stages"]["records"]
         if name in ("c1", "stub") and recs:
             print("| stage | median us | mean us |\n|---|---|---|")

@@ -25,6 +25,9 @@ class AccessLog:
     def __init__(self, app, metrics):
         self.app = app
         self.metrics = metrics
+        # (family, status) -> its (requests counter, latency histogram) children: labels()
+        # checks and looks its arguments up on every call; a few families x statuses
+        self._children = {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -45,8 +48,13 @@ class AccessLog:
             seconds = time.perf_counter() - start
             path = scope["path"]
             family = route_family(path)
-            self.metrics.requests.labels(family, str(status)).inc()
-            self.metrics.latency.labels(family).observe(seconds)
+            children = self._children.get((family, status))
+            if children is None:
+                children = self._children[family, status] = (
+                    self.metrics.requests.labels(family, str(status)),
+                    self.metrics.latency.labels(family))
+            children[0].inc()
+            children[1].observe(seconds)
             if access_log.isEnabledFor(logging.INFO):
                 client = scope.get("client")
                 where = f"{client[0]}:{client[1]}" if client else "-"

@@ -513,7 +513,22 @@ double bge_bf16_dot_loop__ref(long iters);
  *     scheme for row i (xc + i*ldx elements) and column j of the panel, i < mr, j < nw
  *     (entries past nw may be written too; tile 64-byte aligned, mr x nr floats); when pf
  *     is not NULL it also prefetches the bytes [pf, pf + pf_bytes) into L2 on its way;
- *   epilogue: as bge_f32_gemm_impl's. */
+ *   epilogue: as bge_f32_gemm_impl's;
+ *   pass (optional; tile and epilogue are then unused): one panel for a run of rows, tiles
+ *     and epilogues whole (bge_bf16_pass), for a level that prepares each panel once for
+ *     all of the rows' tiles. */
+typedef struct bge_bf16_pass {
+    const void *xc;          /* the converted rows m0 .. m0 + rows - 1, ldx elements apart */
+    size_t ldx;
+    int Kp, rows, nw;        /* nw: the panel's columns n0 .. n0 + nw - 1 that exist       */
+    const void *panel;       /* the packed panel (Kp / 2 pair rows of nr words)            */
+    const void *next;        /* the panel this thread reads next (to prefetch), or NULL    */
+    const float *bias, *res; /* bias at n0; res at (m0, n0) or NULL (BGE_EPI_BIAS_RESIDUAL) */
+    float *out;              /* at (m0, n0); res and out rows ldo floats apart             */
+    size_t ldo;
+    int epilogue;
+} bge_bf16_pass;
+
 typedef struct bge_bf16_gemm_impl {
     int mr, nr, xelt;
     void (*convert)(const float *x, int K, void *xc);
@@ -521,6 +536,7 @@ typedef struct bge_bf16_gemm_impl {
                  float *tile, const char *pf, int pf_bytes);
     void (*epilogue)(const float *tile, int mr, int nw, const float *bias, const float *res,
                      float *out, size_t ldo, int epilogue);
+    void (*pass)(const bge_bf16_pass *pass);
 } bge_bf16_gemm_impl;
 
 /* Scratch bytes of the impl for M rows of K. */

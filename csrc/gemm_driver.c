@@ -267,8 +267,10 @@ int bge_qu8_quantize_run(bge_q8_quantize_row_fn row, const float *x, int M, int 
 
 /* ---------------------------------------------------------------------------------------
  * bf16: the driver every SIMD bf16 GEMM shares: convert x, then tiles as the fp32 driver runs
- * them (ref/gemm.c: row blocks that stay in L2, panel by panel, the next panel prefetched;
- * a run of panels per thread for few rows, rectangles of the grid for more)
+ * them (row blocks that stay in L2, panel by panel, the next panel prefetched; a run of
+ * panels per thread for few rows, rectangles of the grid for more, bands of rows for many,
+ * each band converting its own rows). A level with a `pass` runs each (row block, panel)
+ * itself.
  * ------------------------------------------------------------------------------------- */
 
 #define MC_BYTES (384 * 1024) /* converted x of one row block: half of a 1 MB L2 */
@@ -294,6 +296,18 @@ static void bf16_panel(const bf16_job *j, int tb, int te, int p, const char *nex
     float tile[BGE_F32_TILE_FLOATS] __attribute__((aligned(64)));
     const int n0 = p * NR, nw = j->N - n0 < NR ? j->N - n0 : NR;
     const char *panel = j->panels + (size_t)p * j->panel_bytes;
+    if (impl->pass) { /* the level runs the panel's rows itself */
+        const int m0 = tb * MR, m1 = te >= j->mt ? j->M : te * MR;
+        const size_t o = (size_t)m0 * j->N + n0;
+        const bge_bf16_pass ps = {
+            .xc = j->xc + (size_t)m0 * j->row_bytes, .ldx = (size_t)j->Kp, .Kp = j->Kp,
+            .rows = m1 - m0, .nw = nw, .panel = panel, .next = next, .bias = j->bias + n0,
+            .res = j->epilogue == BGE_EPI_BIAS_RESIDUAL ? j->res + o : NULL, .out = j->out + o,
+            .ldo = (size_t)j->N, .epilogue = j->epilogue,
+        };
+        impl->pass(&ps);
+        return;
+    }
     const size_t slice = j->panel_bytes / (size_t)(te - tb);
     const int prefetch = next && j->M >= 2 && slice <= (size_t)INT_MAX;
     for (int t = tb; t < te; t++) {
@@ -346,6 +360,24 @@ static int convert_row(void *ctx, int m, int thread) {
     return 0;
 }
 
+/* Many rows: band b of row tiles [b * bt, (b + 1) * bt), converted, then every panel
+ * over it (bge_run_each's item). */
+typedef struct bf16_bands {
+    const bf16_job *j;
+    const convert_rows *cv;
+    int bt, np;
+} bf16_bands;
+
+static int bf16_band(void *ctx, int b, int thread) {
+    const bf16_bands *bd = (const bf16_bands *)ctx;
+    const int MR = bd->j->impl->mr, t0 = b * bd->bt;
+    const int t1 = t0 + bd->bt < bd->j->mt ? t0 + bd->bt : bd->j->mt;
+    const int m1 = t1 >= bd->j->mt ? bd->j->M : t1 * MR;
+    for (int m = t0 * MR; m < m1; m++) convert_row((void *)bd->cv, m, thread);
+    bf16_rect((void *)bd->j, t0, t1, 0, bd->np);
+    return 0;
+}
+
 int bge_bf16_gemm_run(const bge_bf16_gemm_impl *impl, const float *x, int M, int K, int N,
                       const void *packed, const float *bias, const float *res, float *out,
                       int epilogue, void *scratch, size_t scratch_bytes, int nthreads) {
@@ -360,13 +392,23 @@ int bge_bf16_gemm_run(const bge_bf16_gemm_impl *impl, const float *x, int M, int
     char *xc = (char *)scratch;
     /* the conversion: rows are independent, so the bytes never depend on the threads; a
      * short x is converted on one thread (waking the others costs more than the work) */
-    const int ct = (long long)M * K >= 32768 ? nthreads : 1;
     convert_rows cv = {impl, x, xc, K, row_bytes};
-    bge_run_each(M, ct, 0, convert_row, &cv);
     const int mc = (int)(MC_BYTES / ((long long)row_bytes * MR));
     bf16_job j = {impl, x, bias, res, (const char *)packed + BGE_BF16_HEADER_BYTES, xc, out,
                   M, K, Kp, N, epilogue, mt, mc < 1 ? 1 : mc,
                   (size_t)Kp * NR * 2, row_bytes};
+    /* many rows: bands of rows taken dynamically, each converted by the thread that runs it
+     * (one parallel region, and no thread waits for the others' conversion); at least 4
+     * bands per thread, as bge_run_rectangles cuts rows first from 129 rows on */
+    if (nthreads > 1 && M >= 129) {
+        int bt = mt;
+        while ((mt + bt - 1) / bt < 4 * nthreads && bt > 1) bt = (bt + 1) / 2;
+        bf16_bands bd = {&j, &cv, bt, np};
+        bge_run_each((mt + bt - 1) / bt, nthreads, 1, bf16_band, &bd);
+        return BGE_OK;
+    }
+    const int ct = (long long)M * K >= 32768 ? nthreads : 1;
+    bge_run_each(M, ct, 0, convert_row, &cv);
     if (nthreads == 1) {
         bf16_rect(&j, 0, mt, 0, np);
         return BGE_OK;

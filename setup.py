@@ -50,11 +50,13 @@ ISA_FOLDERS = [
 ]
 # AArch64: -march names the architecture, never a core (-mcpu=native is never used). NEON is
 # part of every AArch64 CPU (armv8-a); dotprod came with Armv8.2 (Cortex-A55/A76, Neoverse
-# N1), i8mm with Armv8.6 (Neoverse V1 has it as an Armv8.4 option, hence +i8mm on 8.2).
+# N1), i8mm with Armv8.6 (Neoverse V1 has it as an Armv8.4 option, hence +i8mm on 8.2),
+# and so did BF16 (BFDOT, BFMMLA: the neonbf16 level; likewise an option on 8.2).
 ARM_FOLDERS = [
     ("neon", "csrc/arm/neon", ["-march=armv8-a"]),
     ("dotprod", "csrc/arm/dotprod", ["-march=armv8.2-a+dotprod"]),
     ("i8mm", "csrc/arm/i8mm", ["-march=armv8.2-a+dotprod+i8mm"]),
+    ("neonbf16", "csrc/arm/neonbf16", ["-march=armv8.2-a+bf16"]),
 ]
 # former level names BGE_SKIP_ISA still accepts
 ISA_ALIASES = {"vnni": "avx512vnni"}

@@ -51,8 +51,8 @@ typedef enum {
  * instructions, the OS saves its registers (x86: XCR0; Linux on AArch64: the HWCAP bits of
  * getauxval, set only for state the kernel saves) and the compiler built its folder. The
  * BGE_ISA environment variable (a level's name: ref|avx2|avxvnni|avx512|avx512vnni|
- * avx512bf16|amx|neon|dotprod|i8mm, or an old alias such as vnni) caps the level chosen
- * by bge_init().
+ * avx512bf16|amx|neon|dotprod|i8mm|neonbf16, or an old alias such as vnni) caps the level
+ * chosen by bge_init().
  *   avx2        AVX2 + FMA
  *   avxvnni     AVX2 + FMA + AVX-VNNI (ymm vpdpbusd)
  *   avx512      AVX-512 F, BW, DQ, VL
@@ -61,7 +61,9 @@ typedef enum {
  *   amx         AMX tiles, int8
  *   neon        AArch64 Advanced SIMD (every AArch64 CPU)
  *   dotprod     + FEAT_DotProd (sdot, udot; Armv8.2+: Cortex-A55/A76, Neoverse N1)
- *   i8mm        + FEAT_I8MM (usdot, sudot, usmmla; Neoverse V1/N2, Armv8.6+)         */
+ *   i8mm        + FEAT_I8MM (usdot, sudot, usmmla; Neoverse V1/N2, Armv8.6+)
+ *   neonbf16    + FEAT_BF16 (bfdot, bfmmla; Neoverse V1/N2, Apple M2, Armv8.6+): the bf16
+ *               GEMM on BFDOT, within a bound of the reference (the bf16 scheme below)   */
 typedef enum {
 #define BGE_LEVEL_ENUM_(id, name) BGE_ISA_##id,
     BGE_LEVELS(BGE_LEVEL_ENUM_)
@@ -247,7 +249,8 @@ typedef double (*bge_qu8s8_dot_loop_fn)(long iters);
  * bf16 GEMM: bfloat16 inputs, fp32 accumulation over the whole of K (no groups), the fp32
  * epilogues of the fp32 GEMM. The scheme, exactly (every level gives the same bits as the
  * reference, csrc/ref/bgemm.c, except GELU: SIMD levels use their vector GELU, within
- * 1.5e-7 |v| of the scalar one, as for fp32 and int8). docs/design/bf16.md tells why.
+ * 1.5e-7 |v| of the scalar one, as for fp32 and int8; and except ARM's neonbf16, within the
+ * bound stated below). docs/design/bf16.md tells why.
  *
  *   bf16(v), fp32 -> bfloat16 (the top 16 bits of an fp32), as vcvtneps2bf16 computes it
  *     (checked bit for bit on Zen 4 over 32 million values of every class):
@@ -274,6 +277,21 @@ typedef double (*bge_qu8s8_dot_loop_fn)(long iters);
  *     first or not flushing the middle step each disagree on such inputs.
  *   out[m, n] = epi(acc + bias[n]) with epi as for fp32 (identity, GELU, + res[m, n]).
  * Thread count, batch and tile never change the order above: bit-identical results.
+ * The ARM levels: neon, dotprod and i8mm run the emulation (arm/neon/bgemm.c: fmla, the
+ *   reference's bits, its flush after rounding kept exactly; FPCR.FZ flushes before
+ *   rounding, so a tile that FZ flushed is run again with explicit flushing). neonbf16
+ *   runs BFDOT, whose documented step differs (Arm ARM BFDotAdd, FPCR.EBF = 0): per pair,
+ *     acc = R(acc + R(xb[2g] wb[2g] + xb[2g+1] wb[2g+1])),
+ *   products exact (one below 2^-126 flushed), R rounding to odd and flushing below
+ *   2^-126: the pair summed first. So it is not the reference's bits; per output (m, n),
+ *   with A = sum_k |xb[m, k] wb[n, k]| (exact),
+ *     |acc_neonbf16 - acc_ref| <= 1.01 (2 Kp + 2) 2^-24 A + 4 Kp 2^-126
+ *   (the reference rounds each of Kp steps to nearest, <= 2^-24 relative; BFDOT rounds each
+ *   pair sum and each of Kp/2 accumulations to odd, < 2^-23 relative; the flushes lose
+ *   < 2^-126 per step, 3 Kp of them at most; 1.01 covers the higher-order terms for
+ *   Kp <= 16384). Then the epilogue's fp32 ops round once more. Still one instruction and
+ *   one pair order per element for every M, tile and thread count: batch and thread
+ *   invariance hold bit for bit on that level too (tests/test_kernels_bgemm.py).
  * The AMX level has no bf16 kernel: tdpbf16ps could not be run on the machines this was
  * built on, and no kernel is offered before it is checked against the reference on AMX.
  * ------------------------------------------------------------------------------------- */
@@ -310,8 +328,8 @@ typedef int (*bge_bf16_gemm_fn)(const float *x, int M, int K, int N, const void 
                                 int nthreads);
 
 /* The machine's bf16 dot-product peak, for benchmarks: `iters` rounds of independent chains
- * of the level's bf16 instruction (vdpbf16ps); returns the floating-point operations done
- * (2 per bf16 product). The caller times it. The emulating levels keep the reference's
+ * of the level's bf16 instruction (vdpbf16ps, BFDOT); returns the floating-point operations
+ * done (2 per bf16 product). The caller times it. The emulating levels keep the reference's
  * scalar loop: one FMA per product, their peak is f32_fma_loop's.                        */
 typedef double (*bge_bf16_dot_loop_fn)(long iters);
 

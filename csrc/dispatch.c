@@ -78,6 +78,9 @@ static void (*const overlays[BGE_ISA_COUNT])(bge_kernels *t) = {
 #ifdef BGE_BUILT_I8MM
     [BGE_ISA_I8MM] = bge_overlay_i8mm,
 #endif
+#ifdef BGE_BUILT_NEONBF16
+    [BGE_ISA_NEONBF16] = bge_overlay_neonbf16,
+#endif
 };
 
 static bge_cpu_features cpu;
@@ -170,6 +173,7 @@ static int cpu_runs(int isa) {
     case BGE_ISA_NEON: return f->asimd;
     case BGE_ISA_DOTPROD: return f->asimd && f->asimddp;
     case BGE_ISA_I8MM: return f->asimd && f->asimddp && f->i8mm;
+    case BGE_ISA_NEONBF16: return f->asimd && f->arm_bf16;
     default: return 0;
     }
 }

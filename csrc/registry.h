@@ -52,7 +52,8 @@
 
 /* X(ID, name): every ISA level, lowest first. x86 and ARM levels share the one ladder: on a
  * machine only its own architecture's levels are ever usable, so each usable level still
- * overlays the best usable level below it (ref -> neon -> dotprod -> i8mm on AArch64).
+ * overlays the best usable level below it (ref -> neon -> dotprod -> i8mm -> neonbf16 on
+ * AArch64; neonbf16 needs only FEAT_BF16 and takes whichever int8 level is there).
  * `name` is what BGE_ISA, Kernels(isa) and
  * cpu_info() say, the suffix of the level's kernels (bge_<op>__<name>) and of its overlay
  * (bge_overlay_<name>); BGE_ISA_<ID> is its bge_isa value. */
@@ -66,7 +67,8 @@
     X(AMX, amx)                \
     X(NEON, neon)              \
     X(DOTPROD, dotprod)        \
-    X(I8MM, i8mm)
+    X(I8MM, i8mm)              \
+    X(NEONBF16, neonbf16)
 
 /* X(feature): what dispatch.c reads from CPUID (and, os_*, from XCR0: whether the OS saves
  * the registers) into bge_cpu_features; cpu_info() reports them by these names.

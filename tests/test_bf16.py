@@ -16,7 +16,8 @@ from bge_engine.model import BertModel
 from bge_engine.weights import MATMULS, load_checkpoint
 
 MIN_COSINE = 0.9999
-LEVELS = ["ref", "avx2", "avx512", "avx512bf16"]  # avxvnni, vnni, amx: the bf16 GEMM below
+# avxvnni, vnni, amx: the bf16 GEMM of the level below; dotprod, i8mm: neon's
+LEVELS = ["ref", "avx2", "avx512", "avx512bf16", "neon", "neonbf16"]
 SHORT = ["a", "hello", "orange", "cloud", "the dog", "quick fox", "rain today", "Zürich",
          "東京", "🍊", "ok", "yes!", "no", "search", "vector index", "red car", "big data",
          "New York City", "machine learning model", "how are you", "open the door",
@@ -61,16 +62,30 @@ def test_goldens_at_the_bf16_bar(case, isa):
 
 
 @pytest.fixture(scope="module")
-def engines(minilm_path, synthetic_path):
-    """(fp32, bf16) engines of each checkpoint."""
-    return {name: (bge_engine.Engine(str(p)), bge_engine.Engine(str(p), dtype="bf16"))
-            for name, p in (("minilm", minilm_path), ("bge", synthetic_path))}
+def _engine_pairs():
+    pairs: dict = {}
+    yield pairs
+    pairs.clear()
+
+
+@pytest.fixture
+def engines(request, _engine_pairs):
+    """engines(name): the (fp32, bf16) engines of checkpoint "minilm" or "bge", made once per
+    module when first asked for (the synthetic checkpoint is written only then: minutes under
+    qemu, where .ci/aarch64 runs the MiniLM ones alone)."""
+    def get(name):
+        if name not in _engine_pairs:
+            fixture = {"minilm": "minilm_path", "bge": "synthetic_path"}[name]
+            p = str(request.getfixturevalue(fixture))
+            _engine_pairs[name] = (bge_engine.Engine(p), bge_engine.Engine(p, dtype="bf16"))
+        return _engine_pairs[name]
+    return get
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
 @pytest.mark.parametrize("name", ["minilm", "bge"])
 def test_short_and_golden_texts_against_our_fp32(engines, golden_minilm, name, pooling):
-    fp32, bf16 = engines[name]
+    fp32, bf16 = engines(name)
     texts = SHORT + [str(t) for t in golden_minilm["texts"]]
     cos = cosines(bf16.encode(texts, pooling=pooling), fp32.encode(texts, pooling=pooling))
     worst = int(np.argmin(cos))
@@ -79,7 +94,7 @@ def test_short_and_golden_texts_against_our_fp32(engines, golden_minilm, name, p
 
 
 def test_weights_are_packed_once_in_half_the_bytes(engines):
-    fp32, bf16 = engines["minilm"]
+    fp32, bf16 = engines("minilm")
     for layer in bf16._model.layers:
         for name in MATMULS:
             assert getattr(layer, name).w.dtype == "bf16"
@@ -93,6 +108,10 @@ def test_cpu_info_names_the_bf16_kernel():
     isa = _kernels.Kernels().isa
     if "avx512bf16" in _kernels.usable_isas() and isa in ("avx512bf16", "amx"):
         assert kernels["bf16_gemm"] == "bge_bf16_gemm_8x48__avx512bf16"
+    if isa == "neonbf16":  # AArch64 with FEAT_BF16: BFDOT
+        assert kernels["bf16_gemm"] == "bge_bf16_gemm_8x8__neonbf16"
+    elif isa in ("neon", "dotprod", "i8mm"):  # other AArch64: the NEON emulation
+        assert kernels["bf16_gemm"] == "bge_bf16_gemm_8x8__neon"
 
 
 def test_dtype_is_validated(minilm_path):

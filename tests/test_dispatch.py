@@ -81,7 +81,8 @@ def run_with_isa(value):
 
 
 @pytest.mark.parametrize("level", ["ref", "avx2", "avxvnni", "avx512", "avx512vnni",
-                                   "avx512bf16", "amx", "neon", "dotprod", "i8mm"])
+                                   "avx512bf16", "amx", "neon", "dotprod", "i8mm",
+                                   "neonbf16"])
 def test_bge_isa_caps_the_level(level):
     info, _ = run_with_isa(level)
     names = _kernels.isa_names()

@@ -18,7 +18,7 @@ from synthetic import synthetic_digest
 MIN_COSINE = 0.99999
 MAX_ABS = 1e-4
 LEVELS = ["ref", "avx2", "avxvnni", "avx512", "avx512vnni", "avx512bf16", "amx", "neon",
-          "dotprod", "i8mm"]
+          "dotprod", "i8mm", "neonbf16"]
 
 
 def check_rows(got: np.ndarray, want: np.ndarray, what: str) -> None:

@@ -5,11 +5,15 @@ exact rational model of the scheme, every SIMD level against the reference bit f
   - the reference (csrc/ref/bgemm.c) against the scheme computed with exact fractions (each
     step's sum rounded once to nearest even, then flushed), on small shapes of adversarial
     values: ties, cancellation, products and sums in the denormal range;
-  - each SIMD level (avx2 and avx512 emulate; avx512bf16 is vdpbf16ps) against the
-    reference on the odd shapes of DESIGN.md section 5, outputs pre-filled with a
+  - each SIMD level (avx2, avx512 and ARM's neon emulate; avx512bf16 is vdpbf16ps) against
+    the reference on the odd shapes of DESIGN.md section 5, outputs pre-filled with a
     sentinel and a guard after them: the bias and residual epilogues equal bit for bit,
     GELU within the vector GELU's bound; the same on adversarial data (tiny values, so
-    that sums flush to zero, and mixed scales), where the emulations rely on MXCSR.FTZ;
+    that sums flush to zero, and mixed scales), where the emulations rely on MXCSR.FTZ
+    (neon: FPCR.FZ, checked by FPSR.UFC); a sum that rounds up to FLT_MIN is kept;
+  - ARM's neonbf16 (BFDOT: the pair summed first, rounded to odd) within the bound of
+    bge.h derived from K, on the same shapes and data, and the documented BFDOT step on
+    inputs where it differs from the reference;
   - the packed layout of bge_internal.h, byte for byte;
   - batch and thread invariance bit for bit; res aliasing out; bad arguments.
 A level the host can't run is skipped, never passed silently.
@@ -26,7 +30,8 @@ import pytest
 from bge_engine import _kernels
 from kernel_cases import covering_shapes, level
 
-SIMD = ("avx2", "avx512", "avx512bf16")
+SIMD = ("avx2", "avx512", "avx512bf16", "neon")  # the reference's bits
+BOUNDED = ("neonbf16",)  # within bge.h's bound of the reference (BFDOT's own rounding)
 REF = _kernels.Kernels("ref")
 SENTINEL = np.float32(-7.25e30)
 GUARD = 67
@@ -44,6 +49,19 @@ SHAPES = covering_shapes(Ms, Ks, Ns, 48, 25e6, [
 
 @pytest.fixture(params=SIMD)
 def kern(request):
+    """A level that gives the reference's bits."""
+    return level(request.param, "bgemm")
+
+
+@pytest.fixture(params=BOUNDED)
+def bkern(request):
+    """A level within bge.h's bound of the reference."""
+    return level(request.param, "bgemm")
+
+
+@pytest.fixture(params=SIMD + BOUNDED)
+def anykern(request):
+    """Every SIMD level: for what holds on all of them (invariance, aliasing, names)."""
     return level(request.param, "bgemm")
 
 
@@ -269,9 +287,28 @@ def test_bgemm_against_ref_adversarial(kern, M, K, N, kind):
     check_against_ref(kern, x, w, b, res, (kind, M, K, N))
 
 
+def test_flush_comes_after_rounding(anykern):
+    """acc = FLT_MIN, then a product of -2^-151: the exact sum is below 2^-126 but rounds to
+    FLT_MIN, which the scheme keeps (ftz after rounding, as x86's FTZ and vdpbf16ps). An
+    AArch64 FPCR.FZ flush (before rounding) would give 0: the neon level must notice it
+    (FPSR.UFC) and redo the tile. BFDOT flushes the tiny product itself: FLT_MIN too."""
+    ref = REF
+    x = np.array([[0.0, 2.0**-63, 0.0, 2.0**-75]], np.float32)
+    w = np.array([[0.0, 2.0**-63, 0.0, -2.0**-76]] * 9, np.float32)  # 9 columns: 2 panels
+    zero = np.zeros(9, np.float32)
+    want = np.empty((1, 9), np.float32)
+    ref.bgemm(x, ref.bpack(w), zero, want)
+    assert np.all(want == np.float32(2.0**-126)), want
+    for rows in (1, 8, 11):  # the tile with mr = 1, a full tile, a full and a partial one
+        xs = np.repeat(x, rows, axis=0)
+        got = np.empty((rows, 9), np.float32)
+        anykern.bgemm(xs, anykern.bpack(w), zero, got)
+        np.testing.assert_array_equal(bits(got), bits(np.repeat(want, rows, axis=0)))
+
+
 def test_level_leaves_mxcsr_alone(kern):
-    """The emulating levels set MXCSR.FTZ for their k loop only: fp32 work after a bgemm
-    on the same thread still keeps denormals."""
+    """The emulating levels set MXCSR.FTZ (neon: FPCR.FZ) for their k loop only: fp32 work
+    after a bgemm on the same thread still keeps denormals."""
     x, w, b, _ = data(4, 16, 8, seed=2)
     kern.bgemm(x, kern.bpack(w), b, np.empty((4, 8), np.float32))
     tiny = np.array([float.fromhex("0x1p-140")], np.float32)
@@ -279,10 +316,98 @@ def test_level_leaves_mxcsr_alone(kern):
 
 
 # ---------------------------------------------------------------------------------------
+# neonbf16 (BFDOT) within the bound of bge.h
+# ---------------------------------------------------------------------------------------
+
+def bf16_values(a):
+    return (_kernels.bf16_bits(a).astype(np.uint32) << 16).view(np.float32)
+
+
+def bfdot_bound(x, w):
+    """bge.h's bound on |acc_neonbf16 - acc_ref| per output (M, N), float64:
+    1.01 (2 Kp + 2) 2^-24 sum_k |xb wb| + 4 Kp 2^-126."""
+    K = x.shape[1]
+    Kp = K + K % 2
+    A = np.abs(bf16_values(x).astype(np.float64)) @ np.abs(bf16_values(w).astype(np.float64)).T
+    return 1.01 * (2 * Kp + 2) * 2.0**-24 * A + 4 * Kp * 2.0**-126
+
+
+def check_within_bound(kern, x, w, b, res, key):
+    """acc through every epilogue against the reference's: the bound on acc, then the
+    epilogue's own roundings (one fp32 add: 2^-23 of the magnitude; residual: two; GELU:
+    its slope <= 1.13 and the vector GELU's 1.5e-7 |v|, as for the exact levels)."""
+    M, N = x.shape[0], w.shape[0]
+    packed = kern.bpack(w)
+    bound = bfdot_bound(x, w)
+    zero = np.zeros(N, np.float32)
+    acc = run(kern, x, packed, zero, "bias", None)  # acc + 0: acc itself
+    acc_ref = np.empty((M, N), np.float32)
+    REF.bgemm(x, REF.bpack(w), zero, acc_ref)
+    err = np.abs(acc.astype(np.float64) - acc_ref)
+    worst = np.unravel_index(np.argmax(err - bound), err.shape)
+    assert np.all(err <= bound), \
+        f"{kern.isa} {key}: acc off by {err[worst]:.3g} at {worst}, bound {bound[worst]:.3g}"
+    want = ref_bias(x, w, b, key)
+    for epilogue in EPILOGUES:
+        r = res if epilogue == "residual" else None
+        buf, out = guarded((M, N))
+        kern.bgemm(x, packed, b, out, epilogue, res=r, threads=1)
+        assert np.all(bits(buf[M * N:]) == bits(SENTINEL)), f"{kern.isa} wrote past out"
+        o, wb = out.astype(np.float64), want.astype(np.float64)
+        if epilogue == "bias":
+            tol = 1.01 * bound + 2.0**-22 * np.maximum(np.abs(o), np.abs(wb))
+            diff = np.abs(o - wb)
+        elif epilogue == "residual":
+            want_r = (want + res).astype(np.float64)
+            tol = 1.01 * bound + 2.0**-21 * (np.abs(wb) + np.abs(res) + np.abs(o))
+            diff = np.abs(o - want_r)
+        else:
+            tol = 1.2 * (bound + 2.0**-22 * np.abs(wb)) + 3e-7 * np.abs(wb) + 1e-37
+            diff = np.abs(o - gelu64(want))
+        assert np.all(diff <= tol), f"{kern.isa} {epilogue} {key}: {diff.max():.3g}"
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES)
+def test_bfdot_within_bound(bkern, M, K, N):
+    x, w, b, res = data(M, K, N, seed=M * 1_000_003 + K * 1009 + N)
+    check_within_bound(bkern, x, w, b, res, ("normal", M, K, N))
+
+
+@pytest.mark.parametrize("kind", ["tiny", "mixed"])
+@pytest.mark.parametrize("M,K,N", [(9, 385, 49), (17, 64, 97), (3, 1537, 17), (33, 7, 385)])
+def test_bfdot_within_bound_adversarial(bkern, M, K, N, kind):
+    x, w, b, res = data(M, K, N, seed=7 * M + K + N, kind=kind)
+    check_within_bound(bkern, x, w, b, res, (kind, M, K, N))
+
+
+def test_bfdot_is_the_documented_step(bkern):
+    """The Arm ARM's BFDotAdd (FPCR.EBF = 0): the pair's products summed first, that sum
+    added to acc, each rounded to odd. Where the reference (the odd k, then the even k, each
+    rounded to nearest even) gives other bits, this level gives BFDOT's: so it does run the
+    instruction, as documented."""
+    one, h = 1.0, 2.0**-24
+    zero = np.zeros(1, np.float32)
+    out, ref = np.empty((1, 1), np.float32), np.empty((1, 1), np.float32)
+    cases = [
+        # pair 1 = 2^-24 + 2^-24 = 2^-23 exactly, 1 + 2^-23 exact; the reference's two
+        # steps are ties to even: 1
+        ([one, 0.0, h, h], [one, 0.0, one, one], 1.0 + 2.0**-23, 1.0),
+        # 1 + 2^-24 (a tie): to odd 1 + 2^-23, to nearest even 1
+        ([one, 0.0, h, 0.0], [one, 0.0, one, 0.0], 1.0 + 2.0**-23, 1.0),
+    ]
+    for xv, wv, want, want_ref in cases:
+        x, w = np.array([xv], np.float32), np.array([wv], np.float32)
+        bkern.bgemm(x, bkern.bpack(w), zero, out)
+        REF.bgemm(x, REF.bpack(w), zero, ref)
+        assert ref[0, 0] == np.float32(want_ref)
+        assert out[0, 0] == np.float32(want), (xv, float(out[0, 0]))
+
+
+# ---------------------------------------------------------------------------------------
 # The packed layout
 # ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("isa", ("ref",) + SIMD)
+@pytest.mark.parametrize("isa", ("ref",) + SIMD + BOUNDED)
 @pytest.mark.parametrize("K,N", [(1, 1), (7, 17), (9, 23), (384, 385), (383, 24), (5, 97)])
 def test_packed_layout(isa, K, N):
     """64-byte header (magic "BGB2", nr, K, N, Kp, Np), then bf16(w[n, k]) at word
@@ -310,7 +435,8 @@ def test_packed_layout(isa, K, N):
 
 @pytest.mark.parametrize("K,N,epilogue", [(384, 1152, "bias"), (384, 1536, "gelu"),
                                           (1536, 384, "residual"), (385, 97, "gelu")])
-def test_batch_invariance(kern, K, N, epilogue):
+def test_batch_invariance(anykern, K, N, epilogue):
+    kern = anykern
     M = 45
     x, w, b, res = data(M, K, N, seed=K + N)
     if epilogue != "residual":
@@ -332,8 +458,9 @@ def test_batch_invariance(kern, K, N, epilogue):
 
 @pytest.mark.parametrize("M,K,N", [(1, 384, 1537), (16, 384, 385), (100, 1536, 1152),
                                    (129, 385, 1152), (513, 17, 1537)])
-def test_threads_bit_identical(kern, M, K, N):
+def test_threads_bit_identical(anykern, M, K, N):
     """Few rows (a run of panels per thread) and many (rectangles), 2, 3 and 7 threads."""
+    kern = anykern
     x, w, b, res = data(M, K, N, seed=M + N)
     packed = kern.bpack(w)
     one = run(kern, x, packed, b, "residual", res)
@@ -352,7 +479,8 @@ def test_reference_threads_bit_identical():
 
 
 @pytest.mark.parametrize("M,K,N", [(1, 9, 300), (17, 384, 385)])
-def test_residual_may_alias_out(kern, M, K, N):
+def test_residual_may_alias_out(anykern, M, K, N):
+    kern = anykern
     x, w, b, res = data(M, K, N, seed=3 * M + N)
     packed = kern.bpack(w)
     want = run(kern, x, packed, b, "residual", res)
@@ -362,7 +490,7 @@ def test_residual_may_alias_out(kern, M, K, N):
         assert np.array_equal(bits(out), bits(want))
 
 
-@pytest.mark.parametrize("isa", ("ref",) + SIMD)
+@pytest.mark.parametrize("isa", ("ref",) + SIMD + BOUNDED)
 def test_bad_arguments(isa):
     if isa not in _kernels.usable_isas():
         pytest.skip(f"bgemm {isa}: host lacks {isa}")
@@ -409,7 +537,8 @@ def test_bad_arguments(isa):
     assert np.all(buf[at + n:] == 0xAB)
 
 
-def test_names_and_dot_loop(kern):
+def test_names_and_dot_loop(anykern):
+    kern = anykern
     name = kern.names["bf16_gemm"]
     assert name.startswith("bge_bf16_gemm_") and name.endswith("__" + kern.isa)
     f1, f2 = kern.bf16_dot_loop(1000), kern.bf16_dot_loop(2000)

@@ -45,7 +45,8 @@ same-NN isotropic random errors of a given size cost:
     python bench/int8_scheme_study.py --model minilm --configs "all-int8 (base scheme)"
 
 The evaluation texts are bench/sentences.txt (256) plus `long_texts()` (50 longer varied
-texts); calibration (smoothing, GPTQ) uses `calibration_texts()`, disjoint from them.
+texts) plus SHORT_TEXTS (60 of one to three words, also a column of their own); calibration
+(smoothing, GPTQ, outlier channels) uses `calibration_texts()`, disjoint from them.
 `bench/quality.py` imports `SimulatedInt8Engine`, `compare` and the texts from here.
 Findings (numbers in the table it prints): no int8 configuration keeps the same nearest
 neighbour for 99 % of texts on either checkpoint (that needs 1 - cos ~ 1e-5 and below: bf16
@@ -172,6 +173,21 @@ CALIBRATION_TEXTS = [
     "Our return policy allows exchanges within 30 days of purchase with the original receipt; "
     "items marked final sale cannot be returned or exchanged.",
 ]
+
+
+# Texts of one to three words: a handful of tokens each, where the [CLS] and [SEP] rows make
+# up most of a mean pooling (int8 falls to min cosine 0.998 there: docs/design/int8.md).
+SHORT_TEXTS = ["a", "hello", "orange", "cloud", "thanks", "yes", "no", "ok", "why", "search",
+               "Zürich", "東京", "🍊", "café", "3.14", "I", "rain", "music", "python", "bank",
+               "the dog", "quick fox", "rain today", "red car", "big data", "error 404",
+               "good night", "new phone", "hot coffee", "open source", "vector index",
+               "blue sky", "fast train", "my cat", "sell stock", "play chess", "hi there",
+               "deep sea", "cold war", "ice cream", "New York City", "machine learning model",
+               "how are you", "open the door", "good morning everyone", "the lazy dog",
+               "state of the art", "last train home", "is it raining", "buy cheap flights",
+               "best pizza nearby", "reset my password", "climate change effects",
+               "what is love", "turn left here", "happy new year", "low fat milk",
+               "credit card fraud", "solar panel cost", "learn to swim"]
 
 
 def calibration_texts(n: int = 256) -> List[str]:
@@ -389,6 +405,14 @@ class Config:
     costs nothing at run time. whole: matmuls that take neither group (activations per
     token, weights per output channel) while the others take `group` and `wgroup`: which
     matmuls need the groups (a kernel could flush its sums once per row there).
+    sinks: how the first and last row of each text ([CLS] and [SEP], BERT's attention sinks)
+    run in the int8 matmuls of sink_matmuls: "" as every row; "two digits" the engine's
+    scheme (csrc/bge.h, "int8 Linear": the input as a u8 digit plus a u8 digit of what the
+    first leaves out, against the same int8 weights); "fp32" or "bf16" those rows' products
+    in fp32, or with bf16 operands (both would need a second copy of the weights).
+    outliers: LLM.int8()-style decomposition in outlier_matmuls: the `outliers` input
+    channels of largest calibration range (per layer and matmul) are taken out of the int8
+    product and multiplied in fp32 for every row (needs calibrate() first).
     """
 
     name: str
@@ -403,6 +427,10 @@ class Config:
     gptq: bool = False
     quant_w: object = True
     quant_x: object = True
+    sinks: str = ""
+    sink_matmuls: Tuple[str, ...] = MATMULS
+    outliers: int = 0
+    outlier_matmuls: Tuple[str, ...] = MATMULS
 
     def is_int8(self, matmul: str, layer: int) -> bool:
         if matmul not in self.int8:
@@ -455,6 +483,14 @@ def study_configs() -> List[Config]:
         Config("(b)+(c) smooth all + x+w groups 64", smooth=M, group=64, wgroup=64),
         Config("GPTQ weights", gptq=True),
         Config("GPTQ + x+w groups 64", gptq=True, group=64, wgroup=64),
+        Config("(c) x+w groups 64 + sinks fp32", group=64, wgroup=64, sinks="fp32"),
+        Config("(c) x+w groups 64 + sinks bf16", group=64, wgroup=64, sinks="bf16"),
+        Config("(c) x+w groups 64 + sinks in two digits", group=64, wgroup=64,
+               sinks="two digits"),
+        Config("(c) x+w groups 64 + 4 outlier channels fp32", group=64, wgroup=64,
+               outliers=4),
+        Config("(c) x+w groups 64 + 4 outlier channels fp32 in qkv+up", group=64,
+               wgroup=64, outliers=4, outlier_matmuls=("qkv", "up")),
         Config("yardstick: bf16 weights+activations", quant_w="bf16", quant_x="bf16"),
         Config("yardstick: fp16 weights only", quant_w="fp16", quant_x=False),
     ]
@@ -586,6 +622,40 @@ class SimModel:
         return self._qcache[key]
 
     def _linear(self, cfg: Config, i: int, m: str, x: np.ndarray) -> np.ndarray:
+        if cfg.outliers and m in cfg.outlier_matmuls and cfg.is_int8(m, i):
+            if self.smooth_stats is None:
+                raise RuntimeError("outliers need calibrate() first")
+            lo, hi = self.smooth_stats[i][m]
+            idx = np.argsort(-np.maximum(-lo, hi), kind="stable")[:cfg.outliers]
+            rest = x.copy()
+            rest[:, idx] = 0
+            w = self.layers[i][m][0]
+            y = self._linear_rows(cfg, i, m, rest) + x[:, idx] @ w[:, idx].T
+        else:
+            y = self._linear_rows(cfg, i, m, x)
+        rows = getattr(self, "_sink_rows", None)
+        if not cfg.sinks or m not in cfg.sink_matmuls or not cfg.is_int8(m, i) or rows is None:
+            return y
+        w, b = self.layers[i][m]
+        xs = x[rows]
+        if cfg.sinks == "fp32":
+            ys = xs @ w.T + b
+        elif cfg.sinks == "bf16":
+            ys = round_float(xs, "bf16") @ round_float(w, "bf16").T + b
+        elif cfg.sinks == "two digits":
+            _w, qw, sw, inv_s, c, b = self._weights(cfg, i, m)
+            if c is not None or inv_s is not None or cfg.quant_w is not True:
+                raise ValueError("two-digit sinks are simulated on the plain scheme only")
+            group = 0 if m in cfg.whole else cfg.group
+            lo = xs - fake_quantize_activation(xs, group)
+            ys = int8_matmul(xs, qw, sw, group) + b + int8_matmul(lo, qw, sw, group)
+        else:
+            raise ValueError(f"sinks: unknown mode {cfg.sinks!r}")
+        y = np.array(y, dtype=np.float32)
+        y[rows] = ys
+        return y
+
+    def _linear_rows(self, cfg: Config, i: int, m: str, x: np.ndarray) -> np.ndarray:
         if not cfg.is_int8(m, i):
             w, b = self.layers[i][m]
             return x @ w.T + b
@@ -614,6 +684,8 @@ class SimModel:
         positions = np.concatenate([np.arange(offsets[j + 1] - offsets[j])
                                     for j in range(len(offsets) - 1)])
         h = _layernorm(word.rows(ids) + typ[0] + pos[positions], g, b, c.eps)
+        # each text's first and last row: [CLS] and [SEP] (cfg.sinks)
+        self._sink_rows = np.unique(np.concatenate([offsets[:-1], offsets[1:] - 1]))
         d = c.head_dim
         scale = np.float32(1.0 / math.sqrt(d))
         for i, L in enumerate(self.layers):
@@ -724,7 +796,8 @@ def run_study(which: str, configs: List[Config], threads: int, out_json: Optiona
               noise: bool = True) -> list:
     import bge_engine
 
-    texts = eval_texts()
+    texts = eval_texts() + SHORT_TEXTS
+    short = slice(len(texts) - len(SHORT_TEXTS), len(texts))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, folder in model_folders(which, Path(tmp)):
@@ -733,21 +806,24 @@ def run_study(which: str, configs: List[Config], threads: int, out_json: Optiona
             model = SimModel(folder)
             t = time.time()
             model.calibrate(calibration_texts())
-            print(f"\n## {name} ({engine.pooling} pooling, {len(texts)} texts)", flush=True)
-            print("| configuration | min cos | mean cos | same NN % | same NN, clear % | "
-                  "same NN, centred % | fp32 FLOPs | est. GEMM time |")
-            print("|---|---|---|---|---|---|---|---|")
+            print(f"\n## {name} ({engine.pooling} pooling, {len(texts)} texts, "
+                  f"{len(SHORT_TEXTS)} of one to three words)", flush=True)
+            print("| configuration | min cos | min cos, 1-3 words | mean cos | same NN % | "
+                  "same NN, clear % | same NN, centred % | fp32 FLOPs | est. GEMM time |")
+            print("|---|---|---|---|---|---|---|---|---|")
             for cfg in configs:
                 t = time.time()
                 emb = model.encode(texts, cfg)
                 m = compare(ref, emb)
+                m["short_min_cos"] = compare(ref[short], emb[short])["min_cos"]
                 dims = (model.cfg.layers, model.cfg.hidden, model.cfg.intermediate)
                 share = cfg.fp32_flop_share(*dims)
                 est = est_gemm_time(cfg, *dims)
                 row = dict(model=name, config=cfg.name, fp32_flop_share=share,
                            est_gemm_time=est, seconds=time.time() - t, **m)
                 rows.append(row)
-                print(f"| {cfg.name} | {m['min_cos']:.6f} | {m['mean_cos']:.6f} | "
+                print(f"| {cfg.name} | {m['min_cos']:.6f} | {m['short_min_cos']:.6f} | "
+                      f"{m['mean_cos']:.6f} | "
                       f"{100 * m['same_nn']:.1f} | {100 * m['same_nn_clear']:.1f} "
                       f"(of {m['n_clear']}) | {100 * m['same_nn_centred']:.1f} | "
                       f"{100 * share:.0f} % | {est:.2f} |", flush=True)

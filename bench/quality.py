@@ -52,18 +52,9 @@ TARGET_MIN_COS = 0.999
 TARGET_MIN_COS_BF16 = 0.9999
 TARGET_SAME_NN = 0.99
 BATCH = 32
-# Texts of one to three words: a handful of tokens each, where the [CLS] and [SEP] rows make
-# up most of a mean pooling (the int8 issue: min cosine ~0.998 there with mean pooling).
-SHORT = ["a", "hello", "orange", "cloud", "thanks", "yes", "no", "ok", "why", "search",
-         "Zürich", "東京", "🍊", "café", "3.14", "I", "rain", "music", "python", "bank",
-         "the dog", "quick fox", "rain today", "red car", "big data", "error 404", "good night",
-         "new phone", "hot coffee", "open source", "vector index", "blue sky", "fast train",
-         "my cat", "sell stock", "play chess", "hi there", "deep sea", "cold war", "ice cream",
-         "New York City", "machine learning model", "how are you", "open the door",
-         "good morning everyone", "the lazy dog", "state of the art", "last train home",
-         "is it raining", "buy cheap flights", "best pizza nearby", "reset my password",
-         "climate change effects", "what is love", "turn left here", "happy new year",
-         "low fat milk", "credit card fraud", "solar panel cost", "learn to swim"]
+# Texts of one to three words (bench/int8_scheme_study.py): a handful of tokens each, where
+# the [CLS] and [SEP] rows make up most of a mean pooling.
+SHORT = study.SHORT_TEXTS
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -104,3 +104,23 @@ def test_study_model_runs_the_checkpoint(minilm, minilm_path):
     q = sim.encode(texts, study.Config("x+w groups 64", group=64, wgroup=64), None)
     assert np.min(np.sum(ref * fp, axis=1)) > 0.99999
     assert 0.99 < np.min(np.sum(ref * q, axis=1)) < 1.0
+
+
+def test_study_sink_rows_and_outliers_lift_short_texts(minilm, minilm_path):
+    # the study's remedies for texts of one to three words (docs/design/int8.md): the
+    # [CLS] and [SEP] rows in fp32 lift the simulated int8 on "ok" and "thanks"
+    texts = ["ok", "thanks"]
+    sim = study.SimModel(minilm_path)
+    sim.calibrate(study.CALIBRATION_TEXTS[:8])
+    ref = minilm.encode(texts, pooling="mean")
+    base = dict(group=64, wgroup=64)
+
+    def cos(cfg):
+        return np.min(np.sum(ref * sim.encode(texts, cfg, "mean"), axis=1))
+
+    plain = cos(study.Config("x+w groups 64", **base))
+    sinks = cos(study.Config("sinks fp32", sinks="fp32", **base))
+    two = cos(study.Config("sinks in two digits", sinks="two digits", **base))
+    outliers = cos(study.Config("4 outliers", outliers=4, **base))
+    assert plain < 0.999 <= sinks, (plain, sinks)
+    assert plain < two < sinks and plain < outliers < 1.0, (plain, two, sinks, outliers)

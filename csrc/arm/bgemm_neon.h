@@ -14,7 +14,7 @@
 #include <arm_neon.h>
 
 #include "../bge_internal.h"
-#include "neon/vmath.h" /* bge_neon_gelu_ps */
+#include "neon/epilogue.h" /* bge_neon_epilogue_tile */
 
 #define BGE_ARM_BF16_NR 8      /* columns per panel: 2 q registers of 4            */
 #define BGE_ARM_BF16_MR 8      /* rows per tile                                    */
@@ -68,43 +68,11 @@ static inline void bge_neon_bf16_convert_bits(const float *x, int K, void *xc) {
     if (K & 1) o[K] = 0;
 }
 
-/* out[i, n] = epi(tile[i][n] + bias[n]) for i < mr, n < nw (nw <= 8): the one code path of
- * every tile, so every element gets the same ops (the vector GELU on every lane, full or
- * tail). tile (8, 8) floats; bias (nw) the panel's bias; res, out rows of stride ldo (res may
- * equal out: each vector of res is read before the same vector of out is written). A partial
- * vector (nw % 4 lanes) is read and written lane by lane: no byte past column nw. */
+/* The 8 x 8 tile's epilogue (neon/epilogue.h), tile (8, 8) floats, nw <= 8. */
 static inline void bge_neon_bf16_epilogue8(const float *tile, int mr, int nw, const float *bias,
                                            const float *res, float *out, size_t ldo,
                                            int epilogue) {
-    for (int j = 0; j < nw; j += 4) {
-        const int w = nw - j < 4 ? nw - j : 4;
-        float tb[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int l = 0; l < w; l++) tb[l] = bias[j + l];
-        const float32x4_t bv = vld1q_f32(tb);
-        for (int i = 0; i < mr; i++) {
-            float32x4_t v = vaddq_f32(vld1q_f32(tile + i * BGE_ARM_BF16_NR + j), bv);
-            if (epilogue == BGE_EPI_BIAS_GELU) {
-                v = bge_neon_gelu_ps(v);
-            } else if (epilogue == BGE_EPI_BIAS_RESIDUAL) {
-                const float *r = res + i * ldo + j;
-                if (w == 4) {
-                    v = vaddq_f32(v, vld1q_f32(r));
-                } else {
-                    float tr[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                    for (int l = 0; l < w; l++) tr[l] = r[l];
-                    v = vaddq_f32(v, vld1q_f32(tr));
-                }
-            }
-            float *o = out + i * ldo + j;
-            if (w == 4) {
-                vst1q_f32(o, v);
-            } else {
-                float to[4];
-                vst1q_f32(to, v);
-                for (int l = 0; l < w; l++) o[l] = to[l];
-            }
-        }
-    }
+    bge_neon_epilogue_tile(tile, BGE_ARM_BF16_NR, mr, nw, bias, res, out, ldo, epilogue);
 }
 
 #endif

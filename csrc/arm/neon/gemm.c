@@ -25,7 +25,7 @@
 
 #include "neon.h"
 
-#include "vmath.h" /* bge_neon_gelu_ps: GELU (erf), error bound stated there */
+#include "epilogue.h" /* bge_neon_epilogue_tile */
 
 #define MR 8          /* rows of x per microkernel tile          */
 #define NV 3          /* q vectors of 4 columns per panel        */
@@ -104,42 +104,10 @@ static void tile_neon(const float *x, size_t ldx, int K, const float *panel, int
     uk_table[mr - 1][(nw + 3) / 4 - 1](x, ldx, K, panel, tile);
 }
 
-/* out[i, n] = epi(tile[i][n] + bias[n]) for i < mr, n < nw: the one code path of every tile,
- * so every element gets the same ops (the vector GELU on every lane, full or tail).
- *   tile (MR, NR); bias (nw) the panel's bias; res, out rows of stride ldo (res may equal
- *   out: each vector of res is read before the same vector of out is written). A partial
- *   vector (nw % 4 lanes) is read and written lane by lane: no byte past column nw. */
+/* The tile's epilogue (epilogue.h), tile (MR, NR). */
 static void epilogue_tile(const float *tile, int mr, int nw, const float *bias,
                           const float *res, float *out, size_t ldo, int epilogue) {
-    for (int j = 0; j < nw; j += 4) {
-        const int w = nw - j < 4 ? nw - j : 4;
-        float tb[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int l = 0; l < w; l++) tb[l] = bias[j + l];
-        const float32x4_t bv = vld1q_f32(tb);
-        for (int i = 0; i < mr; i++) {
-            float32x4_t v = vaddq_f32(vld1q_f32(tile + i * NR + j), bv);
-            if (epilogue == BGE_EPI_BIAS_GELU) {
-                v = bge_neon_gelu_ps(v);
-            } else if (epilogue == BGE_EPI_BIAS_RESIDUAL) {
-                const float *r = res + i * ldo + j;
-                if (w == 4) {
-                    v = vaddq_f32(v, vld1q_f32(r));
-                } else {
-                    float tr[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                    for (int l = 0; l < w; l++) tr[l] = r[l];
-                    v = vaddq_f32(v, vld1q_f32(tr));
-                }
-            }
-            float *o = out + i * ldo + j;
-            if (w == 4) {
-                vst1q_f32(o, v);
-            } else {
-                float to[4];
-                vst1q_f32(to, v);
-                for (int l = 0; l < w; l++) o[l] = to[l];
-            }
-        }
-    }
+    bge_neon_epilogue_tile(tile, NR, mr, nw, bias, res, out, ldo, epilogue);
 }
 
 static const bge_f32_gemm_impl impl_neon = {MR, NR, tile_neon, epilogue_tile, NULL};

@@ -47,7 +47,7 @@
 #include <arm_neon.h>
 #include <string.h>
 
-#include "neon/vmath.h" /* bge_neon_gelu_ps: GELU (erf), bound 1.5e-7 |x| there */
+#include "neon/epilogue.h" /* bge_neon_epilogue_tile */
 
 #ifndef BGE_ARM_Q8_MMLA
 #define MR 4        /* rows of q per microkernel tile            */
@@ -200,29 +200,10 @@ static void gtile_dot(const uint8_t *q, size_t ldq, int Kp, const void *panel, i
     }
 }
 
-/* out[i*ldo + j] = epi(ftile[i][j] + bias[j]) for i < mr, j < nw: the same ops on every
- * lane of every tile; a partial vector read and written lane by lane. */
+/* The tile's epilogue (neon/epilogue.h), ftile (MR, NR) floats. */
 static void epilogue_dot(const float *ftile, int mr, int nw, const float *bias,
                          const float *res, float *out, size_t ldo, int epilogue) {
-    for (int j = 0; j < nw; j += 4) {
-        const int w = nw - j < 4 ? nw - j : 4;
-        float tb[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int l = 0; l < w; l++) tb[l] = bias[j + l];
-        const float32x4_t bv = vld1q_f32(tb);
-        for (int i = 0; i < mr; i++) {
-            float32x4_t v = vaddq_f32(vld1q_f32(ftile + i * NR + j), bv);
-            if (epilogue == BGE_EPI_BIAS_GELU) {
-                v = bge_neon_gelu_ps(v);
-            } else if (epilogue == BGE_EPI_BIAS_RESIDUAL) {
-                float tr[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                for (int l = 0; l < w; l++) tr[l] = res[i * ldo + j + l];
-                v = vaddq_f32(v, vld1q_f32(tr));
-            }
-            float to[4];
-            vst1q_f32(to, v);
-            for (int l = 0; l < w; l++) out[i * ldo + j + l] = to[l];
-        }
-    }
+    bge_neon_epilogue_tile(ftile, NR, mr, nw, bias, res, out, ldo, epilogue);
 }
 
 static const bge_q8_gemm_impl impl_dot = {

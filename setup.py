@@ -46,7 +46,7 @@ ISA_FOLDERS = [
      ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16", "-mfma"]),
     ("amx", "csrc/x86/amx",
      ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma",
-      "-mamx-tile", "-mamx-int8"]),
+      "-mavx512bf16", "-mamx-tile", "-mamx-int8", "-mamx-bf16"]),
 ]
 # AArch64: -march names the architecture, never a core (-mcpu=native is never used). NEON is
 # part of every AArch64 CPU (armv8-a); dotprod came with Armv8.2 (Cortex-A55/A76, Neoverse

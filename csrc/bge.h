@@ -249,8 +249,8 @@ typedef double (*bge_qu8s8_dot_loop_fn)(long iters);
  * bf16 GEMM: bfloat16 inputs, fp32 accumulation over the whole of K (no groups), the fp32
  * epilogues of the fp32 GEMM. The scheme, exactly (every level gives the same bits as the
  * reference, csrc/ref/bgemm.c, except GELU: SIMD levels use their vector GELU, within
- * 1.5e-7 |v| of the scalar one, as for fp32 and int8; and except ARM's neonbf16, within the
- * bound stated below). docs/design/bf16.md tells why.
+ * 1.5e-7 |v| of the scalar one, as for fp32 and int8; and except ARM's neonbf16 and x86's
+ * amx, within the bound stated below). docs/design/bf16.md tells why.
  *
  *   bf16(v), fp32 -> bfloat16 (the top 16 bits of an fp32), as vcvtneps2bf16 computes it
  *     (checked bit for bit on Zen 4 over 32 million values of every class):
@@ -292,8 +292,14 @@ typedef double (*bge_qu8s8_dot_loop_fn)(long iters);
  *   Kp <= 16384). Then the epilogue's fp32 ops round once more. Still one instruction and
  *   one pair order per element for every M, tile and thread count: batch and thread
  *   invariance hold bit for bit on that level too (tests/test_kernels_bgemm.py).
- * The AMX level has no bf16 kernel: tdpbf16ps could not be run on the machines this was
- * built on, and no kernel is offered before it is checked against the reference on AMX.
+ * The amx level runs tdpbf16ps, whose documented step (Intel SDM, TDPBF16PS) takes a pair's
+ *   even k first: acc = ftz(fma(xb[2g+1], wb[2g+1], ftz(fma(xb[2g], wb[2g], acc)))), RNE,
+ *   DAZ, whatever MXCSR says. So its bits are not the reference's; they are within the same
+ *   bound as neonbf16's, which also covers a pair summed first (rounded to nearest or to
+ *   odd), should the silicon differ from the SDM. The level offers its GEMM only after one
+ *   GEMM with every tail agrees with the reference within that bound on the running CPU
+ *   (x86/amx/bgemm.c); else the avx512bf16 kernel stays. One instruction and one pair order
+ *   per element for every M, tile and thread count: invariance holds bit for bit.
  * ------------------------------------------------------------------------------------- */
 
 #define BGE_BF16_KP(K) (((K) + 1) & ~1) /* k per converted row: pairs of k                */

@@ -164,9 +164,10 @@ static int cpu_runs(int isa) {
     case BGE_ISA_AVX512BF16: return avx512 && f->avx512_bf16;
     case BGE_ISA_AMX:
 #ifdef BGE_BUILT_AMX
-        /* the OS must also grant the tile data state to this process (Linux asks for it) */
-        return avx512 && f->avx512_vnni && f->os_amx && f->amx_tile && f->amx_int8 &&
-               bge_amx_request();
+        /* the OS must also grant the tile data state to this process (Linux asks for it);
+         * every AMX CPU has AMX-BF16 and AVX512-BF16 beside AMX-INT8 */
+        return avx512 && f->avx512_vnni && f->avx512_bf16 && f->os_amx && f->amx_tile &&
+               f->amx_int8 && f->amx_bf16 && bge_amx_request();
 #else
         return 0;
 #endif

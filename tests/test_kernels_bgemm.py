@@ -11,9 +11,10 @@ exact rational model of the scheme, every SIMD level against the reference bit f
     GELU within the vector GELU's bound; the same on adversarial data (tiny values, so
     that sums flush to zero, and mixed scales), where the emulations rely on MXCSR.FTZ
     (neon: FPCR.FZ, checked by FPSR.UFC); a sum that rounds up to FLT_MIN is kept;
-  - ARM's neonbf16 (BFDOT: the pair summed first, rounded to odd) within the bound of
-    bge.h derived from K, on the same shapes and data, and the documented BFDOT step on
-    inputs where it differs from the reference;
+  - ARM's neonbf16 (BFDOT: the pair summed first, rounded to odd) and x86's amx
+    (tdpbf16ps: the even k of a pair first) within the bound of bge.h derived from K, on
+    the same shapes and data, and each instruction's documented step on inputs where it
+    differs from the reference;
   - the packed layout of bge_internal.h, byte for byte;
   - batch and thread invariance bit for bit; res aliasing out; bad arguments.
 A level the host can't run is skipped, never passed silently.
@@ -31,7 +32,8 @@ from bge_engine import _kernels
 from kernel_cases import covering_shapes, level
 
 SIMD = ("avx2", "avx512", "avx512bf16", "neon")  # the reference's bits
-BOUNDED = ("neonbf16",)  # within bge.h's bound of the reference (BFDOT's own rounding)
+# within bge.h's bound of the reference: BFDOT's own rounding; tdpbf16ps's pair order
+BOUNDED = ("neonbf16", "amx")
 REF = _kernels.Kernels("ref")
 SENTINEL = np.float32(-7.25e30)
 GUARD = 67
@@ -380,11 +382,12 @@ def test_bfdot_within_bound_adversarial(bkern, M, K, N, kind):
     check_within_bound(bkern, x, w, b, res, (kind, M, K, N))
 
 
-def test_bfdot_is_the_documented_step(bkern):
+def test_bfdot_is_the_documented_step():
     """The Arm ARM's BFDotAdd (FPCR.EBF = 0): the pair's products summed first, that sum
     added to acc, each rounded to odd. Where the reference (the odd k, then the even k, each
     rounded to nearest even) gives other bits, this level gives BFDOT's: so it does run the
     instruction, as documented."""
+    bkern = level("neonbf16", "bgemm")
     one, h = 1.0, 2.0**-24
     zero = np.zeros(1, np.float32)
     out, ref = np.empty((1, 1), np.float32), np.empty((1, 1), np.float32)
@@ -401,6 +404,25 @@ def test_bfdot_is_the_documented_step(bkern):
         REF.bgemm(x, REF.bpack(w), zero, ref)
         assert ref[0, 0] == np.float32(want_ref)
         assert out[0, 0] == np.float32(want), (xv, float(out[0, 0]))
+
+
+def test_tdpbf16ps_is_the_documented_step():
+    """The Intel SDM's TDPBF16PS: per pair, the even k's product added first, then the odd
+    k's, each rounded to nearest even. acc = 1 from the first pair; the second adds 2^-24
+    (even k) and 1.5 2^-24 (odd k). Even first: 1 + 2^-24 is a tie, kept at 1, then
+    1 + 1.5 2^-24 rounds to 1 + 2^-23. The reference (odd first): 1 + 2^-23, then the tie
+    1 + 1.5 2^-23 goes to even, 1 + 2^-22. (A pair summed first, 1 + 2.5 2^-24, also rounds
+    to 1 + 2^-23, to nearest or to odd.) So this level does run tdpbf16ps."""
+    kern = level("amx", "bgemm")
+    h = 2.0**-12  # products of bf16 values: h h = 2^-24, (1.5 h) h = 1.5 2^-24
+    x = np.array([[1.0, 0.0, h, 1.5 * h]], np.float32)
+    w = np.array([[1.0, 0.0, h, h]], np.float32)
+    zero = np.zeros(1, np.float32)
+    out, ref = np.empty((1, 1), np.float32), np.empty((1, 1), np.float32)
+    kern.bgemm(x, kern.bpack(w), zero, out)
+    REF.bgemm(x, REF.bpack(w), zero, ref)
+    assert ref[0, 0] == np.float32(1.0 + 2.0**-22)
+    assert out[0, 0] == np.float32(1.0 + 2.0**-23), float(out[0, 0])
 
 
 # ---------------------------------------------------------------------------------------

@@ -67,15 +67,7 @@ _Static_assert(NR == BGE_EPI48_NR, "the shared epilogue reads tiles 48 wide");
  * intrinsics paste their tile numbers into the instruction text, so they are written as
  * literals below. */
 
-/* The tile configuration (palette 1): 64 bytes, as ldtilecfg reads it. */
-typedef struct amx_config {
-    uint8_t palette, start_row;
-    uint8_t reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} amx_config;
-
-static const amx_config config = {
+static const bge_amx_config config = {
     .palette = 1,
     /* every tile used is 16 rows of 64 bytes: C 16 x 16 int32, A 16 x 64 u8, B 16 quads x
      * 16 columns x 4 s8 */

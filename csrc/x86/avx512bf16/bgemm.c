@@ -27,6 +27,7 @@
 
 #include "../avx512/bpack48.h"    /* bge_avx512_bf16_pack48: the same bytes as avx512's */
 #include "../avx512/epilogue48.h" /* bge_avx512_epilogue_48: bias, GELU, residual */
+#include "convert.h"                /* bge_avx512bf16_convert: x rows to bf16 */
 
 #define MR 8         /* rows of x per tile                          */
 #define NV 3         /* zmm of 16 columns per panel                 */
@@ -36,22 +37,6 @@
 #define GEMM_NAME "bge_bf16_gemm_8x48__avx512bf16" /* MR x NR */
 _Static_assert(NR == BGE_EPI48_NR, "the shared epilogue reads tiles 48 wide");
 _Static_assert(MR * NR <= BGE_F32_TILE_FLOATS, "the driver's tile buffer holds MR x NR");
-
-/* x (K) fp32 -> xc (Kp) bf16, 16 at a time; a zero at k = K when K is odd. */
-static void convert_bf16(const float *x, int K, void *xc) {
-    uint16_t *o = (uint16_t *)xc;
-    int k = 0;
-    for (; k + 16 <= K; k += 16) {
-        const __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(x + k));
-        _mm256_storeu_si256((__m256i *)(o + k), (__m256i)h);
-    }
-    if (k < K) {
-        const __mmask16 m = (__mmask16)((1u << (K - k)) - 1u);
-        const __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + k));
-        _mm256_mask_storeu_epi16(o + k, m, (__m256i)h);
-    }
-    if (K & 1) o[K] = 0;
-}
 
 /* One tile: tile[i][16j ..] = the scheme's sums for i < mr, j < nv.
  *   x     (mr, Kp) bf16 rows, ldx elements apart; panel: Kp/2 pair rows of NR words.     */
@@ -118,7 +103,7 @@ static void tile_bf16(const void *xc, size_t ldx, int Kp, const void *panel, int
 
 static const bge_bf16_gemm_impl impl = {
     .mr = MR, .nr = NR, .xelt = 2,
-    .convert = convert_bf16, .tile = tile_bf16, .epilogue = bge_avx512_epilogue_48,
+    .convert = bge_avx512bf16_convert, .tile = tile_bf16, .epilogue = bge_avx512_epilogue_48,
 };
 
 /* bf16_packed_size, bf16_gemm_scratch, bf16_gemm: the shared driver on these tiles. */

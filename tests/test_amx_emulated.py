@@ -10,8 +10,8 @@ as the Intel SDM states them, and reads the outputs back (docs/design/amx_emulat
   - bf16: the coordinator's pass (pass_amx) equals, bit for bit, a numpy model of the SDM's
     TDPBF16PS applied per 32 k as the kernel does (amx_emu/tdpbf16ps.py), and lies within
     bge.h's bound of the reference; a hand-written tdpbf16ps probe pins the instruction's
-    order on inputs where the SDM's order, the reference's and a single even-first chain
-    give three different sums;
+    order on inputs where the SDM's two chains give 2^-24 and a single chain (even k first,
+    or the reference's odd k first) gives 0;
   - the harness can fail: a wrong stride gives a mismatch, a null dereference, a tile used
     without a configuration and a read past a buffer are faults naming the instruction, a
     call to an undefined function fails the link; the fp32 FMA model equals libm's fmaf.
@@ -289,8 +289,9 @@ def run_tdp(tprobe, C, A, B, kt):
 def test_tdpbf16ps_order_is_the_sdms(tprobe):
     """One instruction of 3 pairs on inputs where the orders part: the SDM's (the even and
     the odd k in two chains, added at the end) gives 2^-24; one chain with the even k first
-    gives 0 (the 2^-24 is lost against 1); the reference's (odd first) 0 too, but through
-    another path. Row 1: random values of many magnitudes against the model, bit for bit."""
+    gives 0 (1 + 2^-24 is a tie, rounded to 1, then - 1); the reference's (odd first) 0 too
+    (2^-24 + 1, the same tie). Row 1: random values of many magnitudes against the model,
+    bit for bit."""
     h = 2.0**-12
     x = np.zeros((2, 6), np.float32)
     w = np.zeros((16, 6), np.float32)

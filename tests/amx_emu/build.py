@@ -18,6 +18,7 @@ address and turned into a flat image.
 from __future__ import annotations
 
 import ast
+import atexit
 import functools
 import hashlib
 import os
@@ -117,7 +118,10 @@ def _run(cmd, cwd):
 
 @functools.lru_cache(maxsize=None)
 def _build_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="bge-amx-probes-"))
+    """This process's build folder, removed when it exits."""
+    d = Path(tempfile.mkdtemp(prefix="bge-amx-probes-"))
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
+    return d
 
 
 @functools.lru_cache(maxsize=None)

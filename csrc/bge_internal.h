@@ -537,6 +537,10 @@ typedef struct bge_bf16_gemm_impl {
     void (*epilogue)(const float *tile, int mr, int nw, const float *bias, const float *res,
                      float *out, size_t ldo, int epilogue);
     void (*pass)(const bge_bf16_pass *pass);
+    /* Optional (NULL: nothing): called by each thread before and after each block of tiles
+     * or passes it runs (AMX: load the tile configuration, release the tiles). */
+    void (*begin)(void);
+    void (*end)(void);
 } bge_bf16_gemm_impl;
 
 /* Scratch bytes of the impl for M rows of K. */

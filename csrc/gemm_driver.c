@@ -324,9 +324,11 @@ static void bf16_panel(const bf16_job *j, int tb, int te, int p, const char *nex
     }
 }
 
-/* Row tiles [t0, t1) x panels [p0, p1): rows in blocks, panel by panel inside a block. */
+/* Row tiles [t0, t1) x panels [p0, p1): rows in blocks, panel by panel inside a block
+ * (between the impl's begin and end). */
 static void bf16_rect(void *ctx, int t0, int t1, int p0, int p1) {
     const bf16_job *j = (const bf16_job *)ctx;
+    if (j->impl->begin) j->impl->begin();
     for (int tb = t0; tb < t1; tb += j->mc_tiles) {
         const int te = tb + j->mc_tiles < t1 ? tb + j->mc_tiles : t1;
         for (int p = p0; p < p1; p++) {
@@ -336,6 +338,7 @@ static void bf16_rect(void *ctx, int t0, int t1, int p0, int p1) {
             bf16_panel(j, tb, te, p, next);
         }
     }
+    if (j->impl->end) j->impl->end();
 }
 
 /* Unit u (few rows): panel u, every row tile, prefetching panel `next`. */
@@ -417,7 +420,7 @@ int bge_bf16_gemm_run(const bge_bf16_gemm_impl *impl, const float *x, int M, int
     const int nt = nthreads < np ? nthreads : np;
     if (mt <= 16 && mt <= j.mc_tiles && np <= BGE_UNITS_MAX) {
         unsigned char taken[BGE_UNITS_MAX];
-        bge_run_units(np, nt, taken, bf16_unit, &j, NULL, NULL);
+        bge_run_units(np, nt, taken, bf16_unit, &j, impl->begin, impl->end);
         return BGE_OK;
     }
     bge_run_rectangles(M, mt, np, nthreads, bf16_rect, &j);

@@ -19,14 +19,17 @@
  *     A and three B loads feed three tdpbf16ps. (2 x 2 blocking needs 32-column panels, so a
  *     second packing and epilogue; 1 x 4 needs nine tiles.) Each output is one chain over all
  *     of K in k order, whatever M, the tile or the thread: batch and thread invariance.
- *   - The level runs whole passes (bge_bf16_pass: one panel for a run of rows): it loads the
- *     tile configuration once per pass and releases the tiles after it, so a thread never
- *     runs on a configuration another library left and holds no tile state between calls.
- *   - Tails: a last row tile of mr < 16 rows runs on a configuration of mr-row A and C tiles
- *     (nothing past the scratch's rows is read); when Kp % 32 != 0 the last pairs of x and of
- *     the panel are copied into zero-filled 16-pair tiles (the zero products add +0; never in
- *     the model, whose K are 384 and 1536); a last panel of nw < 48 columns runs only its
- *     ceil(nw / 16) blocks; the shared epilogue's stores are masked to nw.
+ *   - The level runs whole passes (bge_bf16_pass: one panel for a run of rows). Tile state:
+ *     each thread loads the one configuration (every tile 16 rows of 64 bytes) when it
+ *     starts a block of work (impl.begin) and releases the tiles after it (end), as the int8
+ *     kernel does, so a thread never runs on a configuration another library left and holds
+ *     no tile state between calls.
+ *   - Tails: a last row tile of mr < 16 rows copies its x rows of each chunk into a
+ *     zero-filled 16-row tile (nothing past the scratch's rows is read; the extra rows' sums
+ *     are never stored to out); when Kp % 32 != 0 the last pairs of x and of the panel are
+ *     copied into zero-filled 16-pair tiles (the zero products add +0; never in the model,
+ *     whose K are 384 and 1536); a last panel of nw < 48 columns runs only its ceil(nw / 16)
+ *     blocks; the shared epilogue's stores are masked to nw.
  *   - Prefetch: the next panel of the pass's thread (the driver's `next`) into L2, a few
  *     lines per 32 k, spread over the pass's row tiles.
  *   - The permission to use tiles (arch_prctl) is asked by dispatch.c before it offers the
@@ -57,16 +60,16 @@ _Static_assert(NR == BGE_EPI48_NR, "the shared epilogue reads tiles 48 wide");
 /* Tiles: C blocks 0..2, A (x) 3, B blocks 4..6; 7 only in the peak loop. The tile
  * intrinsics paste their tile numbers into the instruction text, so they are literals. */
 
-/* The configuration of a row tile of mr rows: C and A tiles of mr rows, B tiles of 16 pair
- * rows, every row 64 bytes. */
-static void config_rows(bge_amx_config *c, int mr) {
-    memset(c, 0, sizeof *c);
-    c->palette = 1;
-    for (int t = 0; t < 7; t++) {
-        c->colsb[t] = 64;
-        c->rows[t] = (uint8_t)(t < 4 ? mr : 16);
-    }
-}
+/* Every tile used is 16 rows of 64 bytes: C 16 x 16 fp32, A 16 rows x 32 bf16, B 16 pair
+ * rows x 16 columns x 2 bf16. */
+static const bge_amx_config config = {
+    .palette = 1,
+    .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
+    .rows = {16, 16, 16, 16, 16, 16, 16, 16},
+};
+
+static void amx_begin(void) { _tile_loadconfig(&config); }
+static void amx_end(void) { _tile_release(); }
 
 /* Tiles 0 .. nv-1 += the products of one A tile (`a`, rows lda bytes apart) and the B tiles
  * of one chunk of the panel (`b`, at its first pair row). */
@@ -85,9 +88,10 @@ static void config_rows(bge_amx_config *c, int mr) {
         }                                                                                  \
     } while (0)
 
-/* One row tile: ftile[i][16j ..] = the sums of rows i < mr (x, ldx elements apart) for the
- * panel's blocks j < nv. btail: the panel's last Kp % 32 pairs in a zero-filled chunk (NULL
- * when Kp % 32 == 0). Prefetches npf lines of [*pf, pf_end) per chunk, advancing *pf. */
+/* One row tile: ftile[i][16j ..] = the sums of rows i < mr (x, ldx elements apart; rows
+ * >= mr of ftile meaningless) for the panel's blocks j < nv. btail: the panel's last Kp % 32
+ * pairs in a zero-filled chunk (NULL when Kp % 32 == 0). Prefetches npf lines of
+ * [*pf, pf_end) per chunk, advancing *pf. */
 static inline __attribute__((always_inline)) void row_tile(const uint16_t *x, size_t ldx,
                                                            int Kp, const char *panel,
                                                            const char *btail, int mr,
@@ -95,16 +99,24 @@ static inline __attribute__((always_inline)) void row_tile(const uint16_t *x, si
                                                            const char **pf,
                                                            const char *pf_end, int npf) {
     const int full = Kp / KT, rem = Kp - full * KT;
+    uint16_t apad[MR * KT] __attribute__((aligned(64))); /* 16 rows x 32 k of x */
+    if (mr < MR || rem) memset(apad, 0, sizeof apad);
     _tile_zero(0);
     if (nv > 1) _tile_zero(1);
     if (nv > 2) _tile_zero(2);
     for (int c = 0; c < full; c++) {
-        CHUNK_TDP(nv, x + (size_t)c * KT, ldx * 2, panel + (size_t)c * CHUNK_BYTES);
+        const uint16_t *a = x + (size_t)c * KT;
+        size_t lda = ldx * 2;
+        if (mr < MR) { /* rows >= mr stay zero */
+            for (int i = 0; i < mr; i++) memcpy(apad + i * KT, a + (size_t)i * ldx, KT * 2);
+            a = apad;
+            lda = KT * 2;
+        }
+        CHUNK_TDP(nv, a, lda, panel + (size_t)c * CHUNK_BYTES);
         for (int l = 0; l < npf && *pf < pf_end; l++, *pf += 64) _mm_prefetch(*pf, _MM_HINT_T1);
     }
-    if (rem) {
-        uint16_t apad[MR * KT] __attribute__((aligned(64)));
-        memset(apad, 0, sizeof apad);
+    if (rem) { /* pairs past the last full chunk, the rest of the 16 zero */
+        if (mr < MR) memset(apad, 0, sizeof apad);
         for (int i = 0; i < mr; i++)
             memcpy(apad + i * KT, x + (size_t)i * ldx + (size_t)full * KT, (size_t)rem * 2);
         CHUNK_TDP(nv, apad, KT * 2, btail);
@@ -135,24 +147,17 @@ static inline __attribute__((always_inline)) void pass_nv(const bge_bf16_pass *p
         pf_end = pf + lines * 64;
     }
     float ftile[MR * NR] __attribute__((aligned(64)));
-    bge_amx_config cfg;
-    config_rows(&cfg, MR);
-    _tile_loadconfig(&cfg);
     for (int m0 = 0; m0 < ps->rows; m0 += MR) {
         const int mr = ps->rows - m0 < MR ? ps->rows - m0 : MR;
-        if (mr < MR) { /* the last row tile: A and C tiles of mr rows */
-            config_rows(&cfg, mr);
-            _tile_loadconfig(&cfg);
-        }
         row_tile(x + (size_t)m0 * ps->ldx, ps->ldx, Kp, panel, rem ? (const char *)btail : NULL,
                  mr, nv, ftile, &pf, pf_end, npf);
         bge_avx512_epilogue_48(ftile, mr, ps->nw, ps->bias, ps->res ? ps->res + m0 * ps->ldo : NULL,
                                ps->out + m0 * ps->ldo, ps->ldo, ps->epilogue);
     }
-    _tile_release();
 }
 
-/* The driver's pass: one panel for rows m0 .. m0 + rows - 1 (bge_internal.h). */
+/* The driver's pass: one panel for rows m0 .. m0 + rows - 1 (bge_internal.h), between
+ * amx_begin and amx_end on this thread. */
 static void pass_amx(const bge_bf16_pass *ps) {
     switch ((ps->nw + 15) / 16) {
     case 3: pass_nv(ps, 3); break;
@@ -163,6 +168,7 @@ static void pass_amx(const bge_bf16_pass *ps) {
 
 static const bge_bf16_gemm_impl impl = {
     .mr = MR, .nr = NR, .xelt = 2, .convert = bge_avx512bf16_convert, .pass = pass_amx,
+    .begin = amx_begin, .end = amx_end,
 };
 
 /* bf16_packed_size, bf16_gemm_scratch, bf16_gemm: the shared driver on these passes. */
@@ -187,11 +193,7 @@ static double bge_bf16_dot_loop__amx(long iters) {
         a[i] = 0x3F00 + (uint16_t)(i & 63) * (uint16_t)seed; /* 0.5 .. ~1: no overflow */
         b[i] = 0x3A80 + (uint16_t)(i & 31) * (uint16_t)seed; /* ~1e-3 */
     }
-    bge_amx_config cfg;
-    config_rows(&cfg, MR);
-    cfg.colsb[7] = 64;
-    cfg.rows[7] = MR;
-    _tile_loadconfig(&cfg);
+    amx_begin();
     _tile_loadd(3, a, 64);
     _tile_loadd(4, b, 64);
     _tile_zero(0);
@@ -205,7 +207,7 @@ static double bge_bf16_dot_loop__amx(long iters) {
         _tile_dpbf16ps(7, 3, 4);
     }
     _tile_stored(7, c, 64);
-    _tile_release();
+    amx_end();
     seed = c[0];
     return 2.0 * 4.0 * MR * 16 * KT * (double)iters;
 }

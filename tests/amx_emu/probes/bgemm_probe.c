@@ -1,6 +1,7 @@
 /* bgemm_probe.c: runs csrc/x86/amx/bgemm.c's pass (pass_amx, the code the extension's amx
- * level runs for bf16) over a whole GEMM as the shared driver does for one thread: one pass
- * per 48-column panel over all M rows, `next` the following panel.
+ * level runs for bf16) over a whole GEMM as the shared driver does for one thread: the
+ * impl's begin (the tile configuration), one pass per 48-column panel over all M rows,
+ * `next` the following panel, then its end (the tiles released).
  *
  * probe_entry(a): a[1] xc (M x ldx bf16: the converted rows, zero at k = K when K is odd),
  *   a[2] M, a[3] ldx, a[4] packed (the 48-column bf16 packing, header first), a[5] bias (N),
@@ -17,6 +18,7 @@ void probe_entry(const uint64_t *a) {
     const size_t panel_bytes = (size_t)Kp * NR * 2;
     const float *bias = (const float *)a[5], *res = (const float *)a[6];
     float *out = (float *)a[7];
+    impl.begin();
     for (int n0 = 0; n0 < N; n0 += NR) {
         const int p = n0 / NR;
         const bge_bf16_pass ps = {
@@ -26,6 +28,7 @@ void probe_entry(const uint64_t *a) {
             .bias = bias + n0, .res = res ? res + n0 : NULL, .out = out + n0,
             .ldo = (size_t)N, .epilogue = (int)a[8],
         };
-        pass_amx(&ps);
+        impl.pass(&ps);
     }
+    impl.end();
 }

@@ -292,11 +292,13 @@ typedef double (*bge_qu8s8_dot_loop_fn)(long iters);
  *   Kp <= 16384). Then the epilogue's fp32 ops round once more. Still one instruction and
  *   one pair order per element for every M, tile and thread count: batch and thread
  *   invariance hold bit for bit on that level too (tests/test_kernels_bgemm.py).
- * The amx level runs tdpbf16ps, whose documented step (Intel SDM, TDPBF16PS) takes a pair's
- *   even k first: acc = ftz(fma(xb[2g+1], wb[2g+1], ftz(fma(xb[2g], wb[2g], acc)))), RNE,
- *   DAZ, whatever MXCSR says. So its bits are not the reference's; they are within the same
- *   bound as neonbf16's, which also covers a pair summed first (rounded to nearest or to
- *   odd), should the silicon differ from the SDM. The level offers its GEMM only after one
+ * The amx level runs tdpbf16ps on 32 k per instruction. The Intel SDM's TDPBF16PS sums the
+ *   even k and the odd k of those 16 pairs in two chains from +0 (each step ftz(fma), RNE,
+ *   DAZ, whatever MXCSR says), then adds the two, then adds that to acc, each rounded and
+ *   flushed; the Intrinsics Guide's shorter text reads as one chain, even k first. Either
+ *   way its bits are not the reference's: they are within the same bound as neonbf16's (at
+ *   most Kp + 2 ceil(Kp / 32) roundings per output), which also covers a pair summed first,
+ *   should the silicon differ from both texts. The level offers its GEMM only after one
  *   GEMM with every tail agrees with the reference within that bound on the running CPU
  *   (x86/amx/bgemm.c); else the avx512bf16 kernel stays. One instruction and one pair order
  *   per element for every M, tile and thread count: invariance holds bit for bit.

@@ -407,12 +407,12 @@ def test_bfdot_is_the_documented_step():
 
 
 def test_tdpbf16ps_is_the_documented_step():
-    """The Intel SDM's TDPBF16PS: per pair, the even k's product added first, then the odd
-    k's, each rounded to nearest even. acc = 1 from the first pair; the second adds 2^-24
-    (even k) and 1.5 2^-24 (odd k). Even first: 1 + 2^-24 is a tie, kept at 1, then
-    1 + 1.5 2^-24 rounds to 1 + 2^-23. The reference (odd first): 1 + 2^-23, then the tie
-    1 + 1.5 2^-23 goes to even, 1 + 2^-22. (A pair summed first, 1 + 2.5 2^-24, also rounds
-    to 1 + 2^-23, to nearest or to odd.) So this level does run tdpbf16ps."""
+    """x = (1, 0, h, 1.5 h), w = (1, 0, h, h), h = 2^-12. The reference (one chain, the odd
+    k of each pair first): 1, then 1 + 1.5 2^-24 -> 1 + 2^-23, then + 2^-24, a tie, to even:
+    1 + 2^-22. The SDM's TDPBF16PS (the even k 1, 2^-24 and the odd k 0, 1.5 2^-24 in two
+    chains, then added): 1 + 2^-24 is a tie kept at 1, the odd chain 1.5 2^-24, their sum
+    1 + 2^-23. The Intrinsics Guide's one chain, even k first, and a pair summed first (to
+    nearest or to odd) also give 1 + 2^-23. So this level does run tdpbf16ps."""
     kern = level("amx", "bgemm")
     h = 2.0**-12  # products of bf16 values: h h = 2^-24, (1.5 h) h = 1.5 2^-24
     x = np.array([[1.0, 0.0, h, 1.5 * h]], np.float32)

@@ -4,8 +4,9 @@
  * the running CPU before this level offers the GEMM.
  *
  *   out (M, N) = epi(bf16(x) (M, K) @ bf16(W)^T + bias), the scheme of bge.h within the bound
- *   it states for this level (the SDM's tdpbf16ps adds a pair's even product first, the
- *   reference and vdpbf16ps the odd one; GELU is the AVX-512 vector GELU, 1.5e-7 |v|).
+ *   it states for this level (the SDM's tdpbf16ps sums the even and the odd k of its 32 k in
+ *   two chains, the reference and vdpbf16ps in one, odd k first; GELU is the AVX-512 vector
+ *   GELU, 1.5e-7 |v|).
  *
  * Design
  *   - Packing: bge_avx512_bf16_pack48's bytes (the avx512 and avx512bf16 levels read the

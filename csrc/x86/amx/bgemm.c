@@ -20,11 +20,9 @@
  *     A and three B loads feed three tdpbf16ps. (2 x 2 blocking needs 32-column panels, so a
  *     second packing and epilogue; 1 x 4 needs nine tiles.) Each output is one chain over all
  *     of K in k order, whatever M, the tile or the thread: batch and thread invariance.
- *   - The level runs whole passes (bge_bf16_pass: one panel for a run of rows). Tile state:
- *     each thread loads the one configuration (every tile 16 rows of 64 bytes) when it
- *     starts a block of work (impl.begin) and releases the tiles after it (end), as the int8
- *     kernel does, so a thread never runs on a configuration another library left and holds
- *     no tile state between calls.
+ *   - The level runs whole passes (bge_bf16_pass: one panel for a run of rows) between the
+ *     impl's begin and end, which load the folder's one tile configuration and release the
+ *     tiles (amx.h), as the int8 kernel does.
  *   - Tails: a last row tile of mr < 16 rows copies its x rows of each chunk into a
  *     zero-filled 16-row tile (nothing past the scratch's rows is read; the extra rows' sums
  *     are never stored to out); when Kp % 32 != 0 the last pairs of x and of the panel are
@@ -58,36 +56,9 @@
 #define GEMM_NAME "bge_bf16_gemm_16x48__amx" /* MR x NR */
 _Static_assert(NR == BGE_EPI48_NR, "the shared epilogue reads tiles 48 wide");
 
-/* Tiles: C blocks 0..2, A (x) 3, B blocks 4..6; 7 only in the peak loop. The tile
- * intrinsics paste their tile numbers into the instruction text, so they are literals. */
-
-/* Every tile used is 16 rows of 64 bytes: C 16 x 16 fp32, A 16 rows x 32 bf16, B 16 pair
- * rows x 16 columns x 2 bf16. */
-static const bge_amx_config config = {
-    .palette = 1,
-    .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
-    .rows = {16, 16, 16, 16, 16, 16, 16, 16},
-};
-
-static void amx_begin(void) { _tile_loadconfig(&config); }
-static void amx_end(void) { _tile_release(); }
-
 /* Tiles 0 .. nv-1 += the products of one A tile (`a`, rows lda bytes apart) and the B tiles
  * of one chunk of the panel (`b`, at its first pair row). */
-#define CHUNK_TDP(nv, a, lda, b)                                                           \
-    do {                                                                                   \
-        _tile_loadd(3, (a), (lda));                                                        \
-        _tile_loadd(4, (b), PAIR_BYTES);                                                   \
-        _tile_dpbf16ps(0, 3, 4);                                                           \
-        if ((nv) > 1) {                                                                    \
-            _tile_loadd(5, (b) + 64, PAIR_BYTES);                                          \
-            _tile_dpbf16ps(1, 3, 5);                                                       \
-        }                                                                                  \
-        if ((nv) > 2) {                                                                    \
-            _tile_loadd(6, (b) + 128, PAIR_BYTES);                                         \
-            _tile_dpbf16ps(2, 3, 6);                                                       \
-        }                                                                                  \
-    } while (0)
+#define CHUNK_TDP(nv, a, lda, b) BGE_AMX_TDP3(_tile_dpbf16ps, nv, a, lda, b, PAIR_BYTES)
 
 /* One row tile: ftile[i][16j ..] = the sums of rows i < mr (x, ldx elements apart; rows
  * >= mr of ftile meaningless) for the panel's blocks j < nv. btail: the panel's last Kp % 32
@@ -102,9 +73,7 @@ static inline __attribute__((always_inline)) void row_tile(const uint16_t *x, si
     const int full = Kp / KT, rem = Kp - full * KT;
     uint16_t apad[MR * KT] __attribute__((aligned(64))); /* 16 rows x 32 k of x */
     if (mr < MR || rem) memset(apad, 0, sizeof apad);
-    _tile_zero(0);
-    if (nv > 1) _tile_zero(1);
-    if (nv > 2) _tile_zero(2);
+    BGE_AMX_TILES_ZERO(nv);
     for (int c = 0; c < full; c++) {
         const uint16_t *a = x + (size_t)c * KT;
         size_t lda = ldx * 2;
@@ -122,9 +91,7 @@ static inline __attribute__((always_inline)) void row_tile(const uint16_t *x, si
             memcpy(apad + i * KT, x + (size_t)i * ldx + (size_t)full * KT, (size_t)rem * 2);
         CHUNK_TDP(nv, apad, KT * 2, btail);
     }
-    _tile_stored(0, ftile, NR * 4);
-    if (nv > 1) _tile_stored(1, ftile + 16, NR * 4);
-    if (nv > 2) _tile_stored(2, ftile + 32, NR * 4);
+    BGE_AMX_TILES_STORE(nv, ftile, NR * 4);
 }
 
 static inline __attribute__((always_inline)) void pass_nv(const bge_bf16_pass *ps,
@@ -158,7 +125,7 @@ static inline __attribute__((always_inline)) void pass_nv(const bge_bf16_pass *p
 }
 
 /* The driver's pass: one panel for rows m0 .. m0 + rows - 1 (bge_internal.h), between
- * amx_begin and amx_end on this thread. */
+ * bge_amx_begin and bge_amx_end on this thread. */
 static void pass_amx(const bge_bf16_pass *ps) {
     switch ((ps->nw + 15) / 16) {
     case 3: pass_nv(ps, 3); break;
@@ -169,7 +136,7 @@ static void pass_amx(const bge_bf16_pass *ps) {
 
 static const bge_bf16_gemm_impl impl = {
     .mr = MR, .nr = NR, .xelt = 2, .convert = bge_avx512bf16_convert, .pass = pass_amx,
-    .begin = amx_begin, .end = amx_end,
+    .begin = bge_amx_begin, .end = bge_amx_end,
 };
 
 /* bf16_packed_size, bf16_gemm_scratch, bf16_gemm: the shared driver on these passes. */
@@ -194,21 +161,7 @@ static double bge_bf16_dot_loop__amx(long iters) {
         a[i] = 0x3F00 + (uint16_t)(i & 63) * (uint16_t)seed; /* 0.5 .. ~1: no overflow */
         b[i] = 0x3A80 + (uint16_t)(i & 31) * (uint16_t)seed; /* ~1e-3 */
     }
-    amx_begin();
-    _tile_loadd(3, a, 64);
-    _tile_loadd(4, b, 64);
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(7);
-    for (long it = 0; it < iters; it++) {
-        _tile_dpbf16ps(0, 3, 4);
-        _tile_dpbf16ps(1, 3, 4);
-        _tile_dpbf16ps(2, 3, 4);
-        _tile_dpbf16ps(7, 3, 4);
-    }
-    _tile_stored(7, c, 64);
-    amx_end();
+    BGE_AMX_PEAK_LOOP(_tile_dpbf16ps, a, b, c, iters);
     seed = c[0];
     return 2.0 * 4.0 * MR * 16 * KT * (double)iters;
 }

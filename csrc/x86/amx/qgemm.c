@@ -63,21 +63,6 @@ _Static_assert(BGE_Q8_GROUP == GB, "one tdpbusd covers one quantisation group");
 _Static_assert(MR * NR <= 16 * 64, "the driver's tile buffers hold MR x NR");
 _Static_assert(NR == BGE_EPI48_NR, "the shared epilogue reads tiles 48 wide");
 
-/* Tiles: C blocks 0..2, A (q) 3, B blocks 4..6; 7 only in the peak loop. The tile
- * intrinsics paste their tile numbers into the instruction text, so they are written as
- * literals below. */
-
-static const bge_amx_config config = {
-    .palette = 1,
-    /* every tile used is 16 rows of 64 bytes: C 16 x 16 int32, A 16 x 64 u8, B 16 quads x
-     * 16 columns x 4 s8 */
-    .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
-    .rows = {16, 16, 16, 16, 16, 16, 16, 16},
-};
-
-static void amx_begin(void) { _tile_loadconfig(&config); }
-static void amx_end(void) { _tile_release(); }
-
 /* ---------------------------------------------------------------------------------------
  * Permission (Linux: the kernel enables the 8 KB of tile data state per process on
  * request; without it the first tile instruction faults)
@@ -111,34 +96,8 @@ static inline const uint8_t *a_rows(const uint8_t *q, size_t ldq, int k0, int mr
  * meaningless): `a` the group's q rows (lda bytes apart), `b` the panel at the group's first
  * quad. The grouped kernel zeroes the tiles before each group and stores them after it; the
  * raw kernel keeps its sums in them across groups and stores once. */
-#define GROUP_TDP(nv, a, lda, b)                                                           \
-    do {                                                                                   \
-        _tile_loadd(3, (a), (lda));                                                        \
-        _tile_loadd(4, (b), QUAD_BYTES);                                                   \
-        _tile_dpbusd(0, 3, 4);                                                             \
-        if ((nv) > 1) {                                                                    \
-            _tile_loadd(5, (b) + 64, QUAD_BYTES);                                          \
-            _tile_dpbusd(1, 3, 5);                                                         \
-        }                                                                                  \
-        if ((nv) > 2) {                                                                    \
-            _tile_loadd(6, (b) + 128, QUAD_BYTES);                                         \
-            _tile_dpbusd(2, 3, 6);                                                         \
-        }                                                                                  \
-    } while (0)
-
-#define TILES_ZERO(nv)                                                                     \
-    do {                                                                                   \
-        _tile_zero(0);                                                                     \
-        if ((nv) > 1) _tile_zero(1);                                                       \
-        if ((nv) > 2) _tile_zero(2);                                                       \
-    } while (0)
-
-#define TILES_STORE(nv, s)                                                                 \
-    do {                                                                                   \
-        _tile_stored(0, (s), NR * 4);                                                      \
-        if ((nv) > 1) _tile_stored(1, (s) + 16, NR * 4);                                   \
-        if ((nv) > 2) _tile_stored(2, (s) + 32, NR * 4);                                   \
-    } while (0)
+#define GROUP_TDP(nv, a, lda, b) BGE_AMX_TDP3(_tile_dpbusd, nv, a, lda, b, QUAD_BYTES)
+#define TILES_STORE(nv, s) BGE_AMX_TILES_STORE(nv, s, NR * 4)
 
 /* A short last group (kb < 64 bytes, a multiple of 4) by vpdpbusd: S[i][16j ..] (+)= sums
  * over its quads for i < mr, j < nv. `add` keeps what S holds (the raw kernel). */
@@ -172,7 +131,7 @@ static void tile_amx(const uint8_t *q, size_t ldq, int Kp, const void *panel, in
     const int nv = (nw + 15) / 16, full = Kp / GB, kb = Kp - full * GB;
     uint8_t pad[MR * GB] __attribute__((aligned(64)));
     if (mr < MR) memset(pad, 0, sizeof pad);
-    TILES_ZERO(NV);
+    BGE_AMX_TILES_ZERO(NV);
     for (int g = 0; g < full; g++) {
         const uint8_t *a = a_rows(q, ldq, g * GB, mr, pad);
         const size_t lda = mr == MR ? ldq : GB;
@@ -239,7 +198,7 @@ static inline __attribute__((always_inline)) void gkernel(const uint8_t *q, size
     for (int g = 0; g < full; g++) {
         /* group g's tile work is issued before group g - 1's vector step (they still do
          * not overlap: see the top of the file) */
-        TILES_ZERO(nv);
+        BGE_AMX_TILES_ZERO(nv);
         GROUP_TDP(nv, a_rows(q, ldq, g * GB, mr, pad), lda,
                   w + (size_t)g * (GB / 4) * QUAD_BYTES);
         if (g > 0)
@@ -285,7 +244,7 @@ static int bge_qs8_pack__amx(const int8_t *w, const float *w_scale, int K, int N
 static const bge_q8_gemm_impl impl = {
     .layout = BGE_Q8_LAYOUT_AMX, .mr = MR, .nr = NR, .kgroup = 4,
     .tile = tile_amx, .gtile = gtile_amx, .epilogue = bge_avx512_epilogue_48,
-    .begin = amx_begin, .end = amx_end,
+    .begin = bge_amx_begin, .end = bge_amx_end,
 };
 
 /* qu8s8_gemm: out (M, N) = epi(...) from q (M, Kp), scale, zp (M, ngroups) and W packed by
@@ -307,21 +266,7 @@ static double bge_qu8s8_dot_loop__amx(long iters) {
         a[i] = (uint8_t)(i * 7 * seed);
         b[i] = (int8_t)(i * 13 * seed);
     }
-    amx_begin();
-    _tile_loadd(3, a, GB);
-    _tile_loadd(4, b, GB);
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(7);
-    for (long it = 0; it < iters; it++) {
-        _tile_dpbusd(0, 3, 4);
-        _tile_dpbusd(1, 3, 4);
-        _tile_dpbusd(2, 3, 4);
-        _tile_dpbusd(7, 3, 4);
-    }
-    _tile_stored(7, c, 64);
-    amx_end();
+    BGE_AMX_PEAK_LOOP(_tile_dpbusd, a, b, c, iters);
     seed = c[0];
     return 2.0 * 4.0 * MR * 16 * GB * (double)iters;
 }

@@ -1,6 +1,6 @@
 /* qgemm_probe.c: runs csrc/x86/amx/qgemm.c's tiles (the code the extension's amx level
  * runs) over a whole GEMM, in the order the shared driver uses for one thread: row tiles of
- * MR = 16, panels of NR = 48 columns, amx_begin / amx_end around each tile.
+ * MR = 16, panels of NR = 48 columns, bge_amx_begin / bge_amx_end around each tile.
  *
  * probe_entry(a), a[0] the operation:
  *   OP_I32:  a[1] q (M x ldq u8), a[2] M, a[3] ldq, a[4] packed (a vnni/amx int8 packing,
@@ -31,7 +31,7 @@ void probe_entry(const uint64_t *a) {
         for (int n0 = 0; n0 < N; n0 += NR) {
             const int nw = N - n0 < NR ? N - n0 : NR, p = n0 / NR;
             const int8_t *panel = w + (size_t)p * Kp * NR;
-            amx_begin();
+            bge_amx_begin();
             if (a[0] == OP_I32) {
                 int32_t *acc = (int32_t *)a[5];
                 tile_amx(q + m0 * ldq, ldq, Kp, panel, mr, nw, itile);
@@ -51,7 +51,7 @@ void probe_entry(const uint64_t *a) {
                 bge_avx512_epilogue_48(ftile, mr, nw, bias + n0, res ? res + o : NULL, out + o,
                                        (size_t)N, (int)a[10]);
             }
-            amx_end();
+            bge_amx_end();
         }
     }
 }

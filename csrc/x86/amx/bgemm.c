@@ -115,12 +115,14 @@ static inline __attribute__((always_inline)) void pass_nv(const bge_bf16_pass *p
         pf_end = pf + lines * 64;
     }
     float ftile[MR * NR] __attribute__((aligned(64)));
+    const char *tail = rem ? (const char *)btail : NULL;
     for (int m0 = 0; m0 < ps->rows; m0 += MR) {
         const int mr = ps->rows - m0 < MR ? ps->rows - m0 : MR;
-        row_tile(x + (size_t)m0 * ps->ldx, ps->ldx, Kp, panel, rem ? (const char *)btail : NULL,
-                 mr, nv, ftile, &pf, pf_end, npf);
-        bge_avx512_epilogue_48(ftile, mr, ps->nw, ps->bias, ps->res ? ps->res + m0 * ps->ldo : NULL,
-                               ps->out + m0 * ps->ldo, ps->ldo, ps->epilogue);
+        const size_t o = (size_t)m0 * ps->ldo;
+        row_tile(x + (size_t)m0 * ps->ldx, ps->ldx, Kp, panel, tail, mr, nv, ftile, &pf,
+                 pf_end, npf);
+        bge_avx512_epilogue_48(ftile, mr, ps->nw, ps->bias, ps->res ? ps->res + o : NULL,
+                               ps->out + o, ps->ldo, ps->epilogue);
     }
 }
 
@@ -219,7 +221,8 @@ static int agrees_with_reference(void) {
                 a += fabs((double)bf16_value(x[(size_t)m * K + k]) *
                           (double)bf16_value(w[(size_t)n * K + k]));
             const double bound = 1.01 * (2.0 * Kp + 2.0) * 0x1p-24 * a + 4.0 * Kp * 0x1p-126;
-            const double d = fabs((double)out[(size_t)m * N + n] - (double)ref[(size_t)m * N + n]);
+            const size_t i = (size_t)m * N + n;
+            const double d = fabs((double)out[i] - (double)ref[i]);
             ok = d <= bound; /* false for a NaN too */
         }
     free(mem);

@@ -12,6 +12,13 @@ as the Intel SDM states them, and reads the outputs back (docs/design/amx_emulat
     bge.h's bound of the reference; a hand-written tdpbf16ps probe pins the instruction's
     order on inputs where the SDM's two chains give 2^-24 and a single chain (even k first,
     or the reference's odd k first) gives 0;
+  - bf16, the whole slot (bgemm_slot_probe.c, linked with the shared driver compiled
+    without OpenMP): bge_bf16_gemm__amx with nthreads = 1 on weights bge_bf16_pack__amx
+    packed in the guest: the argument/header/scratch checks, the vcvtneps2bf16 row
+    conversion, begin/end, the passes and every epilogue give the SDM model's bits within
+    bge.h's bound of the reference; the overlay's self-check agrees_with_reference() returns
+    1, and 0 when built against a deliberately broken copy of amx.h; the peak loop counts
+    its flops and releases its tiles;
   - the harness can fail: a wrong stride gives a mismatch, a null dereference, a tile used
     without a configuration and a read past a buffer are faults naming the instruction, a
     call to an undefined function fails the link; the fp32 FMA model equals libm's fmaf.
@@ -36,7 +43,8 @@ if REASON:
     pytest.skip(f"AMX emulation unavailable: {REASON}", allow_module_level=True)
 
 from amx_emu import fp, tdpbf16ps  # noqa: E402
-from amx_emu.build import BuildError, build_file, build_source  # noqa: E402
+from amx_emu import build as amx_build  # noqa: E402
+from amx_emu.build import CSRC, BuildError, build_file, build_source  # noqa: E402
 from amx_emu.job import GuestFault, Job  # noqa: E402
 
 REF = _kernels.Kernels("ref")
@@ -397,3 +405,197 @@ def test_bf16_pass_equals_the_sdm_model_and_is_within_the_bound(bprobe):
         assert np.array_equal(got[f"residual{i}"].view(np.int32), r.view(np.int32))
         g = 0.5 * b.astype(np.float64) * (1 + np.vectorize(math.erf)(b / math.sqrt(2)))
         assert np.all(np.abs(got[f"gelu{i}"] - g) <= 2e-7 * np.abs(b) + 1e-37)
+
+
+# ---------------------------------------------------------------------------------------
+# bf16: the whole slot through the shared driver, the self-check, the peak loop
+# ---------------------------------------------------------------------------------------
+
+# the shared driver and what it calls, compiled as setup.py compiles csrc/ without -fopenmp
+SLOT_SOURCES = ("gemm_driver.c", "schedule.c", "check.c", "pack.c", "ref/bgemm.c")
+OP_BPACK, OP_SLOT, OP_CHECK, OP_DOT = 1, 2, 3, 4
+ST_OK, ST_ARG, ST_SCRATCH, ST_PACKING = 0, 1, 2, 3  # bge.h
+# (M, K, N): M < 16, M = 19 (the self-check's: a full row tile and 3 rows), 33 (three row
+# tiles); K odd, K % 32 != 0 (a zero-filled last chunk), K = 1; N % 48 != 0 (1, 2 or 3
+# blocks of the last panel), several panels
+SLOT_SHAPES = [(1, 1, 1), (3, 33, 17), (19, 70, 53), (16, 95, 96), (33, 130, 150)]
+
+
+@pytest.fixture(scope="module")
+def sprobe():
+    return build_file("bgemm_slot_probe.c", sources=SLOT_SOURCES)
+
+
+def bf16_pk():
+    if "avx512bf16" not in _kernels.usable_isas():
+        pytest.skip("avx512bf16 not usable here: it packs the 48-column bf16 panels")
+    return _kernels.Kernels("avx512bf16")
+
+
+def test_slot_probe_links_no_openmp(sprobe):
+    """The driver files are compiled without -fopenmp: no libgomp entry is in the image (a
+    reachable one would have failed the link), so nthreads = 1 runs the serial loops."""
+    assert not [n for _, n in sprobe.symbols if "GOMP" in n or n.startswith("omp_")]
+    names = {n for _, n in sprobe.symbols}
+    assert {"bge_bf16_gemm_run", "bge_run_each", "bge_bf16_check_header",
+            "agrees_with_reference", "bge_bf16_gemm__ref"} <= names
+
+
+def test_bf16_slot_through_the_driver(sprobe):
+    """bge_bf16_gemm__amx as the extension calls it (nthreads = 1) on weights packed by
+    bge_bf16_pack__amx in the guest (the avx512bf16 level's bytes): the rows converted by
+    vcvtneps2bf16 (denormal x taken as 0, ties to even: bge.h's bf16, the host's bits), the
+    sums the SDM model's bit for bit and within bge.h's bound of the reference, every
+    epilogue (residual also with res == out), scratch of exactly the size the slot states
+    (ending at a page end), status 0, the tiles released after each call."""
+    pk = bf16_pk()
+    job, cases = Job(sprobe), {}
+    for i, (M, K, N) in enumerate(SLOT_SHAPES):
+        x, w, bias, res = bf16_case(M, K, N, 50 + i)
+        x.flat[1::9] *= np.float32(2.0**-140)  # denormals (taken as 0) and tiny values
+        x.flat[2::11] = np.float32(1.0 + 2.0**-8)  # a tie: rounds to 1.0 (even)
+        x.flat[3::11] = np.float32(1.0 + 3 * 2.0**-8)  # a tie: rounds up to 1 + 2^-6
+        nbytes = pk.bpacked_bytes(K, N)
+        packed = job.output(f"packed{i}", (nbytes,), np.uint8, fill=0xA5)
+        job.call(OP_BPACK, job.put(w), K, N, packed, job.output(f"pst{i}", (2,), np.int64))
+        need = M * (K + K % 2) * 2
+        xa, ba = job.put(x), job.put(bias)
+        runs = [("sum", job.put(np.zeros(N, np.float32)), 0, EPI["bias"], None)]
+        runs += [(e, ba, job.put(res) if e == "residual" else 0, c, None) for e, c in EPI.items()]
+        runs.append(("inplace", ba, None, EPI["residual"], res))
+        for name, b, r, code, init in runs:
+            out = job.output(f"{name}{i}", (M, N), np.float32, fill=F_SENT, init=init)
+            scratch = job.put(np.zeros(need, np.uint8), align_end=True)
+            job.call(OP_SLOT, xa, M, K, N, packed, b, out if r is None else r, out, code,
+                     scratch, need, 1, job.output(f"st{name}{i}", (2,), np.int64))
+        cases[i] = (x, w, bias, res)
+    got = job.run()
+    assert job.result["configured"] == [False] * len(job.calls)
+    for i, (M, K, N) in enumerate(SLOT_SHAPES):
+        x, w, bias, res = cases[i]
+        shape = (M, K, N)
+        assert list(got[f"pst{i}"]) == [ST_OK, pk.bpacked_bytes(K, N)]
+        assert np.array_equal(got[f"packed{i}"], np.frombuffer(pk.bpack(w).data, np.uint8)), (
+            f"bge_bf16_pack__amx {shape}: not the 48-column panels' bytes")
+        for name in ("sum", *EPI, "inplace"):
+            assert list(got[f"st{name}{i}"]) == [ST_OK, M * (K + K % 2) * 2], (name, shape)
+        Kp = K + K % 2
+        xb = np.zeros((M, Kp), np.uint16)
+        xb[:, :K] = bf16_bits(x)
+        wb = np.zeros((N, Kp), np.uint16)
+        wb[:, :K] = bf16_bits(w)
+        model = tdpbf16ps.gemm(xb, wb, 32)
+        s = got[f"sum{i}"]
+        want = (model + np.float32(0)).astype(np.float32)
+        assert np.array_equal(s.view(np.int32), want.view(np.int32)), (
+            f"bf16_gemm__amx {shape}: {(s != want).sum()} sums differ from the SDM model")
+        ref = np.empty((M, N), np.float32)
+        REF.bgemm(x, REF.bpack(w), np.zeros(N, np.float32), ref)
+        d = np.abs(s.astype(np.float64) - ref)
+        assert np.all(d <= bge_bound(xb, wb)), f"{shape}: past bge.h's bound"
+        b = (model + bias).astype(np.float32)
+        assert np.array_equal(got[f"bias{i}"].view(np.int32), b.view(np.int32)), shape
+        r = (b + res).astype(np.float32)
+        assert np.array_equal(got[f"residual{i}"].view(np.int32), r.view(np.int32)), shape
+        assert np.array_equal(got[f"inplace{i}"].view(np.int32), r.view(np.int32)), shape
+        g = 0.5 * b.astype(np.float64) * (1 + np.vectorize(math.erf)(b / math.sqrt(2)))
+        assert np.all(np.abs(got[f"gelu{i}"] - g) <= 2e-7 * np.abs(b) + 1e-37), shape
+    assert job.result["amx"].get("tdpbf16ps", 0) > 100
+
+
+def test_bf16_slot_rejects_what_the_reference_rejects(sprobe):
+    """The driver's checks under the slot: each bad call returns bge.h's status (those the
+    reference returns for it) and leaves out untouched; no tile is configured after."""
+    pk = bf16_pk()
+    M, K, N = 3, 33, 17
+    x, w, bias, res = bf16_case(M, K, N, 7)
+    job = Job(sprobe)
+    xa, ba, ra = job.put(x), job.put(bias), job.put(res)
+    pa, refp = job.put(pk.bpack(w).data), job.put(REF.bpack(w).data)
+    other_k = job.put(pk.bpack(np.zeros((N, K + 2), np.float32)).data)
+    need = M * (K + 1) * 2
+    scratch = job.put(np.zeros(need, np.uint8))
+    good = dict(x=xa, M=M, K=K, N=N, packed=pa, bias=ba, res=0, epi=EPI["bias"],
+                scratch=scratch, nbytes=need, nt=1)
+    bad = {
+        "x null": (dict(x=0), ST_ARG), "M 0": (dict(M=0), ST_ARG), "N 0": (dict(N=0), ST_ARG),
+        "bias null": (dict(bias=0), ST_ARG), "epilogue 3": (dict(epi=3), ST_ARG),
+        "residual, res null": (dict(epi=EPI["residual"]), ST_ARG),
+        "nthreads 0": (dict(nt=0), ST_ARG),
+        "reference packing": (dict(packed=refp), ST_PACKING),
+        "packed for another K": (dict(packed=other_k), ST_ARG),
+        "scratch null": (dict(scratch=0), ST_SCRATCH),
+        "scratch 1 byte short": (dict(nbytes=need - 1), ST_SCRATCH),
+    }
+    for j, (name, (change, _)) in enumerate(bad.items()):
+        a = {**good, **change}
+        out = job.output(f"out{j}", (M, N), np.float32, fill=F_SENT)
+        job.call(OP_SLOT, a["x"], a["M"], a["K"], a["N"], a["packed"], a["bias"], a["res"],
+                 out, a["epi"], a["scratch"], a["nbytes"], a["nt"],
+                 job.output(f"st{j}", (2,), np.int64))
+    got = job.run()
+    assert job.result["configured"] == [False] * len(bad)
+    for j, (name, (_, status)) in enumerate(bad.items()):
+        assert got[f"st{j}"][0] == status, name
+        assert np.all(got[f"out{j}"] == F_SENT), f"{name}: out written"
+    assert "tdpbf16ps" not in job.result["amx"]
+
+
+HEAP_BYTES = 256 * 1024
+
+
+def run_check(probe, heap_bytes=HEAP_BYTES):
+    """agrees_with_reference() in the guest: (its value, heap bytes it took, the job)."""
+    job = Job(probe)
+    heap = job.put(np.zeros(heap_bytes, np.uint8), align_end=True)
+    job.call(OP_CHECK, heap, heap_bytes, job.output("r", (2,), np.int64))
+    r = job.run()["r"]
+    return int(r[0]), int(r[1]), job
+
+
+def test_self_check_agrees_with_the_reference(sprobe):
+    """The check the overlay runs before it offers the level's GEMM (19 x 70 x 53, bias,
+    nthreads = 1, the reference run in the same guest) passes on the SDM's tdpbf16ps, and
+    returns the tiles released; with a heap too small for its buffer it returns 0."""
+    ok, used, job = run_check(sprobe)
+    assert ok == 1
+    assert 0 < used <= HEAP_BYTES
+    assert job.result["configured"] == [False]
+    assert job.result["amx"].get("tdpbf16ps", 0) == 2 * 3 * 4  # 2 row tiles, 3 chunks, 3 + 1 blocks
+    assert run_check(sprobe, 4096)[:2] == (0, 0)
+
+
+def test_self_check_fails_on_a_broken_kernel(sprobe):
+    """bgemm.c built against a copy of amx.h (in the build folder, never the tree; the copy
+    is found first, beside a copy of bgemm.c) whose third B tile reads the second block's
+    columns ((b) + 64 for (b) + 128): the same check returns 0, so it can fail; the
+    allocation is the same as the good kernel's."""
+    amx_dir = CSRC / "x86" / "amx"
+    header = (amx_dir / "amx.h").read_text()
+    good_line = "_tile_loadd(6, (b) + 128, (ldb));"
+    assert header.count(good_line) == 1
+    broken = amx_build._build_dir() / "broken-b-offset"
+    broken.mkdir(exist_ok=True)
+    (broken / "amx.h").write_text(header.replace(good_line, "_tile_loadd(6, (b) + 64, (ldb));"))
+    (broken / "bgemm.c").write_text((amx_dir / "bgemm.c").read_text())
+    bad = build_file("bgemm_slot_probe.c", name="bgemm_slot_broken", sources=SLOT_SOURCES,
+                     extra_flags=(f'-DBGEMM_SOURCE="{broken / "bgemm.c"}"', "-I", str(amx_dir)))
+    _, used_good, _ = run_check(sprobe)
+    ok, used, _ = run_check(bad)
+    assert ok == 0
+    assert used == used_good
+
+
+def test_dot_loop_counts_its_flops_and_releases_the_tiles(sprobe):
+    """bge_bf16_dot_loop__amx(iters): 4 tdpbf16ps per iteration, returns their flops
+    (2 x 4 x 16 x 16 x 32 x iters), the tiles released after."""
+    iters = [1, 2, 5]
+    job = Job(sprobe)
+    for n in iters:
+        job.call(OP_DOT, n, job.output(f"f{n}", (1,), np.float64))
+    got = job.run()
+    for n in iters:
+        assert got[f"f{n}"][0] == 2 * 4 * 16 * 16 * 32 * n
+    assert job.result["configured"] == [False] * len(iters)
+    assert job.result["amx"]["tdpbf16ps"] == 4 * sum(iters)
+    assert job.result["amx"]["tilerelease"] == len(iters)

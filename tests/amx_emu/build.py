@@ -10,6 +10,10 @@ address and turned into a flat image.
     (BGE_Q8_GEMM_SLOTS) and bge_amx_request, which reference gemm_driver.c and libc, drop
     out. A reference from reachable code to anything undefined fails the link (BuildError),
     so nothing the probe runs can jump to an unresolved address.
+  - `sources`: more files of csrc/ linked in (the shared driver and what it calls), each
+    compiled on its own with the release flags setup.py gives csrc/ and csrc/ref/ (no ISA
+    flags) minus -fopenmp: their OpenMP pragmas fall away, so a call with nthreads = 1 runs
+    serially, and nothing can reach libgomp (a GOMP_* call would fail the link).
   - The image is linked at IMAGE_BASE; `symbols` (nm) name the function around an address,
     `insns` (objdump -d) the instruction that ends at one, `amx` the AMX instructions the
     machine executes on its AMX unit.
@@ -125,19 +129,35 @@ def _build_dir() -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def build_source(source: str, name: str = "probe", extra_flags=()) -> Probe:
-    """Compiles and links `source` (C text; it may #include "x86/amx/qgemm.c" and "rt.h")
-    into a Probe. Cached per process on the text and flags."""
+def _object(source: str) -> Path:
+    """csrc/<source> compiled as setup.py compiles csrc/ and csrc/ref/ (BASE_CFLAGS, no ISA
+    flags, no -fopenmp) plus the probe flags; cached per process."""
+    path = CSRC / source
+    key = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    d = _build_dir() / "objects"
+    d.mkdir(exist_ok=True)
+    obj = d / f"{source.replace('/', '_')}-{key}.o"
+    _run(["gcc", *BASE_CFLAGS, *PROBE_CFLAGS, "-I", str(CSRC), "-c", str(path), "-o",
+          str(obj)], d)
+    return obj
+
+
+@functools.lru_cache(maxsize=None)
+def build_source(source: str, name: str = "probe", extra_flags=(), sources=()) -> Probe:
+    """Compiles and links `source` (C text; it may #include "x86/amx/qgemm.c" and "rt.h"),
+    with the csrc/ files `sources` (paths under csrc/, e.g. "gemm_driver.c"), into a Probe.
+    Cached per process on the text, flags and sources."""
     flags = BASE_CFLAGS + amx_isa_flags() + list(extra_flags) + PROBE_CFLAGS
-    key = hashlib.sha256((source + "\0".join(flags)).encode()).hexdigest()[:16]
+    objects = [str(_object(s)) for s in sources]
+    key = hashlib.sha256((source + "\0".join(flags + objects)).encode()).hexdigest()[:16]
     d = _build_dir() / f"{name}-{key}"
     d.mkdir(exist_ok=True)
     (d / "probe.c").write_text(source)
     (d / "link.ld").write_text(LINKER_SCRIPT)
     _run(["gcc", *flags, "-I", str(CSRC), "-I", str(PROBES), "-c", "probe.c", "-o",
           "probe.o"], d)
-    _run(["ld", "-static", "-nostdlib", "--gc-sections", "-T", "link.ld", "probe.o", "-o",
-          "probe.elf"], d)
+    _run(["ld", "-static", "-nostdlib", "--gc-sections", "-T", "link.ld", "probe.o", *objects,
+          "-o", "probe.elf"], d)
     _run(["objcopy", "-O", "binary", "probe.elf", "probe.bin"], d)
     symbols = []
     for line in _run(["nm", "-n", "probe.elf"], d).splitlines():
@@ -155,12 +175,13 @@ def build_source(source: str, name: str = "probe", extra_flags=()) -> Probe:
     return probe
 
 
-def build_file(path, name=None, extra_flags=()) -> Probe:
+def build_file(path, name=None, extra_flags=(), sources=()) -> Probe:
     """build_source on a probe file of probes/ (or any path)."""
     path = Path(path)
     if not path.is_absolute():
         path = PROBES / path
-    return build_source(path.read_text(), name or path.stem, tuple(extra_flags))
+    return build_source(path.read_text(), name or path.stem, tuple(extra_flags),
+                        tuple(sources))
 
 
 def _disassemble(probe: Probe, text: str) -> None:

@@ -27,7 +27,9 @@ def _load_bochscpu(shim):
 
 def main():
     job = pickle.load(sys.stdin.buffer)
-    result = {"outputs": {}, "fault": None, "amx": {}, "seconds": 0.0}
+    # configured: per call that returned, whether a tile configuration was still loaded
+    # after it (a kernel must release its tiles)
+    result = {"outputs": {}, "fault": None, "amx": {}, "configured": [], "seconds": 0.0}
     try:
         _load_bochscpu(job["shim"])
         from amx_emu.machine import GuestFault, Machine
@@ -37,6 +39,7 @@ def main():
         try:
             for args_addr in job["calls"]:
                 machine.call(args_addr)
+                result["configured"].append(machine.amx.configured)
             for name, addr, nbytes in job["reads"]:
                 result["outputs"][name] = machine.mem.read(addr, nbytes)
         except GuestFault as e:

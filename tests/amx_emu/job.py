@@ -82,7 +82,8 @@ class Job:
         RuntimeError when the emulator itself fails."""
         from .build import glibc_shim
 
-        job = {"shim": glibc_shim(), "probe": self.probe, "buffers": self.buffers, "calls": self.calls,
+        job = {"shim": glibc_shim(), "probe": self.probe, "buffers": self.buffers,
+               "calls": self.calls,
                "reads": [(n, a, int(np.prod(s)) * d.itemsize)
                          for n, (a, s, d) in self.outputs.items()]}
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(

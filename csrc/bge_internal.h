@@ -340,6 +340,21 @@ static inline int bge_q8_row_params(float mn, float mx, float *scale, float *inv
 
 void bge_q8_quantize_span(const float *x, int n, float inv, int32_t zp, uint8_t *q);
 
+/* The end of a vector level's group x (n): folds x[k], k0 <= k < n (the lanes' remainder),
+ * into mn, mx with the reference's compare and select, then bge_q8_row_params; for a flat
+ * group (mx == mn) also q (n) = 0, and returns 0. */
+static inline int bge_q8_group_params(const float *x, int k0, int n, float mn, float mx,
+                                      uint8_t *q, float *scale, float *inv, int32_t *zp) {
+    for (int k = k0; k < n; k++) {
+        const float v = x[k];
+        mn = v < mn ? v : mn; /* minps(v, mn): a NaN v leaves mn */
+        mx = v > mx ? v : mx;
+    }
+    if (bge_q8_row_params(mn, mx, scale, inv, zp)) return 1;
+    memset(q, 0, (size_t)n);
+    return 0;
+}
+
 /* Weight quantisation steps (the qs8_quantize_weights slot, bge.h) shared by every level's
  * qs8_quantize_weights, inline so that each folder compiles them with its own flags:
  * bge_q8_abs_bits: the bit pattern of |w| (sign cleared); patterns of finite floats order
@@ -372,6 +387,26 @@ static inline int8_t bge_q8_weight_round(float w, float s) {
 typedef int (*bge_q8_weight_group_fn)(const float *w, int n, int8_t *q, float *scale);
 int bge_q8_quantize_weight_rows(const float *w, int N, int K, int8_t *w_s8, float *w_scale,
                                 int nthreads, bge_q8_weight_group_fn group);
+/* A SIMD level's qs8_quantize_weights slot, bge_qs8_quantize_weights__<isa>, on `group`. */
+#define BGE_Q8_QUANTIZE_WEIGHTS_SLOT(isa, group)                                            \
+    static int bge_qs8_quantize_weights__##isa(const float *w, int N, int K, int8_t *w_s8,  \
+                                               float *w_scale, int nthreads) {              \
+        return bge_q8_quantize_weight_rows(w, N, K, w_s8, w_scale, nthreads, group);       \
+    }
+
+/* The scale of a vector level's weight group w (n): folds the |w[k]| patterns, k0 <= k < n
+ * (the lanes' remainder), into top, the largest of the lanes'; 0 when the group holds an
+ * inf or NaN, else *scale = bge_q8_weight_scale(top) and 1. */
+static inline int bge_q8_weight_group_scale(const float *w, int k0, int n, int32_t top,
+                                            float *scale) {
+    for (int k = k0; k < n; k++) {
+        const int32_t b = bge_q8_abs_bits(w[k]);
+        top = b > top ? b : top;
+    }
+    if (top > BGE_Q8_FINITE_MAX) return 0; /* inf or NaN */
+    *scale = bge_q8_weight_scale(top);
+    return 1;
+}
 
 /* The reference's and the panel packings' shared parts (csrc/pack.c): the check of w and
  * w_scale (a -128 is refused), and the header, w_scale and colsum of a layout. */
@@ -447,6 +482,31 @@ typedef void (*bge_q8_quantize_row_fn)(const float *x, int K, uint8_t *q, float 
  * chunks (each row's bytes are the same on any thread count). */
 int bge_qu8_quantize_run(bge_q8_quantize_row_fn row, const float *x, int M, int K, uint8_t *q,
                          float *scale, int32_t *zp, int nthreads);
+/* A SIMD level's qu8_quantize slot, bge_qu8_quantize__<isa>: bge_qu8_quantize_run on `row`. */
+#define BGE_Q8_QUANTIZE_SLOT(isa, row)                                                      \
+    static int bge_qu8_quantize__##isa(const float *x, int M, int K, uint8_t *q,            \
+                                       float *scale, int32_t *zp, int nthreads) {           \
+        return bge_qu8_quantize_run(row, x, M, K, q, scale, zp, nthreads);                  \
+    }
+
+/* One group of a level's activation quantiser: x (n), n <= BGE_Q8_GROUP -> q (n), *scale,
+ * *zp, the bytes of bge_qu8_quantize__ref for that group. */
+typedef void (*bge_q8_quantize_group_fn)(const float *x, int n, uint8_t *q, float *scale,
+                                         int32_t *zp);
+/* A row (bge_q8_quantize_row_fn) as `group` on each group in order, the last one short when
+ * K % BGE_Q8_GROUP != 0, then q's padding. Inline with a constant `group`, so that each
+ * folder compiles the loop with its own flags and its group kernel inlined into it. */
+static inline __attribute__((always_inline)) void bge_q8_quantize_groups(
+    const float *x, int K, uint8_t *q, float *scale, int32_t *zp,
+    bge_q8_quantize_group_fn group) {
+    const int ng = BGE_Q8_NGROUPS(K);
+    for (int g = 0; g < ng; g++) {
+        const int k0 = g * BGE_Q8_GROUP;
+        const int n = K - k0 < BGE_Q8_GROUP ? K - k0 : BGE_Q8_GROUP;
+        group(x + k0, n, q + k0, scale + g, zp + g);
+    }
+    memset(q + K, zp[ng - 1], (size_t)(BGE_Q8_KP(K) - K));
+}
 
 /* ---------------------------------------------------------------------------------------
  * bf16: the reference and the conversion (csrc/ref/bgemm.c), the packed header and panels

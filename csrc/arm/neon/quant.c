@@ -46,16 +46,8 @@ static void quantize_group(const float *x, int n, uint8_t *q, float *scale, int3
         mn = lmn[l] < mn ? lmn[l] : mn;
         mx = lmx[l] > mx ? lmx[l] : mx;
     }
-    for (int k = n4; k < n; k++) {
-        const float v = x[k];
-        mn = v < mn ? v : mn;
-        mx = v > mx ? v : mx;
-    }
     float inv;
-    if (!bge_q8_row_params(mn, mx, scale, &inv, zp)) {
-        memset(q, 0, (size_t)n);
-        return;
-    }
+    if (!bge_q8_group_params(x, n4, n, mn, mx, q, scale, &inv, zp)) return;
     const float32x4_t vinv = vdupq_n_f32(inv);
     const int32x4_t vzp = vdupq_n_s32(*zp);
     const int n16 = n & ~15;
@@ -81,20 +73,11 @@ static void quantize_group(const float *x, int n, uint8_t *q, float *scale, int3
 
 /* One row: x (K) -> q (Kp), scale (ngroups), zp (ngroups), group by group. */
 static void quantize_row(const float *x, int K, uint8_t *q, float *scale, int32_t *zp) {
-    const int ng = BGE_Q8_NGROUPS(K);
-    for (int g = 0; g < ng; g++) {
-        const int k0 = g * BGE_Q8_GROUP;
-        const int n = K - k0 < BGE_Q8_GROUP ? K - k0 : BGE_Q8_GROUP;
-        quantize_group(x + k0, n, q + k0, scale + g, zp + g);
-    }
-    memset(q + K, zp[ng - 1], (size_t)(BGE_Q8_KP(K) - K));
+    bge_q8_quantize_groups(x, K, q, scale, zp, quantize_group);
 }
 
 /* x (M, K) -> q (M, Kp), scale (M, ngroups), zp (M, ngroups): the qu8_quantize slot. */
-static int bge_qu8_quantize__neon(const float *x, int M, int K, uint8_t *q, float *scale,
-                                  int32_t *zp, int nthreads) {
-    return bge_qu8_quantize_run(quantize_row, x, M, K, q, scale, zp, nthreads);
-}
+BGE_Q8_QUANTIZE_SLOT(neon, quantize_row)
 
 /* One group of n <= 64 weights, as ref/qgemm.c's quantize_weight_group byte for byte;
  * 0 on a non-finite value. */
@@ -104,14 +87,8 @@ static int qweight_group(const float *w, int n, int8_t *q, float *scale) {
     for (int k = 0; k < n4; k += 4)
         top4 = vmaxq_s32(top4, vandq_s32(vreinterpretq_s32_f32(vld1q_f32(w + k)),
                                          vdupq_n_s32(0x7FFFFFFF)));
-    int32_t top = vmaxvq_s32(top4);
-    for (int k = n4; k < n; k++) {
-        const int32_t b = bge_q8_abs_bits(w[k]);
-        top = b > top ? b : top;
-    }
-    if (top > BGE_Q8_FINITE_MAX) return 0; /* inf or NaN */
-    const float s = bge_q8_weight_scale(top);
-    *scale = s;
+    if (!bge_q8_weight_group_scale(w, n4, n, vmaxvq_s32(top4), scale)) return 0;
+    const float s = *scale;
     const float32x4_t vs = vdupq_n_f32(s), magic = vdupq_n_f32(12582912.0f);
     for (int k = 0; k < n4; k += 4) {
         const float32x4_t v = vdivq_f32(vld1q_f32(w + k), vs);
@@ -129,10 +106,7 @@ static int qweight_group(const float *w, int n, int8_t *q, float *scale) {
 }
 
 /* w (N, K) -> w_s8 (N, K), w_scale (N, ngroups): bge_qs8_quantize_weights (bge.h). */
-static int bge_qs8_quantize_weights__neon(const float *w, int N, int K, int8_t *w_s8,
-                                          float *w_scale, int nthreads) {
-    return bge_q8_quantize_weight_rows(w, N, K, w_s8, w_scale, nthreads, qweight_group);
-}
+BGE_Q8_QUANTIZE_WEIGHTS_SLOT(neon, qweight_group)
 
 void bge_overlay_neon_quant(bge_kernels *t) {
     BGE_SET(t, qu8_quantize, bge_qu8_quantize__neon);

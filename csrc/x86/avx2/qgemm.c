@@ -97,16 +97,8 @@ static inline void quantize_group(const float *x, int n, uint8_t *q, float *scal
         vmx = _mm256_max_ps(v, vmx);
     }
     float mn = hmin8(vmn), mx = hmax8(vmx);
-    for (int k = n8; k < n; k++) {
-        const float v = x[k];
-        mn = v < mn ? v : mn;
-        mx = v > mx ? v : mx;
-    }
     float inv;
-    if (!bge_q8_row_params(mn, mx, scale, &inv, zp)) {
-        memset(q, 0, (size_t)n);
-        return;
-    }
+    if (!bge_q8_group_params(x, n8, n, mn, mx, q, scale, &inv, zp)) return;
     const __m256 vinv = _mm256_set1_ps(inv);
     const __m256i vzp = _mm256_set1_epi32(*zp), zero = _mm256_setzero_si256(),
                   top = _mm256_set1_epi32(255), vzp16 = _mm256_set1_epi16((int16_t)*zp);
@@ -124,19 +116,10 @@ static inline void quantize_group(const float *x, int n, uint8_t *q, float *scal
 
 /* One row: x (K) -> q (Kp), scale (ngroups), zp (ngroups), group by group. */
 static void quantize_row(const float *x, int K, uint8_t *q, float *scale, int32_t *zp) {
-    const int ng = BGE_Q8_NGROUPS(K);
-    for (int g = 0; g < ng; g++) {
-        const int k0 = g * BGE_Q8_GROUP;
-        const int n = K - k0 < BGE_Q8_GROUP ? K - k0 : BGE_Q8_GROUP;
-        quantize_group(x + k0, n, q + k0, scale + g, zp + g);
-    }
-    memset(q + K, zp[ng - 1], (size_t)(BGE_Q8_KP(K) - K));
+    bge_q8_quantize_groups(x, K, q, scale, zp, quantize_group);
 }
 
-static int bge_qu8_quantize__avx2(const float *x, int M, int K, uint8_t *q, float *scale,
-                                  int32_t *zp, int nthreads) {
-    return bge_qu8_quantize_run(quantize_row, x, M, K, q, scale, zp, nthreads);
-}
+BGE_Q8_QUANTIZE_SLOT(avx2, quantize_row)
 
 /* ---------------------------------------------------------------------------------------
  * Packing
@@ -256,14 +239,8 @@ static int qweight_group(const float *w, int n, int8_t *q, float *scale) {
     __m128i t4 = _mm_max_epi32(_mm256_castsi256_si128(top8), _mm256_extracti128_si256(top8, 1));
     t4 = _mm_max_epi32(t4, _mm_shuffle_epi32(t4, 0x4E));
     t4 = _mm_max_epi32(t4, _mm_shuffle_epi32(t4, 0xB1));
-    int32_t top = _mm_cvtsi128_si32(t4);
-    for (int k = n8; k < n; k++) {
-        const int32_t b = bge_q8_abs_bits(w[k]);
-        top = b > top ? b : top;
-    }
-    if (top > BGE_Q8_FINITE_MAX) return 0; /* inf or NaN */
-    const float s = bge_q8_weight_scale(top);
-    *scale = s;
+    if (!bge_q8_weight_group_scale(w, n8, n, _mm_cvtsi128_si32(t4), scale)) return 0;
+    const float s = *scale;
     const __m256 vs = _mm256_set1_ps(s), vmagic = _mm256_set1_ps(12582912.0f);
     const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
     for (int k = 0; k < n8; k += 8) {
@@ -280,10 +257,7 @@ static int qweight_group(const float *w, int n, int8_t *q, float *scale) {
 
 /* w (N, K) -> w_s8 (N, K), w_scale (N, ngroups): bge_qs8_quantize_weights (bge.h), byte for
  * byte; rows split among threads. */
-static int bge_qs8_quantize_weights__avx2(const float *w, int N, int K, int8_t *w_s8,
-                                          float *w_scale, int nthreads) {
-    return bge_q8_quantize_weight_rows(w, N, K, w_s8, w_scale, nthreads, qweight_group);
-}
+BGE_Q8_QUANTIZE_WEIGHTS_SLOT(avx2, qweight_group)
 
 void bge_overlay_avx2_qgemm(bge_kernels *t) {
     BGE_SET_Q8_QUANTIZERS(t, avx2);

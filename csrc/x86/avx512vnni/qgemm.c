@@ -151,10 +151,7 @@ static void quantize_row(const float *x, int K, uint8_t *q, float *scale, int32_
     memset(q + K, zp[ng - 1], (size_t)(BGE_Q8_KP(K) - K));
 }
 
-static int bge_qu8_quantize__avx512vnni(const float *x, int M, int K, uint8_t *q, float *scale,
-                                        int32_t *zp, int nthreads) {
-    return bge_qu8_quantize_run(quantize_row, x, M, K, q, scale, zp, nthreads);
-}
+BGE_Q8_QUANTIZE_SLOT(avx512vnni, quantize_row)
 
 /* ---------------------------------------------------------------------------------------
  * Packing
@@ -356,10 +353,8 @@ static int qweight_group(const float *w, int n, int8_t *q, float *scale) {
         const __m512i b = _mm512_maskz_loadu_epi32(m, w + k);
         top = _mm512_max_epi32(top, _mm512_and_si512(b, abs));
     }
-    const int32_t t = _mm512_reduce_max_epi32(top);
-    if (t > BGE_Q8_FINITE_MAX) return 0; /* inf or NaN */
-    const float s = bge_q8_weight_scale(t);
-    *scale = s;
+    if (!bge_q8_weight_group_scale(w, n, n, _mm512_reduce_max_epi32(top), scale)) return 0;
+    const float s = *scale;
     const __m512 vs = _mm512_set1_ps(s), magic = _mm512_set1_ps(12582912.0f);
     const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
     for (int k = 0; k < n; k += 16) {
@@ -374,10 +369,7 @@ static int qweight_group(const float *w, int n, int8_t *q, float *scale) {
 
 /* w (N, K) -> w_s8 (N, K), w_scale (N, ngroups): bge_qs8_quantize_weights (bge.h), byte for
  * byte; rows split among threads. */
-static int bge_qs8_quantize_weights__avx512vnni(const float *w, int N, int K, int8_t *w_s8,
-                                                float *w_scale, int nthreads) {
-    return bge_q8_quantize_weight_rows(w, N, K, w_s8, w_scale, nthreads, qweight_group);
-}
+BGE_Q8_QUANTIZE_WEIGHTS_SLOT(avx512vnni, qweight_group)
 
 void bge_overlay_avx512vnni_qgemm(bge_kernels *t) {
     BGE_SET_Q8_QUANTIZERS(t, avx512vnni);

@@ -22,7 +22,8 @@ from statistics import median
 
 import numpy as np
 import pytest
-from conftest import AFTER_RUN, LAYER_GEMMS, kernels_or_skip, sampled_peak
+from conftest import (AFTER_RUN, LAYER_GEMMS, Summary, kernels_or_skip, sampled_peak,
+                      summary_fixture)
 
 from bge_engine import _kernels
 
@@ -79,30 +80,17 @@ def _final_ratios() -> None:
 AFTER_RUN.append(_final_ratios)
 
 
-class _Summary:
-    """Prints RESULTS at the end (bench/conftest.py prints the fp32 table)."""
-
-    @staticmethod
-    def pytest_terminal_summary(terminalreporter):
-        if not RESULTS:
-            return
-        tr = terminalreporter
-        tr.section("bf16 GEMM GFLOP/s and ratio to the peak of the same ISA and threads "
-                   "(avx512bf16: vdpbf16ps; avx512, avx2: fp32 FMA)")
-        for (isa, threads), pk in sorted(_PEAKS.items()):
-            tr.write_line(f"peak {isa:10s} threads={threads}: {pk:7.1f} GFLOP/s")
-        tr.write_line(f"{'':60s}   median time        best time")
-        for name, isa, threads, gflops, best, _extra in RESULTS:
-            pk = _PEAKS[(isa, threads)]
-            tr.write_line(f"{name:42s} {isa:10s} t={threads}: {gflops:7.1f} GFLOP/s "
-                          f"{100 * gflops / pk:5.1f} %  {best:7.1f} {100 * best / pk:5.1f} %")
+def _row(name, isa, threads, gflops, best, _extra):
+    pk = _PEAKS[(isa, threads)]
+    return (f"{name:42s} {isa:10s} t={threads}: {gflops:7.1f} GFLOP/s "
+            f"{100 * gflops / pk:5.1f} %  {best:7.1f} {100 * best / pk:5.1f} %")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _summary(request):
-    pm = request.config.pluginmanager
-    if not pm.has_plugin("bge-bf16-summary"):
-        pm.register(_Summary(), "bge-bf16-summary")
+_summary = summary_fixture("bge-bf16-summary", Summary(
+    "bf16 GEMM GFLOP/s and ratio to the peak of the same ISA and threads "
+    "(avx512bf16: vdpbf16ps; avx512, avx2: fp32 FMA)", _PEAKS, RESULTS,
+    peak_line=lambda key, pk: f"peak {key[0]:10s} threads={key[1]}: {pk:7.1f} GFLOP/s",
+    row_line=_row, header=f"{'':60s}   median time        best time"))
 
 
 @pytest.mark.parametrize("threads", THREADS)

@@ -21,7 +21,8 @@ from statistics import median
 
 import numpy as np
 import pytest
-from conftest import AFTER_RUN, LAYER_GEMMS, kernels_or_skip, sampled_peak
+from conftest import (AFTER_RUN, LAYER_GEMMS, Summary, kernels_or_skip, sampled_peak,
+                      summary_fixture)
 
 from bge_engine import _kernels
 
@@ -72,28 +73,15 @@ def _final_ratios() -> None:
 AFTER_RUN.append(_final_ratios)
 
 
-class _Summary:
-    """A plugin printing RESULTS at the end (bench/conftest.py prints the fp32 table)."""
-
-    @staticmethod
-    def pytest_terminal_summary(terminalreporter):
-        if not RESULTS:
-            return
-        tr = terminalreporter
-        tr.section("int8 GOP/s (median) and ratio to the dot_loop peak of the same ISA and threads")
-        for (isa, threads), peak in sorted(_PEAKS.items()):
-            tr.write_line(f"peak {isa:7s} threads={threads}: {peak:7.1f} GOP/s")
-        for name, isa, threads, gops, _extra in RESULTS:
-            ratio = gops / _PEAKS[(isa, threads)]
-            tr.write_line(f"{name:38s} {isa:7s} threads={threads}: {gops:7.1f} GOP/s "
-                          f"{100 * ratio:5.1f} % of peak")
+def _row(name, isa, threads, gops, _extra):
+    ratio = gops / _PEAKS[(isa, threads)]
+    return f"{name:38s} {isa:7s} threads={threads}: {gops:7.1f} GOP/s {100 * ratio:5.1f} % of peak"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _summary(request):
-    pm = request.config.pluginmanager
-    if not pm.has_plugin("bge-int8-summary"):
-        pm.register(_Summary(), "bge-int8-summary")
+_summary = summary_fixture("bge-int8-summary", Summary(
+    "int8 GOP/s (median) and ratio to the dot_loop peak of the same ISA and threads", _PEAKS,
+    RESULTS, peak_line=lambda key, pk: f"peak {key[0]:7s} threads={key[1]}: {pk:7.1f} GOP/s",
+    row_line=_row))
 
 
 @pytest.mark.parametrize("threads", THREADS)

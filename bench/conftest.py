@@ -109,17 +109,56 @@ def pytest_runtestloop(session):
         fn()
 
 
+class Summary:
+    """A table printed at the end of the run, as a pytest plugin: the section `title`, a line
+    per peak (peak_line(key, value), keys sorted), the `header` line if any, then a line per
+    row of `results` (row_line(*row)); nothing when `results` is empty. `peaks` and
+    `results` are read at the end, once every benchmark has filled them."""
+
+    def __init__(self, title, peaks, results, peak_line, row_line, header=None):
+        self.title, self.peaks, self.results = title, peaks, results
+        self.peak_line, self.row_line, self.header = peak_line, row_line, header
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if not self.results:
+            return
+        tr = terminalreporter
+        tr.section(self.title)
+        for key, value in sorted(self.peaks.items()):
+            tr.write_line(self.peak_line(key, value))
+        if self.header is not None:
+            tr.write_line(self.header)
+        for row in self.results:
+            tr.write_line(self.row_line(*row))
+
+
+def summary_fixture(name: str, summary: Summary):
+    """A module-scoped autouse fixture registering `summary` as the plugin `name`, once a
+    session: a benchmark module's own table, printed beside the fp32 one below. Assign it to
+    a module-level name of the benchmark module."""
+
+    @pytest.fixture(scope="module", autouse=True)
+    def _summary(request):
+        pm = request.config.pluginmanager
+        if not pm.has_plugin(name):
+            pm.register(summary, name)
+
+    return _summary
+
+
+def _fp32_row(name, isa, threads, gflops, best, _extra):
+    peak = threads * _PEAKS[isa]
+    return (f"{name:32s} {isa:6s} t={threads}: {gflops:6.1f} GFLOP/s "
+            f"{100 * gflops / peak:5.1f} %  {best:6.1f} GFLOP/s {100 * best / peak:5.1f} %")
+
+
+_FP32_SUMMARY = Summary(
+    "GFLOP/s against the fp32 FMA peak of the same ISA and thread count", _PEAKS, RESULTS,
+    peak_line=lambda isa, peak: (f"peak {isa:7s}: {peak:7.1f} GFLOP/s per core (fma_loop, the "
+                                 f"best timing of the session); the peak of t threads is t "
+                                 f"times that"),
+    row_line=_fp32_row, header=f"{'':48s}   median time        best time")
+
+
 def pytest_terminal_summary(terminalreporter):
-    if not RESULTS:
-        return
-    tr = terminalreporter
-    tr.section("GFLOP/s against the fp32 FMA peak of the same ISA and thread count")
-    for isa, peak in sorted(_PEAKS.items()):
-        tr.write_line(f"peak {isa:7s}: {peak:7.1f} GFLOP/s per core (fma_loop, the best "
-                      f"timing of the session); the peak of t threads is t times that")
-    tr.write_line(f"{'':48s}   median time        best time")
-    for name, isa, threads, gflops, best, _extra in RESULTS:
-        peak = threads * _PEAKS[isa]
-        tr.write_line(f"{name:32s} {isa:6s} t={threads}: {gflops:6.1f} GFLOP/s "
-                      f"{100 * gflops / peak:5.1f} %  {best:6.1f} GFLOP/s "
-                      f"{100 * best / peak:5.1f} %")
+    _FP32_SUMMARY.pytest_terminal_summary(terminalreporter)

@@ -174,21 +174,20 @@ static int bge_qs8_pack__avx512vnni(const int8_t *w, const float *w_scale, int K
  * Microkernel
  * ------------------------------------------------------------------------------------- */
 
-/* The raw microkernel (the qu8s8_gemm_i32 slot): tile[i][16j .. 16j+15] = sum_{k < Kp}
- * q[i, k] * panel column (16j ..), i < mr, j < nv, over every k at once.
- *   q     (mr, Kp) u8 rows, row stride ldq bytes (a multiple of 4)
- *   panel (Kp/4, 48, 4) s8, one packed panel
- *   tile  (MR, NR) int32, 64-byte aligned; rows >= mr and vectors >= nv are not written */
-static inline __attribute__((always_inline)) void ukernel(const uint8_t *q, size_t ldq, int Kp,
-                                                          const int8_t *panel, int32_t *tile,
-                                                          const int mr, const int nv) {
-    __m512i acc[MR][NV];
+/* The k loop both microkernels share: acc[i][j] (int32, 16 lanes: columns 16j ..) = sum over
+ * k in [k0, k1) of q[i, k] * panel column (16j + lane, k), i < mr, j < nv, from zero.
+ *   q  (mr, Kp) u8 rows, row stride ldq bytes (a multiple of 4); k0, k1 multiples of 4
+ *   b  the panel's k-quad k0 / 4 (48 columns x 4 k, 192 bytes); returned at k-quad k1 / 4
+ * Always inline, so that acc stays in registers in each instance.                         */
+static inline __attribute__((always_inline)) const int8_t *ksums(__m512i acc[MR][NV],
+                                                                 const uint8_t *q, size_t ldq,
+                                                                 int k0, int k1, const int8_t *b,
+                                                                 const int mr, const int nv) {
 #pragma GCC unroll 4
     for (int i = 0; i < mr; i++)
 #pragma GCC unroll 3
         for (int j = 0; j < nv; j++) acc[i][j] = _mm512_setzero_si512();
-    const int8_t *b = panel;
-    for (int k = 0; k < Kp; k += 4, b += 4 * NR) {
+    for (int k = k0; k < k1; k += 4, b += 4 * NR) {
         __m512i bv[NV];
 #pragma GCC unroll 3
         for (int j = 0; j < nv; j++) bv[j] = _mm512_loadu_si512((const void *)(b + 64 * j));
@@ -201,6 +200,19 @@ static inline __attribute__((always_inline)) void ukernel(const uint8_t *q, size
             for (int j = 0; j < nv; j++) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], a, bv[j]);
         }
     }
+    return b;
+}
+
+/* The raw microkernel (the qu8s8_gemm_i32 slot): tile[i][16j .. 16j+15] = sum_{k < Kp}
+ * q[i, k] * panel column (16j ..), i < mr, j < nv, over every k at once.
+ *   q     (mr, Kp) u8 rows, row stride ldq bytes (a multiple of 4)
+ *   panel (Kp/4, 48, 4) s8, one packed panel
+ *   tile  (MR, NR) int32, 64-byte aligned; rows >= mr and vectors >= nv are not written */
+static inline __attribute__((always_inline)) void ukernel(const uint8_t *q, size_t ldq, int Kp,
+                                                          const int8_t *panel, int32_t *tile,
+                                                          const int mr, const int nv) {
+    __m512i acc[MR][NV];
+    ksums(acc, q, ldq, 0, Kp, panel, mr, nv);
 #pragma GCC unroll 4
     for (int i = 0; i < mr; i++)
 #pragma GCC unroll 3
@@ -243,23 +255,7 @@ static inline __attribute__((always_inline)) void gukernel(const uint8_t *q, siz
         const int k0 = g * BGE_Q8_GROUP;
         const int k1 = Kp - k0 < BGE_Q8_GROUP ? Kp : k0 + BGE_Q8_GROUP;
         __m512i acc[MR][NV];
-#pragma GCC unroll 4
-        for (int i = 0; i < mr; i++)
-#pragma GCC unroll 3
-            for (int j = 0; j < nv; j++) acc[i][j] = _mm512_setzero_si512();
-        for (int k = k0; k < k1; k += 4, b += 4 * NR) {
-            __m512i bv[NV];
-#pragma GCC unroll 3
-            for (int j = 0; j < nv; j++) bv[j] = _mm512_loadu_si512((const void *)(b + 64 * j));
-#pragma GCC unroll 4
-            for (int i = 0; i < mr; i++) {
-                int32_t a4;
-                memcpy(&a4, q + (size_t)i * ldq + k, 4);
-                const __m512i a = _mm512_set1_epi32(a4);
-#pragma GCC unroll 3
-                for (int j = 0; j < nv; j++) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], a, bv[j]);
-            }
-        }
+        b = ksums(acc, q, ldq, k0, k1, b, mr, nv);
         __m512 wsv[NV];
         __m512i csv[NV];
 #pragma GCC unroll 3

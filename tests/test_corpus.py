@@ -280,7 +280,10 @@ def cli(*args, chunk_rows: int = 7, env_extra: dict = None, **popen) -> subproce
     env = {k: v for k, v in os.environ.items() if k != "BGE_ENGINE_MODEL"}
     env["HF_HUB_OFFLINE"] = "1"
     env.update(env_extra or {})
-    code = ("import sys; from bge_engine.corpus import readers; "
+    # SIGINT raises KeyboardInterrupt in the child as from a terminal, even where pytest runs
+    # as a shell's background job (which starts its children with SIGINT ignored)
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from bge_engine.corpus import readers; "
             f"readers.CHUNK_ROWS = {chunk_rows}; "
             "from bge_engine.cli import main; sys.exit(main(sys.argv[1:]))")
     return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=REPO, env=env,

@@ -361,6 +361,29 @@ def bge_bound(xb, wb):
     return 1.01 * (2 * Kp + 2) * 2.0**-24 * A + 4 * Kp * 2.0**-126
 
 
+def check_bf16_outputs(got, i, x, w, xb, wb, bias, res, what):
+    """Case i's outputs: the sums (bias 0) bit for bit the SDM model and within bge.h's bound
+    of the reference; bias and residual bit for bit the model's sums plus them; GELU within
+    the vector GELU's bound. Returns the residual output expected."""
+    M, N = x.shape[0], w.shape[0]
+    model = tdpbf16ps.gemm(xb, wb, 32)
+    s = got[f"sum{i}"]
+    want = (model + np.float32(0)).astype(np.float32)
+    assert np.array_equal(s.view(np.int32), want.view(np.int32)), (
+        f"{what}: {(s != want).sum()} sums differ from the SDM model")
+    ref = np.empty((M, N), np.float32)
+    REF.bgemm(x, REF.bpack(w), np.zeros(N, np.float32), ref)
+    d = np.abs(s.astype(np.float64) - ref)
+    assert np.all(d <= bge_bound(xb, wb)), f"{what}: past bge.h's bound"
+    b = (model + bias).astype(np.float32)
+    assert np.array_equal(got[f"bias{i}"].view(np.int32), b.view(np.int32)), what
+    r = (b + res).astype(np.float32)
+    assert np.array_equal(got[f"residual{i}"].view(np.int32), r.view(np.int32)), what
+    g = 0.5 * b.astype(np.float64) * (1 + np.vectorize(math.erf)(b / math.sqrt(2)))
+    assert np.all(np.abs(got[f"gelu{i}"] - g) <= 2e-7 * np.abs(b) + 1e-37), what
+    return r
+
+
 def test_bf16_pass_equals_the_sdm_model_and_is_within_the_bound(bprobe):
     """pass_amx over whole GEMMs (row tails with their own tile configuration, a Kp % 32
     tail in zero-filled tiles, 1-3 column blocks): the sums are the model's bit for bit
@@ -390,21 +413,7 @@ def test_bf16_pass_equals_the_sdm_model_and_is_within_the_bound(bprobe):
     assert job.result["amx"].get("tdpbf16ps", 0) > 100
     for i, (M, K, N) in enumerate(BF16_SHAPES):
         x, w, bias, res, xb, wb = cases[i]
-        model = tdpbf16ps.gemm(xb, wb, 32)
-        s = got[f"sum{i}"]
-        want = (model + np.float32(0)).astype(np.float32)
-        assert np.array_equal(s.view(np.int32), want.view(np.int32)), (
-            f"pass_amx {(M, K, N)}: {(s != want).sum()} sums differ from the SDM model")
-        ref = np.empty((M, N), np.float32)
-        REF.bgemm(x, REF.bpack(w), np.zeros(N, np.float32), ref)
-        d = np.abs(s.astype(np.float64) - ref)
-        assert np.all(d <= bge_bound(xb, wb)), f"{(M, K, N)}: past bge.h's bound"
-        b = (model + bias).astype(np.float32)
-        assert np.array_equal(got[f"bias{i}"].view(np.int32), b.view(np.int32))
-        r = (b + res).astype(np.float32)
-        assert np.array_equal(got[f"residual{i}"].view(np.int32), r.view(np.int32))
-        g = 0.5 * b.astype(np.float64) * (1 + np.vectorize(math.erf)(b / math.sqrt(2)))
-        assert np.all(np.abs(got[f"gelu{i}"] - g) <= 2e-7 * np.abs(b) + 1e-37)
+        check_bf16_outputs(got, i, x, w, xb, wb, bias, res, f"pass_amx {(M, K, N)}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -484,22 +493,8 @@ def test_bf16_slot_through_the_driver(sprobe):
         xb[:, :K] = bf16_bits(x)
         wb = np.zeros((N, Kp), np.uint16)
         wb[:, :K] = bf16_bits(w)
-        model = tdpbf16ps.gemm(xb, wb, 32)
-        s = got[f"sum{i}"]
-        want = (model + np.float32(0)).astype(np.float32)
-        assert np.array_equal(s.view(np.int32), want.view(np.int32)), (
-            f"bf16_gemm__amx {shape}: {(s != want).sum()} sums differ from the SDM model")
-        ref = np.empty((M, N), np.float32)
-        REF.bgemm(x, REF.bpack(w), np.zeros(N, np.float32), ref)
-        d = np.abs(s.astype(np.float64) - ref)
-        assert np.all(d <= bge_bound(xb, wb)), f"{shape}: past bge.h's bound"
-        b = (model + bias).astype(np.float32)
-        assert np.array_equal(got[f"bias{i}"].view(np.int32), b.view(np.int32)), shape
-        r = (b + res).astype(np.float32)
-        assert np.array_equal(got[f"residual{i}"].view(np.int32), r.view(np.int32)), shape
+        r = check_bf16_outputs(got, i, x, w, xb, wb, bias, res, f"bf16_gemm__amx {shape}")
         assert np.array_equal(got[f"inplace{i}"].view(np.int32), r.view(np.int32)), shape
-        g = 0.5 * b.astype(np.float64) * (1 + np.vectorize(math.erf)(b / math.sqrt(2)))
-        assert np.all(np.abs(got[f"gelu{i}"] - g) <= 2e-7 * np.abs(b) + 1e-37), shape
     assert job.result["amx"].get("tdpbf16ps", 0) > 100
 
 

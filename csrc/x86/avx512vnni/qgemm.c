@@ -234,9 +234,9 @@ static void tile_vnni(const uint8_t *q, size_t ldq, int Kp, const void *panel, i
  * vpdpwssd (colsum fits in int16, and (-zp) & 0xFFFF in the low half of each int32 lane
  * with 0 in the high half multiplies it exactly: acc + (-zp) colsum, as int32), and the
  * result converted, scaled and added into 12 more zmm of fp32 sums, in group order, so that
- * a group's fp32 step can overlap the next group's vpdpbusd. (gcc 12 keeps some of the fp32
- * sums on the stack between groups and copies registers in the k loop: a question for a
- * profile on Intel, not for the bits.)
+ * a group's fp32 step can overlap the next group's vpdpbusd. This folder is built with
+ * -fno-tree-pre (setup.py): without it, gcc 12 copies all 12 int32 sums out of their
+ * registers and back on every k-quad.
  *   scale, zp: row 0 of the tile, row stride ngroups; ws, cs: the panel's column 0 in
  *   group 0, group stride gs; ftile (MR, NR) fp32, 64-byte aligned.                      */
 static inline __attribute__((always_inline)) void gukernel(const uint8_t *q, size_t ldq, int Kp,

@@ -124,7 +124,9 @@ static int bge_f32_gemm__neon(const float *x, int M, int K, int N, const float *
 #define FMA_CHAINS 16
 
 /* Runs iters rounds of FMA_CHAINS independent q-register FMA chains; returns the flops done
- * (2 per lane per FMA): enough chains to fill two FMA pipes of latency 4 with slack.    */
+ * (2 per lane per FMA): enough chains to fill two FMA pipes of latency 4 with slack. Each
+ * chain is its own addend (acc += a b): FMLA overwrites its addend, so a constant addend
+ * would cost a register copy per FMA.                                                    */
 static double bge_f32_fma_loop__neon(long iters) {
     volatile float seed = 1.0f;
     const float s = seed;
@@ -134,7 +136,7 @@ static double bge_f32_fma_loop__neon(long iters) {
     const float32x4_t a = vdupq_n_f32(0.999999f * s), b = vdupq_n_f32(1e-7f * s);
     for (long it = 0; it < iters; it++) {
 #pragma GCC unroll 16
-        for (int i = 0; i < FMA_CHAINS; i++) acc[i] = vfmaq_f32(b, acc[i], a);
+        for (int i = 0; i < FMA_CHAINS; i++) acc[i] = vfmaq_f32(acc[i], a, b);
     }
     float32x4_t sum = acc[0];
 #pragma GCC unroll 16

@@ -35,16 +35,11 @@ class AccessLog:
             return
         start = time.perf_counter()
         status = 500  # what the client sees if the app fails before answering
+        recorded = False
 
-        async def send_status(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
+        def record():
+            nonlocal recorded
+            recorded = True
             seconds = time.perf_counter() - start
             path = scope["path"]
             family = route_family(path)
@@ -60,3 +55,19 @@ class AccessLog:
                 where = f"{client[0]}:{client[1]}" if client else "-"
                 access_log.info('%s "%s %s HTTP/%s" %d %.2f ms', where, scope["method"], path,
                                 scope.get("http_version", "1.1"), status, seconds * 1e3)
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # Counted and logged before the last body part leaves: a client that has its
+                # answer finds the request in /metrics and in the log, never a moment later.
+                record()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            if not recorded:
+                record()

@@ -253,6 +253,24 @@ def test_ref_quantize_is_the_scheme(M, K):
     assert_guard(bq, gq.size, "ref quantize")
 
 
+def int8_kernels():
+    """(name, Kernels) for the reference and every int8 level this host runs."""
+    for isa in ("ref",) + INT8_LEVELS:
+        if isa in _kernels.usable_isas():
+            yield isa, _kernels.Kernels(isa)
+
+
+def every_level_quantizes(x, q, scale, zp, **kw):
+    """The reference and every int8 level the host runs quantise x to exactly q, scale and
+    zp (kw: the quantiser's own options, threads=)."""
+    for isa, k in int8_kernels():
+        got = np.empty_like(q), np.empty_like(scale), np.empty_like(zp)
+        k.quantize(x, *got, **kw)
+        assert np.array_equal(got[0], q), isa
+        assert np.array_equal(got[1].view(np.int32), scale.view(np.int32)), isa
+        assert np.array_equal(got[2], zp), isa
+
+
 def test_quantize_special_rows():
     """Halfway cases round to even, zero points at both ends, a zero row, NaN and inf."""
     x = np.array([[0, 255, 0.5, 1.5, 2.5, 3.5, 254.5],
@@ -267,15 +285,7 @@ def test_quantize_special_rows():
     assert list(q[0, :7]) == [0, 255, 0, 2, 2, 4, 254] and zp[0, 0] == 0 and scale[0, 0] == 1
     assert zp[1, 0] == 0 and q[1, 6] == 255 and zp[2, 0] == 255 and q[2, 6] == 0
     assert zp[3, 0] == 0 and scale[3, 0] == 1 and not q[3].any() and q[0, 7] == zp[0, 0]
-    for isa in ("ref",) + INT8_LEVELS:
-        if isa not in _kernels.usable_isas():
-            continue
-        k = _kernels.Kernels(isa)
-        got = np.empty_like(q), np.empty_like(scale), np.empty_like(zp)
-        k.quantize(x, *got)
-        assert np.array_equal(got[0], q), isa
-        assert np.array_equal(got[1].view(np.int32), scale.view(np.int32)), isa
-        assert np.array_equal(got[2], zp), isa
+    every_level_quantizes(x, q, scale, zp)
 
 
 def test_quantize_groups_independent():
@@ -295,15 +305,7 @@ def test_quantize_groups_independent():
     assert q[0, 0] == 255 and q[0, 63] == 0 and list(q[0, 128:130]) == [85, 255]
     assert list(q[0, 130:]) == [0, 0] and list(q[1, 130:]) == [255, 255]
     assert zp[1, 0] == 0 and 0 < zp[1, 1] < 255 and zp[1, 2] == 255
-    for isa in ("ref",) + INT8_LEVELS:
-        if isa not in _kernels.usable_isas():
-            continue
-        k = _kernels.Kernels(isa)
-        got = np.empty_like(q), np.empty_like(scale), np.empty_like(zp)
-        k.quantize(x, *got)
-        assert np.array_equal(got[0], q), isa
-        assert np.array_equal(got[1].view(np.int32), scale.view(np.int32)), isa
-        assert np.array_equal(got[2], zp), isa
+    every_level_quantizes(x, q, scale, zp)
 
 
 @pytest.mark.parametrize("M,K,N", [(1, 1, 1), (2, 3, 7), (7, 5, 16), (9, 63, 17), (9, 64, 17),
@@ -330,10 +332,7 @@ def test_ref_gemm_near_int32_limit():
     q = np.full((2, kp(K)), 255, np.uint8)
     w = np.full((3, K), 127, np.int8)
     w[1] = -127
-    for isa in ("ref",) + INT8_LEVELS:
-        if isa not in _kernels.usable_isas():
-            continue
-        k = _kernels.Kernels(isa)
+    for isa, k in int8_kernels():
         acc = np.empty((2, 3), np.int32)
         k.qgemm_i32(q, k.qpack(w, np.ones((3, ng(K)), np.float32)), acc)
         assert np.array_equal(acc, np.array([[1, -1, 1]] * 2) * (255 * 127 * K)), isa
@@ -542,10 +541,7 @@ def test_packed_layout(K, N):
     """The layout documented in ref/qgemm.c, for every level the host has."""
     rng = np.random.default_rng(K + N)
     w, w_scale = weights(N, K, rng)
-    for isa in ("ref",) + INT8_LEVELS:
-        if isa not in _kernels.usable_isas():
-            continue
-        k = _kernels.Kernels(isa)
+    for isa, k in int8_kernels():
         p = k.qpack(w, w_scale)
         h = header(p)
         assert h["magic"] == 0x38514742 and (h["K"], h["N"], h["Kp"]) == (K, N, kp(K)), isa
@@ -772,12 +768,4 @@ def test_quantize_special_values_in_whole_groups():
     rows[8][:] = np.nan
     x = np.stack(rows)
     q, scale, zp = np_quantize(x)
-    for isa in ("ref",) + INT8_LEVELS:
-        if isa not in _kernels.usable_isas():
-            continue
-        k = _kernels.Kernels(isa)
-        got = np.empty_like(q), np.empty_like(scale), np.empty_like(zp)
-        k.quantize(x, *got, threads=2)
-        assert np.array_equal(got[0], q), isa
-        assert np.array_equal(got[1].view(np.int32), scale.view(np.int32)), isa
-        assert np.array_equal(got[2], zp), isa
+    every_level_quantizes(x, q, scale, zp, threads=2)
